@@ -1,0 +1,139 @@
+//! The event: one authenticated notification, as stored in the inbox.
+
+use std::{collections::BTreeMap, fmt, str::FromStr};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// An event's id: a UUIDv7, so ids sort in the order events were received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(pub Uuid);
+
+impl EventId {
+    /// A fresh id, later than every id made before it in this process.
+    pub fn new() -> Self {
+        EventId(Uuid::now_v7())
+    }
+
+    /// The id as 16 big-endian bytes (the store's key order).
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// Rebuilds an id from its 16 bytes.
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        Uuid::from_slice(b).ok().map(EventId)
+    }
+}
+
+impl Default for EventId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for EventId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(EventId)
+    }
+}
+
+/// Where an event is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    /// Authenticated, parsed and stored durably; waiting for its route.
+    Received,
+    /// Authenticated, but the body did not match the provider's schema. Kept for an
+    /// operator; never routed until replayed.
+    Quarantined,
+}
+
+impl EventStatus {
+    /// Every status, for documentation and filters.
+    pub const ALL: [EventStatus; 2] = [EventStatus::Received, EventStatus::Quarantined];
+
+    /// The status as written in the API and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Received => "received",
+            EventStatus::Quarantined => "quarantined",
+        }
+    }
+
+    /// Whether the sweeper may delete an expired event in this status. Events waiting for
+    /// an operator are kept until the operator acts.
+    pub fn expires(self) -> bool {
+        !matches!(self, EventStatus::Quarantined)
+    }
+}
+
+impl FromStr for EventStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EventStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown status `{s}`"))
+    }
+}
+
+/// One authenticated notification.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// Time-ordered id.
+    pub id: EventId,
+    /// The provider plugin that authenticated it (`pomelo`, `verifyvasp`, ...).
+    pub provider: String,
+    /// The provider endpoint it arrived on, as configured (`/pomelo/tokenization/otp`).
+    pub endpoint: String,
+    /// The event type; routes are chosen by it (`tokenization_otp`, `tx_report`, ...).
+    pub event_type: String,
+    /// When the request was received.
+    pub received_at: DateTime<Utc>,
+    /// Where the event is in its life.
+    pub status: EventStatus,
+    /// The provider-scoped de-duplication key it was claimed under.
+    pub idempotency_key: String,
+    /// Hex SHA-256 of the authenticated body.
+    pub fingerprint: String,
+    /// The authenticated body, byte for byte.
+    #[serde(with = "base64_bytes")]
+    pub body: Vec<u8>,
+    /// The parsed, normalised body (integers as numbers, every field of the original kept).
+    /// `None` for a quarantined event.
+    pub data: Option<serde_json::Value>,
+    /// Request facts worth keeping: the api key used, a peer certificate subject, ...
+    pub meta: BTreeMap<String, String>,
+    /// Remarks for the operator: unknown enum values, a conflicting body, ...
+    pub flags: Vec<String>,
+    /// For a body that conflicts with an earlier event under the same key: that event.
+    pub conflict_of: Option<EventId>,
+    /// Why the body was quarantined.
+    pub quarantine_reason: Option<String>,
+    /// JSON pointers (into `data`) of values that are secret, e.g. `/otp`.
+    pub secret_paths: Vec<String>,
+}
+
+pub(crate) mod base64_bytes {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,412 @@
+//! Exactly-once acceptance of an authenticated notification.
+//!
+//! The path of one [`Submission`]: claim its key atomically → store the event and the
+//! answer in one write → wait for the group flush → answer. A concurrent duplicate finds
+//! the claim pending and waits (bounded) for the owner; a later duplicate finds it done and
+//! gets the stored answer byte for byte, after making sure that answer is on disk. A body
+//! that differs from the one that claimed the key follows the provider's [`OnConflict`].
+//!
+//! Each submission runs in its own task, so a client that hangs up mid-request cannot
+//! leave a claim half-finished.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::{
+    Error, Result,
+    config::StoreConfig,
+    event::{Event, EventId, EventStatus},
+    metrics::{EventLabels, Metrics},
+    store::{Claim, Store, StoredResponse},
+};
+
+/// What the body turned out to be.
+#[derive(Clone, Debug)]
+pub enum Content {
+    /// It matched the provider's schema.
+    Parsed {
+        /// The normalised body, as routes will see it.
+        data: Value,
+        /// Remarks such as unknown enum values.
+        flags: Vec<String>,
+    },
+    /// It authenticated but did not match the schema: keep it for an operator.
+    Quarantined {
+        /// Why, in words an operator understands (no body contents).
+        reason: String,
+    },
+}
+
+/// What to do when a key arrives again with a different body.
+#[derive(Clone, Debug)]
+pub enum OnConflict {
+    /// Run nothing and answer this (Verestro: `422 IDEMPOTENCY_KEY_REUSED`).
+    Reject(StoredResponse),
+    /// Store the new body as its own event, flagged and linked to the first (VerifyVASP).
+    KeepAndFlag,
+}
+
+/// One authenticated notification, described by its provider plugin.
+#[derive(Clone, Debug)]
+pub struct Submission {
+    /// Provider name.
+    pub provider: String,
+    /// The configured endpoint path it arrived on.
+    pub endpoint: String,
+    /// Event type, which picks the route.
+    pub event_type: String,
+    /// The provider's de-duplication key (scoped to the provider by the engine).
+    pub key: String,
+    /// The authenticated body.
+    pub body: Vec<u8>,
+    /// Parsed or quarantined.
+    pub content: Content,
+    /// The provider's rule for a different body under the same key.
+    pub on_conflict: OnConflict,
+    /// Request facts to keep with the event.
+    pub meta: BTreeMap<String, String>,
+    /// JSON pointers of secret values in the parsed body.
+    pub secret_paths: Vec<String>,
+    /// The answer for a newly stored event (also replayed to its duplicates).
+    pub response: StoredResponse,
+}
+
+/// What happened to a submission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new event was stored.
+    Stored {
+        /// Its id.
+        id: EventId,
+        /// The earlier event whose key it shares with a different body, if any.
+        conflict_of: Option<EventId>,
+    },
+    /// An identical earlier request was found; its answer is replayed.
+    Duplicate(Option<EventId>),
+    /// The key was reused with another body and the provider's rule is to reject it.
+    Rejected,
+}
+
+/// The answer to give and what happened.
+#[derive(Clone, Debug)]
+pub struct Receipt {
+    /// Exactly what to answer.
+    pub response: StoredResponse,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// Hex SHA-256, the fingerprint of a body.
+pub fn fingerprint(body: &[u8]) -> String {
+    hex::encode(Sha256::digest(body))
+}
+
+/// Accepts submissions exactly once. Cheap to clone.
+#[derive(Clone)]
+pub struct Ingestor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    metrics: Arc<Metrics>,
+    retention: Duration,
+    duplicate_wait: Duration,
+    /// Woken whenever a claim finishes or is released.
+    settled: Notify,
+}
+
+/// Releases a claim whose owner did not reach its commit (an error, a panic).
+struct ClaimGuard<'a> {
+    inner: &'a Inner,
+    key: &'a str,
+    armed: bool,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = self.inner.store.release(self.key) {
+                tracing::error!(error = %e, "could not release an idempotency claim");
+            }
+            self.inner.settled.notify_waiters();
+        }
+    }
+}
+
+impl Ingestor {
+    /// An ingestor over `store`.
+    pub fn new(store: Store, metrics: Arc<Metrics>, cfg: &StoreConfig) -> Self {
+        Ingestor {
+            inner: Arc::new(Inner {
+                store,
+                metrics,
+                retention: cfg.retention.get(),
+                duplicate_wait: cfg.duplicate_wait.get(),
+                settled: Notify::new(),
+            }),
+        }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The metrics it records to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Accepts `sub` exactly once and returns the answer to give. An error means nothing
+    /// durable can be promised: answer so that the provider retries.
+    pub async fn submit(&self, sub: Submission) -> Result<Receipt> {
+        let inner = self.inner.clone();
+        tokio::spawn(async move { inner.run(sub).await })
+            .await
+            .map_err(|e| Error::Unavailable(format!("ingest task failed: {e}")))?
+    }
+}
+
+impl Inner {
+    async fn run(&self, sub: Submission) -> Result<Receipt> {
+        let started = Instant::now();
+        let fp = fingerprint(&sub.body);
+        let mut key = format!("{}:{}", sub.provider, sub.key);
+        let mut conflict_of = None;
+        let deadline = tokio::time::Instant::now() + self.duplicate_wait;
+        let provider = Metrics::provider(&sub.provider);
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            match self.store.claim(&key, &fp)? {
+                Claim::Owned => {
+                    let receipt = self.store_new(&sub, &key, &fp, conflict_of).await?;
+                    self.metrics.ingest_took(&sub.provider, started.elapsed());
+                    return Ok(receipt);
+                }
+                Claim::Done {
+                    fingerprint,
+                    event_id,
+                    response,
+                } if fingerprint == fp => {
+                    self.store.durable_visible().await?;
+                    self.metrics.duplicates.get_or_create(&provider).inc();
+                    tracing::debug!(provider = %sub.provider, event_id = ?event_id.map(|i| i.to_string()), "duplicate answered from the first request");
+                    return Ok(Receipt {
+                        response,
+                        outcome: Outcome::Duplicate(event_id),
+                    });
+                }
+                Claim::Done { event_id, .. } => {
+                    self.metrics.conflicts.get_or_create(&provider).inc();
+                    match &sub.on_conflict {
+                        OnConflict::Reject(response) => {
+                            tracing::warn!(provider = %sub.provider, "idempotency key reused with a different body; rejected");
+                            return Ok(Receipt {
+                                response: response.clone(),
+                                outcome: Outcome::Rejected,
+                            });
+                        }
+                        OnConflict::KeepAndFlag => {
+                            tracing::warn!(provider = %sub.provider, first = ?event_id.map(|i| i.to_string()), "same key, different body: keeping it as a flagged event");
+                            conflict_of = conflict_of.or(event_id);
+                            key = format!("{key}#{fp}");
+                        }
+                    }
+                }
+                Claim::Pending => {
+                    if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                        tracing::warn!(provider = %sub.provider, "duplicate gave up waiting for the first request");
+                        return Err(Error::InFlight);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn store_new(
+        &self,
+        sub: &Submission,
+        key: &str,
+        fp: &str,
+        conflict_of: Option<EventId>,
+    ) -> Result<Receipt> {
+        let mut guard = ClaimGuard {
+            inner: self,
+            key,
+            armed: true,
+        };
+        let (status, data, mut flags, quarantine_reason) = match &sub.content {
+            Content::Parsed { data, flags } => {
+                (EventStatus::Received, Some(data.clone()), flags.clone(), None)
+            }
+            Content::Quarantined { reason } => {
+                (EventStatus::Quarantined, None, Vec::new(), Some(reason.clone()))
+            }
+        };
+        if conflict_of.is_some() {
+            flags.push("conflicting_body: an earlier event has the same key and another body".into());
+        }
+        let event = Event {
+            id: EventId::new(),
+            provider: sub.provider.clone(),
+            endpoint: sub.endpoint.clone(),
+            event_type: sub.event_type.clone(),
+            received_at: chrono::Utc::now(),
+            status,
+            idempotency_key: key.to_owned(),
+            fingerprint: fp.to_owned(),
+            body: sub.body.clone(),
+            data,
+            meta: sub.meta.clone(),
+            flags,
+            conflict_of,
+            quarantine_reason,
+            secret_paths: sub.secret_paths.clone(),
+        };
+        let seq = self
+            .store
+            .commit(key, fp, Some(&event), &sub.response, self.retention)?;
+        // Committed: from here on the claim is done, whatever happens to the flush.
+        guard.armed = false;
+        drop(guard);
+        let durable = self.store.durable(seq).await;
+        self.settled.notify_waiters();
+        durable?;
+        self.metrics
+            .events
+            .get_or_create(&EventLabels {
+                provider: event.provider.clone(),
+                event_type: event.event_type.clone(),
+            })
+            .inc();
+        if status == EventStatus::Quarantined {
+            self.metrics
+                .quarantined
+                .get_or_create(&Metrics::provider(&event.provider))
+                .inc();
+            tracing::warn!(provider = %event.provider, event_id = %event.id, reason = event.quarantine_reason.as_deref().unwrap_or(""), "body quarantined");
+        } else {
+            tracing::info!(provider = %event.provider, event_type = %event.event_type, event_id = %event.id, "event stored");
+        }
+        Ok(Receipt {
+            response: sub.response.clone(),
+            outcome: Outcome::Stored {
+                id: event.id,
+                conflict_of,
+            },
+        })
+    }
+}
+
+/// Runs the expiry sweeper until the task is dropped.
+pub async fn run_sweeper(store: Store, cfg: StoreConfig) {
+    let mut tick = tokio::time::interval(cfg.sweep_interval.get());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let store2 = store.clone();
+        let retention = cfg.retention.get();
+        let res = tokio::task::spawn_blocking(move || {
+            store2.sweep(crate::store::now_ms(), retention)
+        })
+        .await;
+        match res {
+            Ok(Ok(s)) if s.keys + s.events + s.kept > 0 => {
+                tracing::info!(keys = s.keys, events = s.events, kept = s.kept, "expired records swept");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "sweep failed"),
+            Err(e) => tracing::error!(error = %e, "sweep task failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn setup(dir: &std::path::Path) -> Ingestor {
+        let cfg = StoreConfig {
+            path: dir.to_path_buf(),
+            ..StoreConfig::default()
+        };
+        Ingestor::new(Store::open(&cfg).unwrap(), Metrics::shared(), &cfg)
+    }
+
+    fn sub(key: &str, body: &str, on_conflict: OnConflict) -> Submission {
+        Submission {
+            provider: "test".into(),
+            endpoint: "/t".into(),
+            event_type: "t".into(),
+            key: key.into(),
+            body: body.as_bytes().to_vec(),
+            content: Content::Parsed {
+                data: json!({}),
+                flags: vec![],
+            },
+            on_conflict,
+            meta: BTreeMap::new(),
+            secret_paths: vec![],
+            response: StoredResponse::json(200, &json!({"result": true})),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_duplicates_store_once_and_answer_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let ing = setup(dir.path());
+        let mut tasks = vec![];
+        for _ in 0..50 {
+            let ing = ing.clone();
+            tasks.push(tokio::spawn(async move {
+                ing.submit(sub("k", "{}", OnConflict::KeepAndFlag)).await.unwrap()
+            }));
+        }
+        let mut stored = 0;
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert_eq!(r.response, StoredResponse::json(200, &json!({"result": true})));
+            if matches!(r.outcome, Outcome::Stored { .. }) {
+                stored += 1;
+            }
+        }
+        assert_eq!(stored, 1);
+        assert_eq!(ing.store().event_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn conflicts_follow_the_provider_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let ing = setup(dir.path());
+        let reject = OnConflict::Reject(StoredResponse::json(422, &json!({"detail": "IDEMPOTENCY_KEY_REUSED"})));
+        ing.submit(sub("a", "1", reject.clone())).await.unwrap();
+        let r = ing.submit(sub("a", "2", reject)).await.unwrap();
+        assert_eq!(r.outcome, Outcome::Rejected);
+        assert_eq!(r.response.status, 422);
+        assert_eq!(ing.store().event_count(), 1);
+
+        let first = ing.submit(sub("b", "1", OnConflict::KeepAndFlag)).await.unwrap();
+        let Outcome::Stored { id: first_id, .. } = first.outcome else { panic!() };
+        let second = ing.submit(sub("b", "2", OnConflict::KeepAndFlag)).await.unwrap();
+        let Outcome::Stored { id, conflict_of } = second.outcome else { panic!("{:?}", second.outcome) };
+        assert_eq!(conflict_of, Some(first_id));
+        let e = ing.store().event(id).unwrap().unwrap();
+        assert_eq!(e.conflict_of, Some(first_id));
+        assert!(e.flags.iter().any(|f| f.starts_with("conflicting_body")));
+        // The conflicting body is itself de-duplicated.
+        let again = ing.submit(sub("b", "2", OnConflict::KeepAndFlag)).await.unwrap();
+        assert_eq!(again.outcome, Outcome::Duplicate(Some(id)));
+        assert_eq!(ing.store().event_count(), 3);
+    }
+}

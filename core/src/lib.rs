@@ -1,0 +1,23 @@
+//! The domain and the engine of switchboard.
+//!
+//! What lives here: the event and its lifecycle ([`event`]), the durable store on sled with
+//! its group-committed flushes and expiry index ([`store`]), exactly-once acceptance of a
+//! notification ([`ingest`]), masking of secret values ([`mask`]), metrics ([`metrics`]),
+//! and the configuration types the engine needs ([`config`], [`secret`], [`units`]).
+//!
+//! What never lives here: anything that knows HTTP (poem, hyper, status-code mapping) or any
+//! one provider's contract. Providers describe a notification to [`ingest::Ingestor`] as a
+//! plain [`ingest::Submission`]; the answer they want to give is opaque bytes to this crate.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod ingest;
+pub mod mask;
+pub mod metrics;
+pub mod secret;
+pub mod store;
+pub mod units;
+
+pub use error::{Error, Result};

@@ -1,0 +1,204 @@
+//! Metrics, rendered in the Prometheus text format.
+//!
+//! Label values are provider names, configured endpoint paths, event types and status
+//! codes: never anything taken from a request body or a secret. Unknown request paths are
+//! counted under one `endpoint="other"` so that scanners cannot blow up the label space.
+
+use std::{sync::Arc, time::Duration};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+/// Labels of an HTTP request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Provider name, `admin`, `system` or `none`.
+    pub provider: String,
+    /// The configured path of the endpoint, or `other`.
+    pub endpoint: String,
+    /// Status code answered.
+    pub status: u16,
+}
+
+/// Labels carrying one provider.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// Provider name.
+    pub provider: String,
+}
+
+/// Labels of a stored event.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// Provider name.
+    pub provider: String,
+    /// Event type.
+    pub event_type: String,
+}
+
+/// Labels of an authentication failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthFailureLabels {
+    /// Provider name.
+    pub provider: String,
+    /// Why: `missing`, `unknown_key`, `bad_signature`, `stale`, `future`, `endpoint`,
+    /// `not_configured`, `bad_token`.
+    pub reason: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~3.3 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// Every metric switchboard keeps.
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests answered.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time from an authenticated request's arrival at the engine to its answer being
+    /// durable.
+    pub ingest_seconds: HistogramFamily<ProviderLabels>,
+    /// Events stored.
+    pub events: Family<EventLabels, Counter>,
+    /// Requests answered from an earlier identical request.
+    pub duplicates: Family<ProviderLabels, Counter>,
+    /// Authenticated bodies that did not match the schema and were quarantined.
+    pub quarantined: Family<ProviderLabels, Counter>,
+    /// Same key, different body.
+    pub conflicts: Family<ProviderLabels, Counter>,
+    /// Requests refused for authentication.
+    pub auth_failures: Family<AuthFailureLabels, Counter>,
+    /// Open client connections.
+    pub connections: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("switchboard");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "HTTP requests answered", requests.clone());
+        let ingest_seconds: HistogramFamily<ProviderLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "ingest_duration_seconds",
+            "Time to authenticate-to-durable answer of ingested notifications",
+            ingest_seconds.clone(),
+        );
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register("events_stored", "Events stored in the inbox", events.clone());
+        let duplicates = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "duplicates",
+            "Requests answered from an earlier identical request",
+            duplicates.clone(),
+        );
+        let quarantined = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "quarantined",
+            "Authenticated bodies quarantined for not matching the schema",
+            quarantined.clone(),
+        );
+        let conflicts = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "idempotency_conflicts",
+            "Requests that reused a key with a different body",
+            conflicts.clone(),
+        );
+        let auth_failures = Family::<AuthFailureLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Requests refused for authentication",
+            auth_failures.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register("open_connections", "Open client connections", connections.clone());
+        Metrics {
+            registry,
+            requests,
+            ingest_seconds,
+            events,
+            duplicates,
+            quarantined,
+            conflicts,
+            auth_failures,
+            connections,
+        }
+    }
+}
+
+impl Metrics {
+    /// A fresh, shared set of metrics.
+    pub fn shared() -> Arc<Metrics> {
+        Arc::new(Metrics::default())
+    }
+
+    /// Counts an answered HTTP request.
+    pub fn request(&self, provider: &str, endpoint: &str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                provider: provider.to_owned(),
+                endpoint: endpoint.to_owned(),
+                status,
+            })
+            .inc();
+    }
+
+    /// Counts an authentication failure.
+    pub fn auth_failure(&self, provider: &str, reason: &str) {
+        self.auth_failures
+            .get_or_create(&AuthFailureLabels {
+                provider: provider.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn provider(provider: &str) -> ProviderLabels {
+        ProviderLabels {
+            provider: provider.to_owned(),
+        }
+    }
+
+    pub(crate) fn ingest_took(&self, provider: &str, took: Duration) {
+        self.ingest_seconds
+            .get_or_create(&Self::provider(provider))
+            .observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.request("pomelo", "/pomelo/tokenization/otp", 204);
+        m.ingest_took("pomelo", Duration::from_millis(2));
+        let text = m.render();
+        assert!(text.contains(
+            r#"switchboard_requests_total{provider="pomelo",endpoint="/pomelo/tokenization/otp",status="204"} 1"#
+        ), "{text}");
+        assert!(text.contains("switchboard_ingest_duration_seconds_bucket"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
