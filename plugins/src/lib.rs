@@ -1,1 +1,20 @@
-//! stub
+//! switchboard's plugins.
+//!
+//! What lives here: one folder per provider under [`providers`] (Pomelo, VerifyVASP, ...),
+//! each of the same shape: `mod.rs` (docs and `build`), `config.rs` (its settings),
+//! `verify.rs` (authentication as plain functions over bytes and header values: no HTTP
+//! framework), `model.rs` (the typed, documented bodies), `api.rs` (its poem-openapi
+//! operations and answers) and `tests.rs`. [`http`] holds the glue every provider's
+//! `api.rs` shares: reading a bounded body, replaying a stored answer, mapping an engine
+//! error to the answer that makes a provider retry.
+//!
+//! What does not live here: the store, idempotency, the admin API, listeners. Plugins hand
+//! a [`switchboard_core::ingest::Submission`] to the engine and answer what it returns.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod http;
+pub mod providers;
+pub mod types;
+
+pub use error::{Error, Result};

@@ -1,0 +1,63 @@
+//! The provider plugins, one folder each, all of the same shape.
+
+pub mod pomelo;
+pub mod verifyvasp;
+
+use poem_openapi::Tags;
+use serde::{Deserialize, Serialize};
+
+/// The tags grouping operations in the spec and the docs.
+#[derive(Tags)]
+pub enum ProviderTag {
+    /// Pomelo: card tokenization OTP webhook, authenticated by HMAC-SHA256.
+    Pomelo,
+    /// VerifyVASP: travel-rule verification callbacks, authenticated by a bearer token.
+    #[oai(rename = "VerifyVASP")]
+    VerifyVasp,
+}
+
+/// `[providers]`: one table per provider.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvidersConfig {
+    /// Pomelo (tokenization OTP webhook).
+    pub pomelo: pomelo::PomeloConfig,
+    /// VerifyVASP (travel-rule callbacks).
+    pub verifyvasp: verifyvasp::VerifyVaspConfig,
+}
+
+/// What the server needs to know of one endpoint of a provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// The path the operation is declared at (its default).
+    pub canonical: &'static str,
+    /// The path it is served at, as configured.
+    pub path: String,
+}
+
+/// What the server reports of a provider at start-up and routes requests by.
+#[derive(Clone, Debug)]
+pub struct ProviderInfo {
+    /// Its name.
+    pub name: &'static str,
+    /// How many credentials are active; 0 means every request is refused with 401.
+    pub credentials: usize,
+    /// Its endpoints.
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+/// Checks that a configured path is usable: absolute, no query, no spaces.
+pub fn validate_path(key: &str, path: &str) -> crate::Result<()> {
+    let ok = path.starts_with('/')
+        && path.len() > 1
+        && !path.contains(['?', '#', ' ', '{', '}', '*'])
+        && !path.ends_with('/');
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::Error::config(
+            key,
+            format!("`{path}` is not a usable path (absolute, no trailing slash, no query)"),
+        ))
+    }
+}

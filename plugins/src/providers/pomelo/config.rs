@@ -1,0 +1,52 @@
+//! Pomelo's settings (`[providers.pomelo]`).
+
+use serde::{Deserialize, Serialize};
+use switchboard_core::{secret::SecretRef, units::HumanDuration};
+
+/// The path served when none is configured.
+pub const DEFAULT_PATH: &str = "/pomelo/tokenization/otp";
+
+/// `[providers.pomelo]`: the tokenization OTP webhook.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PomeloConfig {
+    /// Path the webhook is served at (the `{path_defined_by_you}` given to Pomelo).
+    pub path: String,
+    /// The endpoint Pomelo signs and sends in `X-Endpoint`. Defaults to `path`; set it when
+    /// a proxy in front of switchboard rewrites the path.
+    pub signed_endpoint: Option<String>,
+    /// How far `X-Timestamp` may be from our clock, in either direction.
+    pub timestamp_tolerance: HumanDuration,
+    /// The api-key / api-secret pairs Pomelo may sign with. Several may be active at once,
+    /// which is how secrets rotate. Without any, every request is refused with 401.
+    pub keys: Vec<PomeloKey>,
+}
+
+/// One api-key / api-secret pair.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PomeloKey {
+    /// The `X-Api-Key` value that selects this pair.
+    pub api_key: String,
+    /// The api-secret exactly as Pomelo hands it over (base64 text). Its base64-decoded
+    /// bytes are the HMAC key. `env:NAME` or `file:PATH` recommended.
+    pub api_secret: SecretRef,
+}
+
+impl Default for PomeloConfig {
+    fn default() -> Self {
+        PomeloConfig {
+            path: DEFAULT_PATH.into(),
+            signed_endpoint: None,
+            timestamp_tolerance: HumanDuration::secs(300),
+            keys: Vec::new(),
+        }
+    }
+}
+
+impl PomeloConfig {
+    /// The value `X-Endpoint` must carry.
+    pub fn signed_endpoint(&self) -> &str {
+        self.signed_endpoint.as_deref().unwrap_or(&self.path)
+    }
+}
