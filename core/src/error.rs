@@ -6,7 +6,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The embedded database failed (I/O, corruption).
-    #[error("store: {0}")]
+    #[error("store failed")]
     Store(#[from] sled::Error),
     /// A stored record could not be decoded; the store holds something this version does
     /// not understand.

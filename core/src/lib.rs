@@ -13,6 +13,7 @@
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod fsutil;
 pub mod ingest;
 pub mod mask;
 pub mod metrics;

@@ -176,13 +176,41 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Every metric in the Prometheus text exposition format, version 0.0.4.
     pub fn render(&self) -> String {
-        let mut out = String::new();
+        let mut open_metrics = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        out
+        let _ = encode(&mut open_metrics, &self.registry);
+        to_prometheus_text(&open_metrics)
     }
+}
+
+/// Turns OpenMetrics text (what `prometheus-client` writes) into the Prometheus 0.0.4
+/// text format: counters are declared under their `_total` sample name, and the
+/// OpenMetrics-only `# UNIT` and `# EOF` lines are dropped.
+fn to_prometheus_text(open_metrics: &str) -> String {
+    let lines: Vec<&str> = open_metrics.lines().collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            i += 1;
+            continue;
+        }
+        if let (Some(help), Some(next)) = (line.strip_prefix("# HELP "), lines.get(i + 1)) {
+            if let Some(name) = next.strip_prefix("# TYPE ").and_then(|t| t.strip_suffix(" counter")) {
+                let text = help.strip_prefix(name).unwrap_or(help);
+                out.push_str(&format!("# HELP {name}_total{text}\n# TYPE {name}_total counter\n"));
+                i += 2;
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+        i += 1;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -199,6 +227,9 @@ mod tests {
             r#"switchboard_requests_total{provider="pomelo",endpoint="/pomelo/tokenization/otp",status="204"} 1"#
         ), "{text}");
         assert!(text.contains("switchboard_ingest_duration_seconds_bucket"));
-        assert!(text.ends_with("# EOF\n"));
+        assert!(text.contains("# TYPE switchboard_requests_total counter\n"), "{text}");
+        assert!(text.contains("# HELP switchboard_requests_total HTTP requests answered.\n"), "{text}");
+        assert!(text.contains("# TYPE switchboard_ingest_duration_seconds histogram\n"), "{text}");
+        assert!(!text.contains("# EOF"));
     }
 }

@@ -240,7 +240,14 @@ impl Store {
             .path(cfg.path.join("db"))
             .cache_capacity(cfg.cache_capacity.0)
             .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => Error::config(
+                    "store.path",
+                    format!("{} is in use by another running switchboard", cfg.path.display()),
+                ),
+                other => Error::Store(other),
+            })?;
         let tree = db.open_tree("switchboard")?;
         let durability = Arc::new(Durability {
             written: AtomicU64::new(0),
@@ -513,6 +520,16 @@ impl Store {
             self.apply(batch)?;
         }
         Ok(swept)
+    }
+
+    /// Readiness: the database answers a read, and the last flush did not fail.
+    pub fn check(&self) -> Result<()> {
+        self.tree.get([0u8])?;
+        let state = *self.durability.state.borrow();
+        if state.failed > state.flushed {
+            return Err(Error::Durability("the last flush to disk failed".into()));
+        }
+        Ok(())
     }
 
     /// Size of the database on disk, in bytes.

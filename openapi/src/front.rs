@@ -1,0 +1,160 @@
+//! The front of every request: configured provider paths, request metrics and the
+//! request timeout.
+//!
+//! poem-openapi operations are declared at fixed paths (the providers' defaults). An
+//! operator may serve a provider elsewhere (`providers.pomelo.path`); the front rewrites the
+//! configured path to the declared one and hides the declared one, and the served spec is
+//! rewritten the same way ([`crate::app::served_spec`]).
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use poem::{Endpoint, IntoResponse, Request, Response, http::StatusCode};
+use switchboard_core::metrics::Metrics;
+use switchboard_plugins::{http::error_json, http::to_response, providers::ProviderInfo};
+
+/// Paths switchboard serves itself, which no provider may take.
+pub const SYSTEM_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json", "/openapi.yaml", "/docs"];
+
+/// How a path is labelled and routed.
+#[derive(Default)]
+pub struct RouteTable {
+    /// Configured path → (provider, declared path).
+    providers: HashMap<String, (&'static str, &'static str)>,
+    /// Declared paths served elsewhere: not found here.
+    hidden: Vec<&'static str>,
+}
+
+impl RouteTable {
+    /// The table for these providers.
+    pub fn new(providers: &[ProviderInfo]) -> Self {
+        let mut t = RouteTable::default();
+        for p in providers {
+            for e in &p.endpoints {
+                t.providers.insert(e.path.clone(), (p.name, e.canonical));
+                if e.path != e.canonical {
+                    t.hidden.push(e.canonical);
+                }
+            }
+        }
+        t.hidden.retain(|h| !t.providers.contains_key(*h));
+        t
+    }
+
+    /// The declared path → configured path renames, for the spec.
+    pub fn renames(&self) -> HashMap<&'static str, String> {
+        self.providers
+            .iter()
+            .map(|(path, (_, canonical))| (*canonical, path.clone()))
+            .collect()
+    }
+
+    /// (metric provider label, metric endpoint label, declared path to route to).
+    fn classify(&self, path: &str) -> (&'static str, String, Option<&'static str>) {
+        if let Some((provider, canonical)) = self.providers.get(path) {
+            return (provider, path.to_owned(), Some(canonical));
+        }
+        if let Some(p) = SYSTEM_PATHS.iter().find(|p| **p == path) {
+            return ("system", (*p).to_owned(), None);
+        }
+        if let Some(rest) = path.strip_prefix("/admin/") {
+            let template = match rest.split_once('/') {
+                Some(("events", _)) => "/admin/events/{id}".to_owned(),
+                _ => format!("/admin/{}", rest.split('/').next().unwrap_or("")),
+            };
+            let known = ["/admin/events", "/admin/quarantine", "/admin/events/{id}"];
+            let label = if known.contains(&template.as_str()) { template } else { "other".into() };
+            return ("admin", label, None);
+        }
+        ("none", "other".into(), None)
+    }
+
+    fn is_hidden(&self, path: &str) -> bool {
+        self.hidden.contains(&path)
+    }
+}
+
+/// The front endpoint around the whole service.
+pub struct Front<E> {
+    /// The service.
+    pub inner: E,
+    /// Routing and labels.
+    pub table: Arc<RouteTable>,
+    /// Where request counts go.
+    pub metrics: Arc<Metrics>,
+    /// Longest a request may take, body included.
+    pub request_timeout: Duration,
+}
+
+impl<E: Endpoint> Endpoint for Front<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        let (provider, label, route_to) = self.table.classify(req.uri().path());
+        let resp = if route_to.is_none() && self.table.is_hidden(req.uri().path()) {
+            StatusCode::NOT_FOUND.into_response()
+        } else {
+            if let Some(declared) = route_to {
+                if declared != req.uri().path() {
+                    rewrite_path(&mut req, declared);
+                }
+            }
+            match tokio::time::timeout(self.request_timeout, self.inner.get_response(req)).await {
+                Ok(resp) => resp,
+                Err(_) => {
+                    tracing::warn!(provider, endpoint = %label, "request timed out");
+                    to_response(&error_json(408, "request_timeout", "The request took too long."))
+                }
+            }
+        };
+        self.metrics.request(provider, &label, resp.status().as_u16());
+        Ok(resp)
+    }
+}
+
+fn rewrite_path(req: &mut Request, path: &str) {
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = pq.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = poem::http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_plugins::providers::EndpointInfo;
+
+    fn table() -> RouteTable {
+        RouteTable::new(&[
+            ProviderInfo {
+                name: "a",
+                credentials: 1,
+                endpoints: vec![EndpointInfo { canonical: "/a/default", path: "/hooks/a".into() }],
+            },
+            ProviderInfo {
+                name: "b",
+                credentials: 1,
+                endpoints: vec![EndpointInfo { canonical: "/b/default", path: "/b/default".into() }],
+            },
+        ])
+    }
+
+    #[test]
+    fn configured_paths_route_to_declared_ones() {
+        let t = table();
+        assert_eq!(t.classify("/hooks/a"), ("a", "/hooks/a".into(), Some("/a/default")));
+        assert_eq!(t.classify("/b/default"), ("b", "/b/default".into(), Some("/b/default")));
+        assert!(t.is_hidden("/a/default"));
+        assert!(!t.is_hidden("/b/default"));
+        assert_eq!(t.classify("/admin/events/0190"), ("admin", "/admin/events/{id}".into(), None));
+        assert_eq!(t.classify("/admin/zzz/1"), ("admin", "other".into(), None));
+        assert_eq!(t.classify("/random/scan"), ("none", "other".into(), None));
+        assert_eq!(t.renames().get("/a/default").map(String::as_str), Some("/hooks/a"));
+    }
+}

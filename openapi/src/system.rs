@@ -1,0 +1,94 @@
+//! Health, readiness and metrics.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::{ApiResponse, Object, OpenApi, Tags, payload::{Json, PlainText}};
+use switchboard_core::{metrics::Metrics, store::Store};
+
+#[derive(Tags)]
+enum SystemTag {
+    /// Liveness, readiness and metrics, for orchestrators and monitoring. No
+    /// authentication; nothing secret is exposed.
+    System,
+}
+
+/// The state of the process or one of its parts.
+#[derive(Object, Debug, Clone)]
+pub struct Health {
+    /// `ok`, `ready` or `not_ready`.
+    pub status: String,
+    /// One line per check, e.g. `store: ok`.
+    pub checks: Vec<String>,
+}
+
+/// Readiness answers.
+#[derive(ApiResponse)]
+pub enum ReadyAnswer {
+    /// Ready to accept notifications.
+    #[oai(status = 200)]
+    Ready(Json<Health>),
+    /// Not ready: a check failed (see `checks`).
+    #[oai(status = 503)]
+    NotReady(Json<Health>),
+}
+
+/// Metrics answer.
+#[derive(ApiResponse)]
+pub enum MetricsAnswer {
+    /// Every metric in the Prometheus text exposition format (version 0.0.4).
+    #[oai(status = 200, content_type = "text/plain; version=0.0.4; charset=utf-8")]
+    Metrics(PlainText<String>),
+}
+
+/// The system operations.
+pub struct SystemApi;
+
+#[OpenApi(tag = "SystemTag::System")]
+impl SystemApi {
+    /// Liveness
+    ///
+    /// `200` while the process runs.
+    #[oai(path = "/healthz", method = "get", operation_id = "healthz")]
+    async fn healthz(&self) -> Json<Health> {
+        Json(Health {
+            status: "ok".into(),
+            checks: Vec::new(),
+        })
+    }
+
+    /// Readiness
+    ///
+    /// `200` when the store can be read and its last flush to disk succeeded.
+    #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
+    async fn readyz(&self, store: Data<&Store>) -> ReadyAnswer {
+        let mut ok = true;
+        let mut checks = Vec::new();
+        match store.check() {
+            Ok(()) => checks.push("store: ok".to_owned()),
+            Err(e) => {
+                ok = false;
+                tracing::error!(error = %e, "readiness: store check failed");
+                checks.push("store: failing (see the log)".to_owned());
+            }
+        }
+        let health = Health {
+            status: if ok { "ready" } else { "not_ready" }.into(),
+            checks,
+        };
+        if ok {
+            ReadyAnswer::Ready(Json(health))
+        } else {
+            ReadyAnswer::NotReady(Json(health))
+        }
+    }
+
+    /// Metrics
+    ///
+    /// Requests by provider, endpoint and status; ingest latency; duplicates; quarantined
+    /// bodies; authentication failures; open connections.
+    #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
+    async fn metrics(&self, metrics: Data<&Arc<Metrics>>) -> MetricsAnswer {
+        MetricsAnswer::Metrics(PlainText(metrics.render()))
+    }
+}
