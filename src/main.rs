@@ -158,13 +158,26 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     for p in [pomelo, vasp] {
         let paths: Vec<&str> = p.endpoints.iter().map(|e| e.path.as_str()).collect();
         if p.credentials == 0 {
-            println!("  {:<12} {} (no secret configured: {})", p.name, paths.join(", "), unconfigured(&config));
+            println!(
+                "  {:<12} {} (no secret configured: {})",
+                p.name,
+                paths.join(", "),
+                unconfigured(&config)
+            );
         } else {
-            println!("  {:<12} {} ({} credential(s))", p.name, paths.join(", "), p.credentials);
+            println!(
+                "  {:<12} {} ({} credential(s))",
+                p.name,
+                paths.join(", "),
+                p.credentials
+            );
         }
     }
     if config.admin.token.is_none() {
-        println!("  admin        no token configured: {}", unconfigured(&config));
+        println!(
+            "  admin        no token configured: {}",
+            unconfigured(&config)
+        );
     }
     Ok(())
 }

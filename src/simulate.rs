@@ -85,24 +85,38 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
         .transpose()?;
     let request = match &args.provider {
-        Provider::Pomelo { api_key, api_secret, otp } => {
+        Provider::Pomelo {
+            api_key,
+            api_secret,
+            otp,
+        } => {
             let cfg = &config.providers.pomelo;
             let (key, secret) = match (api_key, api_secret) {
                 (Some(k), Some(s)) => (k.clone(), s.clone()),
                 _ => match cfg.keys.first() {
                     Some(k) => (
                         k.api_key.clone(),
-                        k.api_secret.resolve().map_err(|m| anyhow::anyhow!("providers.pomelo.keys[0].api_secret: {m}"))?.expose().to_owned(),
+                        k.api_secret
+                            .resolve()
+                            .map_err(|m| {
+                                anyhow::anyhow!("providers.pomelo.keys[0].api_secret: {m}")
+                            })?
+                            .expose()
+                            .to_owned(),
                     ),
                     None => match &dev {
                         Some(d) => (d.pomelo_api_key.clone(), d.pomelo_api_secret.clone()),
-                        None => bail!("no Pomelo api-key: pass --api-key and --api-secret, configure providers.pomelo.keys, or start `switchboard serve` once to generate development secrets"),
+                        None => bail!(
+                            "no Pomelo api-key: pass --api-key and --api-secret, configure providers.pomelo.keys, or start `switchboard serve` once to generate development secrets"
+                        ),
                     },
                 },
             };
             let hmac_key = pomelo::verify::decode_secret(&secret)
                 .context("the api-secret is not base64 text")?;
-            let otp = otp.clone().unwrap_or_else(|| format!("{:06}", rand::random::<u32>() % 1_000_000));
+            let otp = otp
+                .clone()
+                .unwrap_or_else(|| format!("{:06}", rand::random::<u32>() % 1_000_000));
             let body = custom_body.clone().unwrap_or_else(|| {
                 serde_json::to_vec(&serde_json::json!({
                     "token": {"origin": "APPLE_PAY", "card_id": "card_123456789", "user_id": "user_123456789"},
@@ -132,10 +146,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let token = match token {
                 Some(t) => t.clone(),
                 None => match &cfg.token {
-                    Some(t) => t.resolve().map_err(|m| anyhow::anyhow!("providers.verifyvasp.token: {m}"))?.expose().to_owned(),
+                    Some(t) => t
+                        .resolve()
+                        .map_err(|m| anyhow::anyhow!("providers.verifyvasp.token: {m}"))?
+                        .expose()
+                        .to_owned(),
                     None => match &dev {
                         Some(d) => d.verifyvasp_token.clone(),
-                        None => bail!("no VerifyVASP token: pass --token, configure providers.verifyvasp.token, or start `switchboard serve` once to generate development secrets"),
+                        None => bail!(
+                            "no VerifyVASP token: pass --token, configure providers.verifyvasp.token, or start `switchboard serve` once to generate development secrets"
+                        ),
                     },
                 },
             };
@@ -145,8 +165,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 VaspEvent::TxReport => tx,
                 VaspEvent::ErrorReport => er,
             };
-            sample["data"]["verificationUuid"] = serde_json::Value::String(uuid::Uuid::new_v4().to_string());
-            let body = custom_body.clone().unwrap_or_else(|| serde_json::to_vec(&sample).unwrap_or_default());
+            sample["data"]["verificationUuid"] =
+                serde_json::Value::String(uuid::Uuid::new_v4().to_string());
+            let body = custom_body
+                .clone()
+                .unwrap_or_else(|| serde_json::to_vec(&sample).unwrap_or_default());
             Request {
                 url: format!("{target}{}", cfg.path),
                 headers: vec![

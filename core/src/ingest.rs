@@ -246,15 +246,23 @@ impl Inner {
             armed: true,
         };
         let (status, data, mut flags, quarantine_reason) = match &sub.content {
-            Content::Parsed { data, flags } => {
-                (EventStatus::Received, Some(data.clone()), flags.clone(), None)
-            }
-            Content::Quarantined { reason } => {
-                (EventStatus::Quarantined, None, Vec::new(), Some(reason.clone()))
-            }
+            Content::Parsed { data, flags } => (
+                EventStatus::Received,
+                Some(data.clone()),
+                flags.clone(),
+                None,
+            ),
+            Content::Quarantined { reason } => (
+                EventStatus::Quarantined,
+                None,
+                Vec::new(),
+                Some(reason.clone()),
+            ),
         };
         if conflict_of.is_some() {
-            flags.push("conflicting_body: an earlier event has the same key and another body".into());
+            flags.push(
+                "conflicting_body: an earlier event has the same key and another body".into(),
+            );
         }
         let event = Event {
             id: EventId::new(),
@@ -316,13 +324,17 @@ pub async fn run_sweeper(store: Store, cfg: StoreConfig) {
         tick.tick().await;
         let store2 = store.clone();
         let retention = cfg.retention.get();
-        let res = tokio::task::spawn_blocking(move || {
-            store2.sweep(crate::store::now_ms(), retention)
-        })
-        .await;
+        let res =
+            tokio::task::spawn_blocking(move || store2.sweep(crate::store::now_ms(), retention))
+                .await;
         match res {
             Ok(Ok(s)) if s.keys + s.events + s.kept > 0 => {
-                tracing::info!(keys = s.keys, events = s.events, kept = s.kept, "expired records swept");
+                tracing::info!(
+                    keys = s.keys,
+                    events = s.events,
+                    kept = s.kept,
+                    "expired records swept"
+                );
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "sweep failed"),
@@ -370,13 +382,18 @@ mod tests {
         for _ in 0..50 {
             let ing = ing.clone();
             tasks.push(tokio::spawn(async move {
-                ing.submit(sub("k", "{}", OnConflict::KeepAndFlag)).await.unwrap()
+                ing.submit(sub("k", "{}", OnConflict::KeepAndFlag))
+                    .await
+                    .unwrap()
             }));
         }
         let mut stored = 0;
         for t in tasks {
             let r = t.await.unwrap();
-            assert_eq!(r.response, StoredResponse::json(200, &json!({"result": true})));
+            assert_eq!(
+                r.response,
+                StoredResponse::json(200, &json!({"result": true}))
+            );
             if matches!(r.outcome, Outcome::Stored { .. }) {
                 stored += 1;
             }
@@ -389,23 +406,39 @@ mod tests {
     async fn conflicts_follow_the_provider_rule() {
         let dir = tempfile::tempdir().unwrap();
         let ing = setup(dir.path());
-        let reject = OnConflict::Reject(StoredResponse::json(422, &json!({"detail": "IDEMPOTENCY_KEY_REUSED"})));
+        let reject = OnConflict::Reject(StoredResponse::json(
+            422,
+            &json!({"detail": "IDEMPOTENCY_KEY_REUSED"}),
+        ));
         ing.submit(sub("a", "1", reject.clone())).await.unwrap();
         let r = ing.submit(sub("a", "2", reject)).await.unwrap();
         assert_eq!(r.outcome, Outcome::Rejected);
         assert_eq!(r.response.status, 422);
         assert_eq!(ing.store().event_count(), 1);
 
-        let first = ing.submit(sub("b", "1", OnConflict::KeepAndFlag)).await.unwrap();
-        let Outcome::Stored { id: first_id, .. } = first.outcome else { panic!() };
-        let second = ing.submit(sub("b", "2", OnConflict::KeepAndFlag)).await.unwrap();
-        let Outcome::Stored { id, conflict_of } = second.outcome else { panic!("{:?}", second.outcome) };
+        let first = ing
+            .submit(sub("b", "1", OnConflict::KeepAndFlag))
+            .await
+            .unwrap();
+        let Outcome::Stored { id: first_id, .. } = first.outcome else {
+            panic!()
+        };
+        let second = ing
+            .submit(sub("b", "2", OnConflict::KeepAndFlag))
+            .await
+            .unwrap();
+        let Outcome::Stored { id, conflict_of } = second.outcome else {
+            panic!("{:?}", second.outcome)
+        };
         assert_eq!(conflict_of, Some(first_id));
         let e = ing.store().event(id).unwrap().unwrap();
         assert_eq!(e.conflict_of, Some(first_id));
         assert!(e.flags.iter().any(|f| f.starts_with("conflicting_body")));
         // The conflicting body is itself de-duplicated.
-        let again = ing.submit(sub("b", "2", OnConflict::KeepAndFlag)).await.unwrap();
+        let again = ing
+            .submit(sub("b", "2", OnConflict::KeepAndFlag))
+            .await
+            .unwrap();
         assert_eq!(again.outcome, Outcome::Duplicate(Some(id)));
         assert_eq!(ing.store().event_count(), 3);
     }

@@ -96,7 +96,11 @@ impl Default for Metrics {
             ingest_seconds.clone(),
         );
         let events = Family::<EventLabels, Counter>::default();
-        registry.register("events_stored", "Events stored in the inbox", events.clone());
+        registry.register(
+            "events_stored",
+            "Events stored in the inbox",
+            events.clone(),
+        );
         let duplicates = Family::<ProviderLabels, Counter>::default();
         registry.register(
             "duplicates",
@@ -122,7 +126,11 @@ impl Default for Metrics {
             auth_failures.clone(),
         );
         let connections = Gauge::default();
-        registry.register("open_connections", "Open client connections", connections.clone());
+        registry.register(
+            "open_connections",
+            "Open client connections",
+            connections.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -199,9 +207,14 @@ fn to_prometheus_text(open_metrics: &str) -> String {
             continue;
         }
         if let (Some(help), Some(next)) = (line.strip_prefix("# HELP "), lines.get(i + 1)) {
-            if let Some(name) = next.strip_prefix("# TYPE ").and_then(|t| t.strip_suffix(" counter")) {
+            if let Some(name) = next
+                .strip_prefix("# TYPE ")
+                .and_then(|t| t.strip_suffix(" counter"))
+            {
                 let text = help.strip_prefix(name).unwrap_or(help);
-                out.push_str(&format!("# HELP {name}_total{text}\n# TYPE {name}_total counter\n"));
+                out.push_str(&format!(
+                    "# HELP {name}_total{text}\n# TYPE {name}_total counter\n"
+                ));
                 i += 2;
                 continue;
             }
@@ -227,9 +240,18 @@ mod tests {
             r#"switchboard_requests_total{provider="pomelo",endpoint="/pomelo/tokenization/otp",status="204"} 1"#
         ), "{text}");
         assert!(text.contains("switchboard_ingest_duration_seconds_bucket"));
-        assert!(text.contains("# TYPE switchboard_requests_total counter\n"), "{text}");
-        assert!(text.contains("# HELP switchboard_requests_total HTTP requests answered.\n"), "{text}");
-        assert!(text.contains("# TYPE switchboard_ingest_duration_seconds histogram\n"), "{text}");
+        assert!(
+            text.contains("# TYPE switchboard_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP switchboard_requests_total HTTP requests answered.\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE switchboard_ingest_duration_seconds histogram\n"),
+            "{text}"
+        );
         assert!(!text.contains("# EOF"));
     }
 }

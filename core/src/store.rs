@@ -242,10 +242,15 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => Error::config(
-                    "store.path",
-                    format!("{} is in use by another running switchboard", cfg.path.display()),
-                ),
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    Error::config(
+                        "store.path",
+                        format!(
+                            "{} is in use by another running switchboard",
+                            cfg.path.display()
+                        ),
+                    )
+                }
                 other => Error::Store(other),
             })?;
         let tree = db.open_tree("switchboard")?;
@@ -423,7 +428,12 @@ impl Store {
     }
 
     /// Events matching `filter`, newest first, strictly older than `before`.
-    pub fn events(&self, filter: &EventFilter, before: Option<EventId>, limit: usize) -> Result<Page> {
+    pub fn events(
+        &self,
+        filter: &EventFilter,
+        before: Option<EventId>,
+        limit: usize,
+    ) -> Result<Page> {
         let start = key(EVENT, &[]);
         let end = match before {
             Some(id) => key(EVENT, id.as_bytes()),
@@ -440,7 +450,9 @@ impl Store {
             };
             for entry in self.tree.range(key(QUARANTINE, &[])..qend).rev() {
                 let (k, _) = entry?;
-                let Some(id) = EventId::from_slice(&k[1..]) else { continue };
+                let Some(id) = EventId::from_slice(&k[1..]) else {
+                    continue;
+                };
                 let Some(e) = self.event(id)? else { continue };
                 if filter.matches(&e) {
                     if items.len() == limit {
@@ -655,18 +667,35 @@ mod tests {
         let bad = event(EventStatus::Quarantined);
         let r = StoredResponse::empty(204);
         store.claim("a", "f").unwrap();
-        store.commit("a", "f", Some(&ok), &r, Duration::from_secs(1)).unwrap();
+        store
+            .commit("a", "f", Some(&ok), &r, Duration::from_secs(1))
+            .unwrap();
         store.claim("b", "f").unwrap();
-        store.commit("b", "f", Some(&bad), &r, Duration::from_secs(1)).unwrap();
-        assert_eq!(store.sweep(now_ms(), Duration::from_secs(60)).unwrap(), Swept::default());
+        store
+            .commit("b", "f", Some(&bad), &r, Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(
+            store.sweep(now_ms(), Duration::from_secs(60)).unwrap(),
+            Swept::default()
+        );
         let later = now_ms() + 2_000;
         let swept = store.sweep(later, Duration::from_secs(60)).unwrap();
-        assert_eq!(swept, Swept { keys: 2, events: 1, kept: 1 });
+        assert_eq!(
+            swept,
+            Swept {
+                keys: 2,
+                events: 1,
+                kept: 1
+            }
+        );
         assert!(store.event(ok.id).unwrap().is_none());
         assert!(store.event(bad.id).unwrap().is_some());
         assert!(matches!(store.claim("a", "f").unwrap(), Claim::Owned));
         // The kept event's expiry moved: a second sweep at the same time removes nothing.
-        assert_eq!(store.sweep(later, Duration::from_secs(60)).unwrap(), Swept::default());
+        assert_eq!(
+            store.sweep(later, Duration::from_secs(60)).unwrap(),
+            Swept::default()
+        );
     }
 
     #[tokio::test]
@@ -685,10 +714,15 @@ mod tests {
             ids.push(e.id);
             let k = format!("k{i}");
             store.claim(&k, "f").unwrap();
-            store.commit(&k, "f", Some(&e), &r, Duration::from_secs(60)).unwrap();
+            store
+                .commit(&k, "f", Some(&e), &r, Duration::from_secs(60))
+                .unwrap();
         }
         let all = store.events(&EventFilter::default(), None, 2).unwrap();
-        assert_eq!(all.items.iter().map(|e| e.id).collect::<Vec<_>>(), vec![ids[4], ids[3]]);
+        assert_eq!(
+            all.items.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![ids[4], ids[3]]
+        );
         let rest = store.events(&EventFilter::default(), all.next, 10).unwrap();
         assert_eq!(rest.items.len(), 3);
         assert!(rest.next.is_none());
@@ -697,7 +731,10 @@ mod tests {
             ..Default::default()
         };
         let qp = store.events(&q, None, 10).unwrap();
-        assert_eq!(qp.items.iter().map(|e| e.id).collect::<Vec<_>>(), vec![ids[3], ids[1]]);
+        assert_eq!(
+            qp.items.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![ids[3], ids[1]]
+        );
         let t0 = EventFilter {
             event_type: Some("t0".into()),
             ..Default::default()
@@ -718,7 +755,9 @@ mod tests {
                 let k = format!("k{i}");
                 store.claim(&k, "f").unwrap();
                 let e = event(EventStatus::Received);
-                let seq = store.commit(&k, "f", Some(&e), &r, Duration::from_secs(60)).unwrap();
+                let seq = store
+                    .commit(&k, "f", Some(&e), &r, Duration::from_secs(60))
+                    .unwrap();
                 store.durable(seq).await.unwrap();
             }));
         }
@@ -726,6 +765,10 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(store.event_count(), 200);
-        assert!(store.flush_count() < 200, "flushes: {}", store.flush_count());
+        assert!(
+            store.flush_count() < 200,
+            "flushes: {}",
+            store.flush_count()
+        );
     }
 }

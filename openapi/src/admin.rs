@@ -126,7 +126,7 @@ pub enum ListAnswer {
 pub enum DetailAnswer {
     /// The event.
     #[oai(status = 200)]
-    Event(Json<EventView>),
+    Event(Json<Box<EventView>>),
     /// The id is not a UUID.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
@@ -222,20 +222,35 @@ impl AdminApi {
         }
     }
 
-    fn page(&self, store: &Store, filter: EventFilter, limit: Option<u32>, before: Option<String>) -> ListAnswer {
+    fn page(
+        &self,
+        store: &Store,
+        filter: EventFilter,
+        limit: Option<u32>,
+        before: Option<String>,
+    ) -> ListAnswer {
         let before = match before.map(|b| b.parse::<EventId>()).transpose() {
             Ok(b) => b,
-            Err(_) => return ListAnswer::BadRequest(body("bad_request", "`before` is not an event id")),
+            Err(_) => {
+                return ListAnswer::BadRequest(body("bad_request", "`before` is not an event id"));
+            }
         };
         let limit = limit.unwrap_or(50).clamp(1, 500) as usize;
         match store.events(&filter, before, limit) {
             Ok(page) => ListAnswer::Page(Json(EventPage {
-                items: page.items.into_iter().map(|e| self.view(e, false)).collect(),
+                items: page
+                    .items
+                    .into_iter()
+                    .map(|e| self.view(e, false))
+                    .collect(),
                 next: page.next.map(|i| i.to_string()),
             })),
             Err(e) => {
                 tracing::error!(error = %e, "admin: listing events failed");
-                ListAnswer::Unavailable(body("temporarily_unavailable", "The store could not be read."))
+                ListAnswer::Unavailable(body(
+                    "temporarily_unavailable",
+                    "The store could not be read.",
+                ))
             }
         }
     }
@@ -246,7 +261,12 @@ impl AdminApi {
     /// List events
     ///
     /// Stored events, newest first, filtered by provider, type and status.
-    #[oai(path = "/admin/events", method = "get", operation_id = "adminListEvents")]
+    #[oai(
+        path = "/admin/events",
+        method = "get",
+        operation_id = "adminListEvents"
+    )]
+    #[allow(clippy::too_many_arguments)] // one argument per documented query parameter
     async fn list_events(
         &self,
         store: Data<&Store>,
@@ -277,7 +297,11 @@ impl AdminApi {
     /// List the quarantine
     ///
     /// Events whose authenticated body did not match the provider's schema, newest first.
-    #[oai(path = "/admin/quarantine", method = "get", operation_id = "adminListQuarantine")]
+    #[oai(
+        path = "/admin/quarantine",
+        method = "get",
+        operation_id = "adminListQuarantine"
+    )]
     async fn list_quarantine(
         &self,
         store: Data<&Store>,
@@ -303,7 +327,11 @@ impl AdminApi {
     /// Get an event
     ///
     /// One event with its body (masked unless secrets may be revealed).
-    #[oai(path = "/admin/events/:id", method = "get", operation_id = "adminGetEvent")]
+    #[oai(
+        path = "/admin/events/:id",
+        method = "get",
+        operation_id = "adminGetEvent"
+    )]
     async fn get_event(
         &self,
         store: Data<&Store>,
@@ -318,11 +346,14 @@ impl AdminApi {
             return DetailAnswer::BadRequest(body("bad_request", "The id is not an event id."));
         };
         match store.event(id) {
-            Ok(Some(e)) => DetailAnswer::Event(Json(self.view(e, true))),
+            Ok(Some(e)) => DetailAnswer::Event(Json(Box::new(self.view(e, true)))),
             Ok(None) => DetailAnswer::NotFound(body("not_found", "No event has this id.")),
             Err(e) => {
                 tracing::error!(error = %e, "admin: reading an event failed");
-                DetailAnswer::Unavailable(body("temporarily_unavailable", "The store could not be read."))
+                DetailAnswer::Unavailable(body(
+                    "temporarily_unavailable",
+                    "The store could not be read.",
+                ))
             }
         }
     }

@@ -63,10 +63,7 @@ pub fn spec(cfg: &Config) -> Value {
         AdminApi::new(None, false),
         SystemApi,
     );
-    let infos = vec![
-        pomelo_info(cfg),
-        verifyvasp_info(cfg),
-    ];
+    let infos = vec![pomelo_info(cfg), verifyvasp_info(cfg)];
     served_spec(&service(apis), &RouteTable::new(&infos))
 }
 
@@ -93,7 +90,10 @@ fn verifyvasp_info(cfg: &Config) -> ProviderInfo {
 }
 
 /// The service's spec with declared paths renamed to configured ones.
-pub fn served_spec<T: poem_openapi::OpenApi>(svc: &OpenApiService<T, ()>, table: &RouteTable) -> Value {
+pub fn served_spec<T: poem_openapi::OpenApi>(
+    svc: &OpenApiService<T, ()>,
+    table: &RouteTable,
+) -> Value {
     let mut spec: Value = serde_json::from_str(&svc.spec()).unwrap_or(Value::Null);
     let renames = table.renames();
     if let Some(paths) = spec.get_mut("paths").and_then(Value::as_object_mut) {
@@ -124,8 +124,16 @@ pub fn spec_yaml(spec: &Value) -> String {
 fn docs_html<T: poem_openapi::OpenApi>(svc: &OpenApiService<T, ()>, served: &Value) -> String {
     let html = svc.swagger_ui_html();
     let declared = svc.spec();
-    html.replacen(&declared, &serde_json::to_string(served).unwrap_or_default(), 1)
-        .replacen("SwaggerUIBundle({", "SwaggerUIBundle({\n        validatorUrl: null,", 1)
+    html.replacen(
+        &declared,
+        &serde_json::to_string(served).unwrap_or_default(),
+        1,
+    )
+    .replacen(
+        "SwaggerUIBundle({",
+        "SwaggerUIBundle({\n        validatorUrl: null,",
+        1,
+    )
 }
 
 /// A built server, ready to serve.
@@ -155,7 +163,10 @@ impl App {
             .admin
             .token
             .as_ref()
-            .map(|t| t.resolve().map_err(|m| Error::Config(format!("admin.token: {m}"))))
+            .map(|t| {
+                t.resolve()
+                    .map_err(|m| Error::Config(format!("admin.token: {m}")))
+            })
             .transpose()?;
         let providers = vec![pomelo_info, vasp_info];
 
@@ -170,21 +181,34 @@ impl App {
             },
         };
 
-        let svc = service((pomelo_api, vasp_api, AdminApi::new(admin_token, config.admin.reveal_secrets), SystemApi));
+        let svc = service((
+            pomelo_api,
+            vasp_api,
+            AdminApi::new(admin_token, config.admin.reveal_secrets),
+            SystemApi,
+        ));
         let table = Arc::new(RouteTable::new(&providers));
         let spec = served_spec(&svc, &table);
         let json = spec_json(&spec);
         let yaml = spec_yaml(&spec);
         let docs = docs_html(&svc, &spec);
         let route = Route::new()
-            .at("/openapi.json", make_sync(move |_| {
-                poem::Response::builder().content_type("application/json").body(json.clone())
-            }))
-            .at("/openapi.yaml", make_sync(move |_| {
-                poem::Response::builder()
-                    .content_type("application/yaml")
-                    .body(yaml.clone())
-            }))
+            .at(
+                "/openapi.json",
+                make_sync(move |_| {
+                    poem::Response::builder()
+                        .content_type("application/json")
+                        .body(json.clone())
+                }),
+            )
+            .at(
+                "/openapi.yaml",
+                make_sync(move |_| {
+                    poem::Response::builder()
+                        .content_type("application/yaml")
+                        .body(yaml.clone())
+                }),
+            )
             .at("/docs", make_sync(move |_| Html(docs.clone())))
             .nest("/", svc)
             .with(CatchPanic::new())
@@ -218,7 +242,10 @@ impl App {
     pub fn report(&self) {
         for p in &self.providers {
             if p.credentials == 0 {
-                tracing::warn!(provider = p.name, "no secret configured: every request to this provider is refused with 401");
+                tracing::warn!(
+                    provider = p.name,
+                    "no secret configured: every request to this provider is refused with 401"
+                );
             } else {
                 tracing::info!(provider = p.name, credentials = p.credentials, paths = ?p.endpoints.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), "provider ready");
             }
@@ -250,11 +277,17 @@ impl App {
             header_read_timeout: self.config.server.header_read_timeout.get(),
             shutdown_grace: self.config.server.shutdown_grace.get(),
         };
-        serve(listener, self.endpoint.clone(), opts, self.metrics.clone(), shutdown).await;
+        serve(
+            listener,
+            self.endpoint.clone(),
+            opts,
+            self.metrics.clone(),
+            shutdown,
+        )
+        .await;
         sweeper.abort();
         self.store.flush().await?;
         tracing::info!("store flushed; bye");
         Ok(())
     }
 }
-

@@ -138,9 +138,9 @@ impl Config {
                 )));
             }
         }
+        // figment's messages name the key and its source (the file, or the environment).
         let cfg: Config = switchboard_core::config::layered(file).map_err(|e| {
-            let src = file.map(|p| p.display().to_string()).unwrap_or_else(|| "environment".into());
-            Error::Config(format!("{src}: {e}"))
+            Error::Config(e.to_string().replace("for key \"default.", "for key \""))
         })?;
         cfg.validate().map_err(|e| match file {
             Some(p) => Error::Config(format!("{}: {e}", p.display())),
@@ -162,7 +162,10 @@ impl Config {
             return bad("server.json_max_depth", "must be between 2 and 256");
         }
         for (key, d) in [
-            ("server.header_read_timeout", self.server.header_read_timeout),
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
             ("server.request_timeout", self.server.request_timeout),
         ] {
             if d.get().is_zero() {
@@ -223,7 +226,12 @@ mod tests {
         assert_eq!(c.server.body_limit, ByteSize::mib(1));
         let mut bad = c.clone();
         bad.log.level = "info,=[".into();
-        assert!(bad.validate().unwrap_err().to_string().contains("log.level"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("log.level")
+        );
     }
 
     #[test]

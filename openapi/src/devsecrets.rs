@@ -166,7 +166,10 @@ impl Applied {
             "\n  Development secrets were generated and saved to {} (mode 0600).",
             self.path.display()
         );
-        let _ = writeln!(out, "  They are printed this once. Do not use them in production.\n");
+        let _ = writeln!(
+            out,
+            "  They are printed this once. Do not use them in production.\n"
+        );
         if self.filled.contains(&"admin.token") {
             let _ = writeln!(out, "    admin token        {}", s.admin_token);
         }
@@ -180,4 +183,3 @@ impl Applied {
         out
     }
 }
-

@@ -13,7 +13,14 @@ use switchboard_core::metrics::Metrics;
 use switchboard_plugins::{http::error_json, http::to_response, providers::ProviderInfo};
 
 /// Paths switchboard serves itself, which no provider may take.
-pub const SYSTEM_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json", "/openapi.yaml", "/docs"];
+pub const SYSTEM_PATHS: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/openapi.yaml",
+    "/docs",
+];
 
 /// How a path is labelled and routed.
 #[derive(Default)]
@@ -62,7 +69,11 @@ impl RouteTable {
                 _ => format!("/admin/{}", rest.split('/').next().unwrap_or("")),
             };
             let known = ["/admin/events", "/admin/quarantine", "/admin/events/{id}"];
-            let label = if known.contains(&template.as_str()) { template } else { "other".into() };
+            let label = if known.contains(&template.as_str()) {
+                template
+            } else {
+                "other".into()
+            };
             return ("admin", label, None);
         }
         ("none", "other".into(), None)
@@ -102,11 +113,16 @@ impl<E: Endpoint> Endpoint for Front<E> {
                 Ok(resp) => resp,
                 Err(_) => {
                     tracing::warn!(provider, endpoint = %label, "request timed out");
-                    to_response(&error_json(408, "request_timeout", "The request took too long."))
+                    to_response(&error_json(
+                        408,
+                        "request_timeout",
+                        "The request took too long.",
+                    ))
                 }
             }
         };
-        self.metrics.request(provider, &label, resp.status().as_u16());
+        self.metrics
+            .request(provider, &label, resp.status().as_u16());
         Ok(resp)
     }
 }
@@ -135,12 +151,18 @@ mod tests {
             ProviderInfo {
                 name: "a",
                 credentials: 1,
-                endpoints: vec![EndpointInfo { canonical: "/a/default", path: "/hooks/a".into() }],
+                endpoints: vec![EndpointInfo {
+                    canonical: "/a/default",
+                    path: "/hooks/a".into(),
+                }],
             },
             ProviderInfo {
                 name: "b",
                 credentials: 1,
-                endpoints: vec![EndpointInfo { canonical: "/b/default", path: "/b/default".into() }],
+                endpoints: vec![EndpointInfo {
+                    canonical: "/b/default",
+                    path: "/b/default".into(),
+                }],
             },
         ])
     }
@@ -148,13 +170,25 @@ mod tests {
     #[test]
     fn configured_paths_route_to_declared_ones() {
         let t = table();
-        assert_eq!(t.classify("/hooks/a"), ("a", "/hooks/a".into(), Some("/a/default")));
-        assert_eq!(t.classify("/b/default"), ("b", "/b/default".into(), Some("/b/default")));
+        assert_eq!(
+            t.classify("/hooks/a"),
+            ("a", "/hooks/a".into(), Some("/a/default"))
+        );
+        assert_eq!(
+            t.classify("/b/default"),
+            ("b", "/b/default".into(), Some("/b/default"))
+        );
         assert!(t.is_hidden("/a/default"));
         assert!(!t.is_hidden("/b/default"));
-        assert_eq!(t.classify("/admin/events/0190"), ("admin", "/admin/events/{id}".into(), None));
+        assert_eq!(
+            t.classify("/admin/events/0190"),
+            ("admin", "/admin/events/{id}".into(), None)
+        );
         assert_eq!(t.classify("/admin/zzz/1"), ("admin", "other".into(), None));
         assert_eq!(t.classify("/random/scan"), ("none", "other".into(), None));
-        assert_eq!(t.renames().get("/a/default").map(String::as_str), Some("/hooks/a"));
+        assert_eq!(
+            t.renames().get("/a/default").map(String::as_str),
+            Some("/hooks/a")
+        );
     }
 }

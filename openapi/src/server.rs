@@ -56,7 +56,10 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(64);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(64);
     let builder = Arc::new(builder);
 
     loop {

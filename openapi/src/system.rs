@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use poem::web::Data;
-use poem_openapi::{ApiResponse, Object, OpenApi, Tags, payload::{Json, PlainText}};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi, Tags,
+    payload::{Json, PlainText},
+};
 use switchboard_core::{metrics::Metrics, store::Store};
 
 #[derive(Tags)]
@@ -22,6 +25,14 @@ pub struct Health {
     pub checks: Vec<String>,
 }
 
+/// Liveness answer.
+#[derive(ApiResponse)]
+pub enum LiveAnswer {
+    /// The process is running.
+    #[oai(status = 200)]
+    Live(Json<Health>),
+}
+
 /// Readiness answers.
 #[derive(ApiResponse)]
 pub enum ReadyAnswer {
@@ -37,7 +48,10 @@ pub enum ReadyAnswer {
 #[derive(ApiResponse)]
 pub enum MetricsAnswer {
     /// Every metric in the Prometheus text exposition format (version 0.0.4).
-    #[oai(status = 200, content_type = "text/plain; version=0.0.4; charset=utf-8")]
+    #[oai(
+        status = 200,
+        content_type = "text/plain; version=0.0.4; charset=utf-8"
+    )]
     Metrics(PlainText<String>),
 }
 
@@ -50,11 +64,11 @@ impl SystemApi {
     ///
     /// `200` while the process runs.
     #[oai(path = "/healthz", method = "get", operation_id = "healthz")]
-    async fn healthz(&self) -> Json<Health> {
-        Json(Health {
+    async fn healthz(&self) -> LiveAnswer {
+        LiveAnswer::Live(Json(Health {
             status: "ok".into(),
             checks: Vec::new(),
-        })
+        }))
     }
 
     /// Readiness

@@ -238,15 +238,22 @@ pub struct Parsed<T> {
 
 /// Parses `bytes` as a `T`. The error is a reason fit for an operator: it names fields and
 /// types, never the values sent.
-pub fn parse_json<T: ParseFromJSON + ToJSON>(bytes: &[u8], limits: &Limits) -> Result<Parsed<T>, String> {
+pub fn parse_json<T: ParseFromJSON + ToJSON>(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<Parsed<T>, String> {
     if json_depth_exceeds(bytes, limits.json_depth) {
-        return Err(format!("JSON nested deeper than {} levels", limits.json_depth));
+        return Err(format!(
+            "JSON nested deeper than {} levels",
+            limits.json_depth
+        ));
     }
     let original: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     if !original.is_object() {
         return Err("the body is not a JSON object".into());
     }
-    let (value, flags) = crate::types::collect_unknown(|| T::parse_from_json(Some(original.clone())));
+    let (value, flags) =
+        crate::types::collect_unknown(|| T::parse_from_json(Some(original.clone())));
     let value = value.map_err(|e| redact_parse_error(&e.into_message()))?;
     for flag in &flags {
         tracing::warn!(type_name = std::any::type_name::<T>(), flag = %flag, "accepted a value the provider's documentation does not list");
@@ -316,12 +323,16 @@ mod tests {
     fn overlay_normalises_and_keeps_unknown_fields() {
         let mut base = json!({"id": "12", "extra": true, "list": [{"n": "1", "x": 1}]});
         overlay(&mut base, json!({"id": 12, "list": [{"n": 1}]}));
-        assert_eq!(base, json!({"id": 12, "extra": true, "list": [{"n": 1, "x": 1}]}));
+        assert_eq!(
+            base,
+            json!({"id": 12, "extra": true, "list": [{"n": 1, "x": 1}]})
+        );
     }
 
     #[test]
     fn parse_errors_never_quote_values() {
-        let m = r#"Expected input type "string", found {"otp":"123456"}. (occurred while parsing "X")"#;
+        let m =
+            r#"Expected input type "string", found {"otp":"123456"}. (occurred while parsing "X")"#;
         let r = redact_parse_error(m);
         assert!(!r.contains("123456"), "{r}");
         assert!(r.ends_with(r#"(occurred while parsing "X")"#), "{r}");

@@ -55,7 +55,9 @@ impl ParseFromJSON for Int {
                 .map(Int)
                 .map_err(|_| ParseError::custom("a string that is not an integer")),
             Some(Value::Null) | None => Err(ParseError::expected_input()),
-            Some(_) => Err(ParseError::custom("neither a number nor a string of digits")),
+            Some(_) => Err(ParseError::custom(
+                "neither a number nor a string of digits",
+            )),
         }
     }
 }
@@ -177,7 +179,10 @@ mod tests {
     #[test]
     fn ints_accept_numbers_and_strings() {
         assert_eq!(Int::parse_from_json(Some(json!(1337))).unwrap(), Int(1337));
-        assert_eq!(Int::parse_from_json(Some(json!("1337"))).unwrap(), Int(1337));
+        assert_eq!(
+            Int::parse_from_json(Some(json!("1337"))).unwrap(),
+            Int(1337)
+        );
         assert!(Int::parse_from_json(Some(json!("13x"))).is_err());
         assert!(Int::parse_from_json(Some(json!(1.5))).is_err());
         assert!(Int::parse_from_json(None).is_err());

@@ -1,1 +1,24 @@
+//! Black-box tests of the `switchboard` binary: each test starts the real binary on a real
+//! socket (or runs one of its commands) and talks to it as a provider, an operator or a
+//! scanner would.
 
+mod support;
+
+// Pomelo: HMAC over the decoded secret, every 401 case, duplicates, quarantine.
+mod pomelo;
+// VerifyVASP: bearer, the three callback types, 50 concurrent duplicates, conflicts.
+mod verifyvasp;
+// Restarts and kill -9: nothing answered 2xx is lost, old keys stay duplicates.
+mod durability;
+// The admin API: authentication, filters, pagination, masking.
+mod admin;
+// Bad input of every kind gets a clear 4xx; limits and timeouts hold.
+mod hardening;
+// The served spec equals the committed one; docs are self-contained.
+mod spec;
+// Configuration files, environment overrides, `check`, and the first-run flow.
+mod config;
+// Secrets and OTPs never reach logs, metrics or error bodies.
+mod secrets;
+// Crate boundaries stated in ARCHITECTURE.md.
+mod architecture;

@@ -55,7 +55,11 @@ pub enum OtpAnswer {
 }
 
 fn unauthorized() -> StoredResponse {
-    error_json(401, "unauthorized", "The request is not signed by a configured Pomelo api-key.")
+    error_json(
+        401,
+        "unauthorized",
+        "The request is not signed by a configured Pomelo api-key.",
+    )
 }
 
 impl Contract for OtpAnswer {
@@ -116,10 +120,18 @@ impl PomeloApi {
         let raw = match body.read(ctx.limits.body).await {
             Ok(raw) => raw,
             Err(BodyError::TooLarge) => {
-                return Answer::stored(&error_json(413, "payload_too_large", "The body exceeds the size limit."));
+                return Answer::stored(&error_json(
+                    413,
+                    "payload_too_large",
+                    "The body exceeds the size limit.",
+                ));
             }
             Err(BodyError::Unreadable) => {
-                return Answer::stored(&error_json(400, "unreadable_body", "The body could not be read."));
+                return Answer::stored(&error_json(
+                    400,
+                    "unreadable_body",
+                    "The body could not be read.",
+                ));
             }
         };
         let headers = SignedHeaders {
@@ -128,11 +140,18 @@ impl PomeloApi {
             timestamp: &timestamp.0,
             endpoint: &endpoint.0,
         };
-        let key_label = match self.verifier.verify(&headers, &raw, chrono::Utc::now().timestamp()) {
+        let key_label = match self
+            .verifier
+            .verify(&headers, &raw, chrono::Utc::now().timestamp())
+        {
             Ok(label) => label.to_owned(),
             Err(refusal) => {
                 metrics.auth_failure(NAME, refusal.reason());
-                tracing::info!(provider = NAME, reason = refusal.reason(), "request refused");
+                tracing::info!(
+                    provider = NAME,
+                    reason = refusal.reason(),
+                    "request refused"
+                );
                 return Answer::stored(&unauthorized());
             }
         };

@@ -8,9 +8,9 @@
 pub mod api;
 pub mod config;
 pub mod model;
-pub mod verify;
 #[cfg(test)]
 mod tests;
+pub mod verify;
 
 pub use api::PomeloApi;
 pub use config::PomeloConfig;

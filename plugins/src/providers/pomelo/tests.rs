@@ -40,12 +40,18 @@ fn headers<'a>(sig: &'a str, ts: &'a str) -> SignedHeaders<'a> {
 fn known_answer_uses_the_decoded_secret() {
     let v = Verifier::new(&cfg()).unwrap();
     let ts = TS.to_string();
-    assert_eq!(v.verify(&headers(KNOWN_SIGNATURE, &ts), BODY, TS), Ok("keys[1]"));
+    assert_eq!(
+        v.verify(&headers(KNOWN_SIGNATURE, &ts), BODY, TS),
+        Ok("keys[1]")
+    );
     let key = decode_secret(SECRET_B64).unwrap();
     assert_eq!(sign(&key, &ts, DEFAULT_PATH, BODY), KNOWN_SIGNATURE);
     // Signing with the base64 text itself (the common mistake) does not verify.
     let wrong = sign(SECRET_B64.as_bytes(), &ts, DEFAULT_PATH, BODY);
-    assert_eq!(v.verify(&headers(&wrong, &ts), BODY, TS), Err(Refusal::BadSignature));
+    assert_eq!(
+        v.verify(&headers(&wrong, &ts), BODY, TS),
+        Err(Refusal::BadSignature)
+    );
 }
 
 #[test]
@@ -55,20 +61,42 @@ fn every_failure_is_named() {
     let mut h = headers(KNOWN_SIGNATURE, &ts);
     h.api_key = "nope";
     assert_eq!(v.verify(&h, BODY, TS), Err(Refusal::UnknownKey));
-    assert_eq!(v.verify(&headers(KNOWN_SIGNATURE, &ts), BODY, TS + 301), Err(Refusal::Stale));
-    assert_eq!(v.verify(&headers(KNOWN_SIGNATURE, &ts), BODY, TS - 301), Err(Refusal::Future));
-    assert!(v.verify(&headers(KNOWN_SIGNATURE, &ts), BODY, TS + 300).is_ok());
-    assert_eq!(v.verify(&headers(KNOWN_SIGNATURE, "x"), BODY, TS), Err(Refusal::MalformedTimestamp));
+    assert_eq!(
+        v.verify(&headers(KNOWN_SIGNATURE, &ts), BODY, TS + 301),
+        Err(Refusal::Stale)
+    );
+    assert_eq!(
+        v.verify(&headers(KNOWN_SIGNATURE, &ts), BODY, TS - 301),
+        Err(Refusal::Future)
+    );
+    assert!(
+        v.verify(&headers(KNOWN_SIGNATURE, &ts), BODY, TS + 300)
+            .is_ok()
+    );
+    assert_eq!(
+        v.verify(&headers(KNOWN_SIGNATURE, "x"), BODY, TS),
+        Err(Refusal::MalformedTimestamp)
+    );
     let mut h = headers(KNOWN_SIGNATURE, &ts);
     h.endpoint = "/elsewhere";
     assert_eq!(v.verify(&h, BODY, TS), Err(Refusal::Endpoint));
     assert_eq!(
-        v.verify(&headers("Gm1mtMErHUxiJH16+crgELDlw+iyo5bDnupfZQ3Lcm0=", &ts), BODY, TS),
+        v.verify(
+            &headers("Gm1mtMErHUxiJH16+crgELDlw+iyo5bDnupfZQ3Lcm0=", &ts),
+            BODY,
+            TS
+        ),
         Err(Refusal::MalformedSignature)
     );
-    assert_eq!(v.verify(&headers(KNOWN_SIGNATURE, &ts), b"{\"otp\":\"2\"}", TS), Err(Refusal::BadSignature));
+    assert_eq!(
+        v.verify(&headers(KNOWN_SIGNATURE, &ts), b"{\"otp\":\"2\"}", TS),
+        Err(Refusal::BadSignature)
+    );
     let none = Verifier::unconfigured(&PomeloConfig::default());
-    assert_eq!(none.verify(&headers(KNOWN_SIGNATURE, &ts), BODY, TS), Err(Refusal::NotConfigured));
+    assert_eq!(
+        none.verify(&headers(KNOWN_SIGNATURE, &ts), BODY, TS),
+        Err(Refusal::NotConfigured)
+    );
 }
 
 #[test]
@@ -82,18 +110,32 @@ fn secrets_that_are_not_base64_are_a_config_error_naming_the_key() {
 
 #[test]
 fn the_seed_example_parses_and_unknown_methods_are_flagged() {
-    let limits = Limits { body: 1 << 20, json_depth: 32 };
+    let limits = Limits {
+        body: 1 << 20,
+        json_depth: 32,
+    };
     let seed = json!({"token": {"origin": "APPLE_PAY", "card_id": "card_123456789", "user_id": "user_123456789"},
         "otp": "123456", "to": "m***@example.com", "contact_method": "EMAIL"});
     let p = parse_json::<TokenizationOtp>(seed.to_string().as_bytes(), &limits).unwrap();
-    assert_eq!(p.value, <TokenizationOtp as poem_openapi::types::Example>::example());
+    assert_eq!(
+        p.value,
+        <TokenizationOtp as poem_openapi::types::Example>::example()
+    );
     assert!(p.flags.is_empty());
     let mut push = seed.clone();
     push["contact_method"] = json!("PUSH");
     let p = parse_json::<TokenizationOtp>(push.to_string().as_bytes(), &limits).unwrap();
-    assert_eq!(p.flags, vec!["unknown_enum_value: ContactMethod=PUSH".to_string()]);
+    assert_eq!(
+        p.flags,
+        vec!["unknown_enum_value: ContactMethod=PUSH".to_string()]
+    );
     let mut missing = seed;
     missing.as_object_mut().unwrap().remove("otp");
-    let err = parse_json::<TokenizationOtp>(missing.to_string().as_bytes(), &limits).err().unwrap();
-    assert!(err.contains("found null") && err.contains("TokenizationOtp"), "{err}");
+    let err = parse_json::<TokenizationOtp>(missing.to_string().as_bytes(), &limits)
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("found null") && err.contains("TokenizationOtp"),
+        "{err}"
+    );
 }

@@ -93,7 +93,10 @@ impl Verifier {
                 return Err(Error::config(format!("{at}.api_key"), "is empty"));
             }
             if keys.iter().any(|o: &Key| o.api_key == k.api_key) {
-                return Err(Error::config(format!("{at}.api_key"), "is configured twice"));
+                return Err(Error::config(
+                    format!("{at}.api_key"),
+                    "is configured twice",
+                ));
             }
             let secret = k
                 .api_secret
@@ -114,7 +117,8 @@ impl Verifier {
         Ok(Verifier {
             keys,
             endpoint: cfg.signed_endpoint().to_owned(),
-            tolerance_secs: i64::try_from(cfg.timestamp_tolerance.get().as_secs()).unwrap_or(i64::MAX),
+            tolerance_secs: i64::try_from(cfg.timestamp_tolerance.get().as_secs())
+                .unwrap_or(i64::MAX),
         })
     }
 
@@ -133,7 +137,12 @@ impl Verifier {
     }
 
     /// Checks a request. On success returns the label of the key pair that signed it.
-    pub fn verify(&self, h: &SignedHeaders<'_>, body: &[u8], now_unix: i64) -> Result<&str, Refusal> {
+    pub fn verify(
+        &self,
+        h: &SignedHeaders<'_>,
+        body: &[u8],
+        now_unix: i64,
+    ) -> Result<&str, Refusal> {
         if self.keys.is_empty() {
             return Err(Refusal::NotConfigured);
         }
@@ -142,7 +151,11 @@ impl Verifier {
             .iter()
             .find(|k| bool::from(k.api_key.as_bytes().ct_eq(h.api_key.as_bytes())))
             .ok_or(Refusal::UnknownKey)?;
-        let ts: i64 = h.timestamp.trim().parse().map_err(|_| Refusal::MalformedTimestamp)?;
+        let ts: i64 = h
+            .timestamp
+            .trim()
+            .parse()
+            .map_err(|_| Refusal::MalformedTimestamp)?;
         if now_unix.saturating_sub(ts) > self.tolerance_secs {
             return Err(Refusal::Stale);
         }
@@ -153,18 +166,23 @@ impl Verifier {
             return Err(Refusal::Endpoint);
         }
         let presented = parse_signature(h.signature).ok_or(Refusal::MalformedSignature)?;
-        let mut mac = HmacSha256::new_from_slice(&key.hmac_key).map_err(|_| Refusal::BadSignature)?;
+        let mut mac =
+            HmacSha256::new_from_slice(&key.hmac_key).map_err(|_| Refusal::BadSignature)?;
         mac.update(h.timestamp.as_bytes());
         mac.update(h.endpoint.as_bytes());
         mac.update(body);
-        mac.verify_slice(&presented).map_err(|_| Refusal::BadSignature)?;
+        mac.verify_slice(&presented)
+            .map_err(|_| Refusal::BadSignature)?;
         Ok(&key.label)
     }
 }
 
 /// The HMAC key of an api-secret: its base64-decoded bytes.
 pub fn decode_secret(api_secret: &str) -> Option<Vec<u8>> {
-    STANDARD.decode(api_secret.trim()).ok().filter(|k| !k.is_empty())
+    STANDARD
+        .decode(api_secret.trim())
+        .ok()
+        .filter(|k| !k.is_empty())
 }
 
 fn parse_signature(header: &str) -> Option<Vec<u8>> {

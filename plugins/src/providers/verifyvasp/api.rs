@@ -89,7 +89,11 @@ impl VerifyVaspApi {
     /// callback is stored once (key: `callbackType` + `data.verificationUuid`) and every call
     /// gets `200 {"result": true}` within milliseconds. A different body for the same
     /// verification is kept as its own event, flagged as conflicting.
-    #[oai(path = "/verifyvasp/callback", method = "post", operation_id = "verifyVaspCallback")]
+    #[oai(
+        path = "/verifyvasp/callback",
+        method = "post",
+        operation_id = "verifyVaspCallback"
+    )]
     async fn callback(
         &self,
         ctx: Data<&Ctx>,
@@ -98,16 +102,28 @@ impl VerifyVaspApi {
     ) -> Answer<CallbackAnswer> {
         if let Err(refusal) = self.verifier.verify(&token.0.token) {
             ctx.ingest.metrics().auth_failure(NAME, refusal.reason());
-            tracing::info!(provider = NAME, reason = refusal.reason(), "request refused");
+            tracing::info!(
+                provider = NAME,
+                reason = refusal.reason(),
+                "request refused"
+            );
             return Answer::stored(&unauthorized());
         }
         let raw = match body.read(ctx.limits.body).await {
             Ok(raw) => raw,
             Err(BodyError::TooLarge) => {
-                return Answer::stored(&error_json(413, "payload_too_large", "The body exceeds the size limit."));
+                return Answer::stored(&error_json(
+                    413,
+                    "payload_too_large",
+                    "The body exceeds the size limit.",
+                ));
             }
             Err(BodyError::Unreadable) => {
-                return Answer::stored(&error_json(400, "unreadable_body", "The body could not be read."));
+                return Answer::stored(&error_json(
+                    400,
+                    "unreadable_body",
+                    "The body could not be read.",
+                ));
             }
         };
         let fp = fingerprint(&raw);
@@ -147,7 +163,10 @@ fn classify(raw: &[u8], limits: &Limits, fp: &str) -> (String, String, Content) 
         }
         Err(reason) => match unknown_type(raw, limits) {
             Some((ty, uuid, data)) => {
-                tracing::warn!(provider = NAME, "accepted a callbackType the documentation does not list");
+                tracing::warn!(
+                    provider = NAME,
+                    "accepted a callbackType the documentation does not list"
+                );
                 let shown: String = ty.chars().take(64).collect();
                 (
                     super::event_type(&ty),

@@ -9,9 +9,9 @@
 pub mod api;
 pub mod config;
 pub mod model;
-pub mod verify;
 #[cfg(test)]
 mod tests;
+pub mod verify;
 
 pub use api::VerifyVaspApi;
 pub use config::VerifyVaspConfig;
@@ -39,7 +39,11 @@ pub fn event_type(callback_type: &str) -> String {
             _ => '_',
         })
         .collect();
-    if t.is_empty() { QUARANTINE_EVENT_TYPE.into() } else { t }
+    if t.is_empty() {
+        QUARANTINE_EVENT_TYPE.into()
+    } else {
+        t
+    }
 }
 
 /// Builds the plugin from its configuration, resolving its secret.

@@ -10,6 +10,8 @@ use crate::types::Open;
 /// shape of `data` follows from it.
 #[derive(Union, Debug, Clone, PartialEq)]
 #[oai(discriminator_name = "callbackType", one_of)]
+// poem-openapi unions cannot hold a Box; a callback is parsed once per request.
+#[allow(clippy::large_enum_variant)]
 pub enum Callback {
     /// The result of a verification requested earlier.
     #[oai(mapping = "VERIFICATION_RESULT")]

@@ -15,7 +15,9 @@ fn every_seed_example_parses_into_its_type() {
     let p = parse_json::<Callback>(vr.to_string().as_bytes(), &LIMITS).unwrap();
     assert_eq!(p.value.callback_type(), "VERIFICATION_RESULT");
     assert!(p.flags.is_empty());
-    let Callback::VerificationResult(c) = &p.value else { panic!() };
+    let Callback::VerificationResult(c) = &p.value else {
+        panic!()
+    };
     let vasp = c.data.ivms101.originating_vasp.as_ref().unwrap();
     assert_eq!(
         vasp.legal_person.as_ref().unwrap().name.name_identifier[0].legal_person_name,
@@ -28,8 +30,13 @@ fn every_seed_example_parses_into_its_type() {
     let p = parse_json::<Callback>(tx.to_string().as_bytes(), &LIMITS).unwrap();
     assert_eq!(p.value.callback_type(), "TX_REPORT");
     let p = parse_json::<Callback>(er.to_string().as_bytes(), &LIMITS).unwrap();
-    let Callback::ErrorReport(c) = &p.value else { panic!() };
-    assert_eq!(c.data.reason, crate::types::Open::Known(ReasonCode::Blacklisted));
+    let Callback::ErrorReport(c) = &p.value else {
+        panic!()
+    };
+    assert_eq!(
+        c.data.reason,
+        crate::types::Open::Known(ReasonCode::Blacklisted)
+    );
 }
 
 #[test]
@@ -38,7 +45,10 @@ fn unknown_reason_codes_are_accepted_and_flagged() {
         "verificationUuid": "64ab871b-14a3-47df-9b80-368e29fe8182",
         "result": "DENIED", "reason": "SOMETHING-NEW"}});
     let p = parse_json::<Callback>(body.to_string().as_bytes(), &LIMITS).unwrap();
-    assert_eq!(p.flags, vec!["unknown_enum_value: ReasonCode=SOMETHING-NEW".to_string()]);
+    assert_eq!(
+        p.flags,
+        vec!["unknown_enum_value: ReasonCode=SOMETHING-NEW".to_string()]
+    );
     assert_eq!(p.data["data"]["reason"], "SOMETHING-NEW");
 }
 
@@ -50,7 +60,10 @@ fn malformed_callbacks_are_refused_by_the_schema() {
         json!({"data": {}}),
         json!([1, 2]),
     ] {
-        assert!(parse_json::<Callback>(bad.to_string().as_bytes(), &LIMITS).is_err(), "{bad}");
+        assert!(
+            parse_json::<Callback>(bad.to_string().as_bytes(), &LIMITS).is_err(),
+            "{bad}"
+        );
     }
     assert!(Callback::parse_from_json(Some(json!({"callbackType": "X", "data": {}}))).is_err());
 }
@@ -65,7 +78,9 @@ fn event_types_are_safe_file_names() {
 #[test]
 fn tokens_compare_exactly() {
     let cfg = VerifyVaspConfig {
-        token: Some(switchboard_core::secret::SecretRef::Literal("s3cret".into())),
+        token: Some(switchboard_core::secret::SecretRef::Literal(
+            "s3cret".into(),
+        )),
         ..Default::default()
     };
     let v = verify::Verifier::new(&cfg).unwrap();

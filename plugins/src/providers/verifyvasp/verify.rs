@@ -35,7 +35,10 @@ impl Verifier {
         let token = cfg
             .token
             .as_ref()
-            .map(|t| t.resolve().map_err(|m| Error::config("providers.verifyvasp.token", m)))
+            .map(|t| {
+                t.resolve()
+                    .map_err(|m| Error::config("providers.verifyvasp.token", m))
+            })
             .transpose()?;
         Ok(Verifier { token })
     }

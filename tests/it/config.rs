@@ -1,0 +1,266 @@
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+fn check(dir: &Dir, toml: &str, env: &[(&str, &str)]) -> (bool, String, String) {
+    let path = dir.path().join("check.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["check", "--config", path.to_str().unwrap()])
+        .env_remove("SWITCHBOARD_CONFIG")
+        .env("SWITCHBOARD_TEST_VASP_TOKEN", VASP_TOKEN);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_a_good_file_and_names_what_is_wrong_in_a_bad_one() {
+    let dir = Dir::new();
+    let good = base_config(&dir.data(), &[]);
+    let (ok, out, err) = check(&dir, &good, &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("check.toml: OK"), "{out}");
+    assert!(
+        out.contains("pomelo") && out.contains("1 credential"),
+        "{out}"
+    );
+
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            good.replace("listen = ", "lisen = "),
+            &["check.toml", "lisen"],
+        ),
+        (
+            good.replace("[store]", "[store]\nretention = \"forever\""),
+            &["check.toml", "store.retention", "forever"],
+        ),
+        (
+            good.replace("listen = \"127.0.0.1:0\"", "listen = "),
+            &["check.toml", "line 3"],
+        ),
+        (
+            good.replace("secrets = false", "secrets = \"maybe\""),
+            &["check.toml", "dev.secrets"],
+        ),
+        (
+            good.replace("[server]", "[server]\nmax_connections = 0"),
+            &["check.toml", "server.max_connections"],
+        ),
+        (
+            good.replace(&pomelo_secret_b64(), "this is not base64!"),
+            &[
+                "check.toml",
+                "providers.pomelo.keys[0].api_secret",
+                "base64",
+            ],
+        ),
+        (
+            good.replace(
+                "env:SWITCHBOARD_TEST_VASP_TOKEN",
+                "env:SWITCHBOARD_TEST_SURELY_UNSET",
+            ),
+            &[
+                "check.toml",
+                "providers.verifyvasp.token",
+                "SWITCHBOARD_TEST_SURELY_UNSET",
+            ],
+        ),
+        (
+            good.replace(
+                &format!("token = \"{ADMIN_TOKEN}\""),
+                "token = \"file:/nonexistent/admin-token\"",
+            ),
+            &["check.toml", "admin.token", "/nonexistent/admin-token"],
+        ),
+        (
+            good.replace(
+                "[providers.verifyvasp]",
+                "[providers.verifyvasp]\npath = \"/admin/x\"",
+            ),
+            &["providers.verifyvasp.path", "reserved"],
+        ),
+        (
+            good.clone() + "\n[providers.acme]\npath = \"/x\"\n",
+            &["check.toml", "acme"],
+        ),
+    ];
+    for (toml, needles) in cases {
+        let (ok, _, err) = check(&dir, &toml, &[]);
+        assert!(!ok, "expected failure for {needles:?}");
+        for n in needles {
+            assert!(err.contains(n), "the message names {n}: {err}");
+        }
+        assert!(
+            !err.contains(&pomelo_secret_b64()) && !err.contains(VASP_TOKEN),
+            "no secret in errors: {err}"
+        );
+    }
+    // A missing file.
+    let out = Command::new(BIN)
+        .args(["check", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.toml"));
+    // Environment overrides are checked the same way.
+    let (ok, _, err) = check(
+        &dir,
+        &good,
+        &[("SWITCHBOARD_STORE__DUPLICATE_WAIT", "soon")],
+    );
+    assert!(!ok);
+    assert!(err.to_lowercase().contains("store.duplicate_wait"), "{err}");
+    assert!(
+        err.contains("SWITCHBOARD_"),
+        "the environment is named as the source: {err}"
+    );
+}
+
+#[tokio::test]
+async fn secrets_come_from_files_and_settings_from_the_environment() {
+    let dir = Dir::new();
+    let secret_file = dir.path().join("pomelo.secret");
+    std::fs::write(&secret_file, format!("{}\n", pomelo_secret_b64())).unwrap();
+    let cfg = base_config(&dir.data(), &[]).replace(
+        &format!("api_secret = \"{}\"", pomelo_secret_b64()),
+        &format!("api_secret = \"file:{}\"", secret_file.display()),
+    );
+    let path = dir.path().join("switchboard.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let s = Server::spawn(
+        dir,
+        &["serve", "--config", path.to_str().unwrap()],
+        &[("SWITCHBOARD_ADMIN__REVEAL_SECRETS", "true")],
+    );
+    let c = client();
+    assert_eq!(
+        pomelo_request(&c, &s, &pomelo_body("135790"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let e = &events(&c, &s, "").await[0];
+    assert_eq!(
+        e["data"]["otp"], "135790",
+        "reveal_secrets came from the environment"
+    );
+}
+
+#[tokio::test]
+async fn a_fresh_install_shows_the_whole_flow_with_the_readme_commands() {
+    // `switchboard serve` with no configuration at all, in an empty directory. The port is
+    // the only thing changed (8080 may be taken on a test machine).
+    let dir = Dir::new();
+    let env = [("SWITCHBOARD_SERVER__LISTEN", "127.0.0.1:0")];
+    let s = Server::spawn(dir.clone(), &["serve"], &env);
+    let banner = s.stdout().join("\n");
+    assert!(
+        banner.contains("Development secrets were generated"),
+        "{banner}"
+    );
+    assert!(dir.data().join("dev-secrets.toml").is_file());
+    assert!(dir.data().join("db").is_dir(), "data lives in ./data");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.data().join("dev-secrets.toml"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // Requests must still be signed.
+    let c = client();
+    let unsigned = c
+        .post(s.url(POMELO_PATH))
+        .body(pomelo_body("1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    // `switchboard simulate` signs with the development secrets.
+    for args in [
+        vec!["simulate", "pomelo"],
+        vec!["simulate", "verifyvasp", "tx-report"],
+    ] {
+        let mut full = args.clone();
+        let target = format!("http://{}", s.addr);
+        full.extend(["--target", &target]);
+        let out = Command::new(BIN)
+            .args(&full)
+            .current_dir(dir.path())
+            .env_remove("SWITCHBOARD_CONFIG")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("-> 204") || stdout.contains("-> 200"),
+            "{stdout}"
+        );
+    }
+    // The admin token is in the same file.
+    let text = std::fs::read_to_string(dir.data().join("dev-secrets.toml")).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("admin_token = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_owned();
+    let page: Value = c
+        .get(s.url("/admin/events"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    assert!(s.terminate().success());
+    // Printed once: a second start does not print them again.
+    let s = Server::spawn(dir, &["serve"], &env);
+    assert!(
+        !s.stdout()
+            .join("\n")
+            .contains("Development secrets were generated")
+    );
+    assert!(!s.stdout().join("\n").contains(&token));
+}
+
+#[tokio::test]
+async fn development_secrets_are_never_generated_for_a_public_listener() {
+    let dir = Dir::new();
+    let s = Server::spawn(
+        dir.clone(),
+        &["serve"],
+        &[("SWITCHBOARD_SERVER__LISTEN", "0.0.0.0:0")],
+    );
+    assert!(!dir.data().join("dev-secrets.toml").exists());
+    let addr = format!("http://127.0.0.1:{}", s.addr.port());
+    let c = client();
+    let r = c
+        .post(format!("{addr}{VASP_PATH}"))
+        .bearer_auth("anything")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(s.logs().contains("only generated for a loopback listener"));
+}
