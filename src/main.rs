@@ -18,6 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Receives card-issuing and compliance webhooks, proves them genuine, records each exactly
 /// once and routes it.
+/// mimalloc: under concurrent ingest, glibc's malloc spent a quarter of the CPU in
+/// arena locking and consolidation (see ARCHITECTURE.md, "Performance").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "switchboard", version, about)]
 struct Cli {

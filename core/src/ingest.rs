@@ -188,8 +188,13 @@ impl Inner {
             tokio::pin!(settled);
             settled.as_mut().enable();
             match self.store.claim(&key, &fp)? {
-                Claim::Owned => {
-                    let receipt = self.store_new(&sub, &key, &fp, conflict_of).await?;
+                Claim::Owned {
+                    event_id,
+                    taken_over,
+                } => {
+                    let receipt = self
+                        .store_new(&sub, &key, &fp, event_id, taken_over, conflict_of)
+                        .await?;
                     self.metrics.ingest_took(&sub.provider, started.elapsed());
                     return Ok(receipt);
                 }
@@ -238,6 +243,8 @@ impl Inner {
         sub: &Submission,
         key: &str,
         fp: &str,
+        event_id: EventId,
+        taken_over: bool,
         conflict_of: Option<EventId>,
     ) -> Result<Receipt> {
         let mut guard = ClaimGuard {
@@ -265,7 +272,7 @@ impl Inner {
             );
         }
         let event = Event {
-            id: EventId::new(),
+            id: event_id,
             provider: sub.provider.clone(),
             endpoint: sub.endpoint.clone(),
             event_type: sub.event_type.clone(),
@@ -281,9 +288,22 @@ impl Inner {
             quarantine_reason,
             secret_paths: sub.secret_paths.clone(),
         };
-        let seq = self
-            .store
-            .commit(key, fp, Some(&event), &sub.response, self.retention)?;
+        // A claim left pending by a crash may already have its event stored: keep it when
+        // it is this very body (it may have moved on since), replace it otherwise (it was
+        // never acknowledged).
+        let already_stored = taken_over
+            && self
+                .store
+                .event(event_id)?
+                .is_some_and(|existing| existing.fingerprint == fp);
+        let seq = self.store.commit(
+            key,
+            fp,
+            &event,
+            !already_stored,
+            &sub.response,
+            self.retention,
+        )?;
         // Committed: from here on the claim is done, whatever happens to the flush.
         guard.armed = false;
         drop(guard);
