@@ -264,3 +264,26 @@ async fn development_secrets_are_never_generated_for_a_public_listener() {
     assert_eq!(r.status(), 401);
     assert!(s.logs().contains("only generated for a loopback listener"));
 }
+
+#[test]
+fn the_readme_documents_every_configuration_key() {
+    fn keys(prefix: &str, v: &Value, out: &mut Vec<String>) {
+        match v.as_object() {
+            Some(map) => {
+                for (k, v) in map {
+                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    keys(&p, v, out);
+                }
+            }
+            None => out.push(prefix.to_owned()),
+        }
+    }
+    let defaults = serde_json::to_value(switchboard_openapi::config::Config::default()).unwrap();
+    let mut all = vec![];
+    keys("", &defaults, &mut all);
+    assert!(all.len() > 20, "{all:?}");
+    let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    for k in all {
+        assert!(readme.contains(&format!("| `{k}` |")), "README.md's configuration reference lacks `{k}`");
+    }
+}
