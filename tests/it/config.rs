@@ -271,7 +271,11 @@ fn the_readme_documents_every_configuration_key() {
         match v.as_object() {
             Some(map) => {
                 for (k, v) in map {
-                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     keys(&p, v, out);
                 }
             }
@@ -282,8 +286,13 @@ fn the_readme_documents_every_configuration_key() {
     let mut all = vec![];
     keys("", &defaults, &mut all);
     assert!(all.len() > 20, "{all:?}");
-    let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
     for k in all {
-        assert!(readme.contains(&format!("| `{k}` |")), "README.md's configuration reference lacks `{k}`");
+        assert!(
+            readme.contains(&format!("| `{k}` |")),
+            "README.md's configuration reference lacks `{k}`"
+        );
     }
 }
