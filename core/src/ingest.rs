@@ -423,6 +423,88 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_duplicate_waits_for_the_first_request_only_so_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            path: dir.path().to_path_buf(),
+            duplicate_wait: crate::units::HumanDuration::millis(200),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(&cfg).unwrap();
+        let ing = Ingestor::new(store.clone(), Metrics::shared(), &cfg);
+        // A first request that claimed the key and is still working on it.
+        assert!(matches!(
+            store.claim("test:k", &fingerprint(b"{}")).unwrap(),
+            Claim::Owned { .. }
+        ));
+        let started = std::time::Instant::now();
+        let err = ing
+            .submit(sub("k", "{}", OnConflict::KeepAndFlag))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InFlight), "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        // Once the first gives up, the duplicate's retry takes over and is stored.
+        store.release("test:k").unwrap();
+        let r = ing
+            .submit(sub("k", "{}", OnConflict::KeepAndFlag))
+            .await
+            .unwrap();
+        assert!(matches!(r.outcome, Outcome::Stored { .. }));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_duplicate_is_answered_as_soon_as_the_first_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ing = setup(dir.path());
+        let store = ing.store().clone();
+        let Claim::Owned { event_id, .. } = store.claim("test:k", &fingerprint(b"{}")).unwrap()
+        else {
+            panic!()
+        };
+        let waiting = tokio::spawn({
+            let ing = ing.clone();
+            async move { ing.submit(sub("k", "{}", OnConflict::KeepAndFlag)).await }
+        });
+        // The duplicate is parked on the pending claim until the first request commits;
+        // then it gets the first answer.
+        assert!(ing.store().event(event_id).unwrap().is_none());
+        let e = crate::event::Event {
+            id: event_id,
+            provider: "test".into(),
+            endpoint: "/t".into(),
+            event_type: "t".into(),
+            received_at: chrono::Utc::now(),
+            status: EventStatus::Received,
+            idempotency_key: "test:k".into(),
+            fingerprint: fingerprint(b"{}"),
+            body: b"{}".to_vec(),
+            data: None,
+            meta: BTreeMap::new(),
+            flags: vec![],
+            conflict_of: None,
+            quarantine_reason: None,
+            secret_paths: vec![],
+        };
+        let first = StoredResponse::json(200, &json!({"first": true}));
+        let seq = store
+            .commit(
+                "test:k",
+                &fingerprint(b"{}"),
+                &e,
+                true,
+                &first,
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        store.durable(seq).await.unwrap();
+        ing.inner.settled.notify_waiters();
+        let r = waiting.await.unwrap().unwrap();
+        assert_eq!(r.response, first);
+        assert_eq!(r.outcome, Outcome::Duplicate(Some(event_id)));
+    }
+
+    #[tokio::test]
     async fn conflicts_follow_the_provider_rule() {
         let dir = tempfile::tempdir().unwrap();
         let ing = setup(dir.path());
