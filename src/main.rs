@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod logging;
+mod pki;
 mod simulate;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -56,6 +57,16 @@ enum Command {
     },
     /// Send a correctly authenticated sample notification to a running switchboard.
     Simulate(simulate::Args),
+    /// The built-in certificate authority: create it, sign a provider's CSR, issue client
+    /// certificates.
+    #[command(subcommand)]
+    Ca(pki::CaCommand),
+    /// TLS certificates for switchboard's own listeners.
+    #[command(subcommand)]
+    Tls(pki::TlsCommand),
+    /// JWE keys (RSA) for encrypted requests.
+    #[command(subcommand)]
+    Keys(pki::KeysCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -100,6 +111,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Check { config: path } => check(&path),
         Command::Simulate(args) => runtime()?.block_on(simulate::run(args)),
+        Command::Ca(c) => pki::ca(c),
+        Command::Tls(c) => pki::tls(c),
+        Command::Keys(c) => pki::keys(c),
     }
 }
 
@@ -110,14 +124,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!("{}", dev.banner());
     }
     app.report();
-    let listener = app.bind().await?;
-    let addr = listener.local_addr().context("listener address")?;
-    tracing::info!(%addr, "listening");
-    println!("switchboard listening on http://{addr}");
-    println!("  docs: http://{addr}/docs");
+    let listeners = app.bind().await?;
+    // Further listeners first: the main line is what scripts wait for.
+    let main = switchboard_openapi::config::MAIN_LISTENER;
+    for b in listeners.iter().filter(|b| &*b.listener.name != main) {
+        tracing::info!(listener = %b.listener.name, url = %b.url, "listening");
+        println!("switchboard listener {} on {}", b.listener.name, b.url);
+    }
+    for b in listeners.iter().filter(|b| &*b.listener.name == main) {
+        tracing::info!(listener = %b.listener.name, url = %b.url, "listening");
+        println!("switchboard listening on {}", b.url);
+        println!("  docs: {}/docs", b.url);
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
-    app.run(listener, shutdown).await?;
+    app.run(listeners, shutdown).await?;
     Ok(())
 }
 
@@ -153,6 +174,17 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(at(&e)))?;
     let (_, vasp) = switchboard_plugins::providers::verifyvasp::build(&config.providers.verifyvasp)
         .map_err(|e| anyhow::anyhow!(at(&e)))?;
+    let (_, verestro) = switchboard_plugins::providers::verestro::build(&config.providers.verestro)
+        .map_err(|e| anyhow::anyhow!(at(&e)))?;
+    let mut tls = Vec::new();
+    if let Some(t) = &config.server.tls {
+        tls.push((switchboard_openapi::config::MAIN_LISTENER.to_owned(), t));
+    }
+    tls.extend(config.listeners.iter().map(|(n, l)| (n.clone(), &l.tls)));
+    for (name, t) in &tls {
+        switchboard_openapi::tls::TlsSource::load(name, t)
+            .map_err(|e| anyhow::anyhow!(at(&format!("TLS of listener {name}: {e}"))))?;
+    }
     if let Some(t) = &config.admin.token {
         t.resolve()
             .map_err(|m| anyhow::anyhow!(at(&format!("admin.token: {m}"))))?;
@@ -160,9 +192,38 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     println!("{}: OK", path.display());
     println!("  listen       {}", config.server.listen);
     println!("  data         {}", config.store.path.display());
-    for p in [pomelo, vasp] {
+    for (name, t) in &tls {
+        let mode = if t.client_ca.is_some() {
+            "mutual TLS"
+        } else {
+            "TLS"
+        };
+        println!(
+            "  listener     {name}: {mode}, certificate {}",
+            t.cert.display()
+        );
+    }
+    for p in [pomelo, vasp, verestro] {
         let paths: Vec<&str> = p.endpoints.iter().map(|e| e.path.as_str()).collect();
-        if p.credentials == 0 {
+        let listener = config.listener_of(p.name);
+        if p.client_certificates {
+            let mutual = tls
+                .iter()
+                .any(|(n, t)| n == listener && t.client_ca.is_some());
+            if mutual {
+                println!(
+                    "  {:<12} {} paths on listener {listener} (mutual TLS; {} JWE key(s))",
+                    p.name,
+                    paths.len(),
+                    p.credentials
+                );
+            } else {
+                println!(
+                    "  {:<12} not on a mutual-TLS listener: every request will be refused with 401",
+                    p.name
+                );
+            }
+        } else if p.credentials == 0 {
             println!(
                 "  {:<12} {} (no secret configured: {})",
                 p.name,

@@ -39,7 +39,7 @@ use switchboard_core::secret::SecretRef;
 use switchboard_openapi::{
     app::App,
     config::Config,
-    server::{ServeOptions, SharedEndpoint, serve},
+    server::{Listener, ServeOptions, SharedEndpoint, serve},
 };
 use switchboard_plugins::providers::pomelo::config::PomeloKey;
 use tokio::net::{TcpListener, TcpStream};
@@ -338,6 +338,11 @@ async fn start(ep: SharedEndpoint) -> anyhow::Result<(SocketAddr, CancellationTo
         shutdown_grace: Duration::from_secs(1),
     };
     let metrics = switchboard_core::metrics::Metrics::shared();
+    let listener = Listener {
+        socket: listener,
+        name: Arc::from("main"),
+        tls: None,
+    };
     tokio::spawn(serve(listener, ep, opts, metrics, shutdown.clone()));
     Ok((addr, shutdown))
 }

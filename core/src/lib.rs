@@ -17,6 +17,7 @@ pub mod fsutil;
 pub mod ingest;
 pub mod mask;
 pub mod metrics;
+pub mod peer;
 pub mod secret;
 pub mod store;
 pub mod units;

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub auth_failures: Family<AuthFailureLabels, Counter>,
     /// Open client connections.
     pub connections: Gauge,
+    /// TLS handshakes that failed or timed out (no certificate, a foreign CA, ...).
+    pub tls_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -131,6 +133,12 @@ impl Default for Metrics {
             "Open client connections",
             connections.clone(),
         );
+        let tls_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            tls_failures.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -141,6 +149,7 @@ impl Default for Metrics {
             conflicts,
             auth_failures,
             connections,
+            tls_failures,
         }
     }
 }

@@ -15,6 +15,7 @@ use switchboard_plugins::{
     providers::{
         ProviderInfo,
         pomelo::{self, PomeloApi},
+        verestro::{self, VerestroApi},
         verifyvasp::{self, VerifyVaspApi},
     },
 };
@@ -24,11 +25,12 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     Error, Result,
     admin::AdminApi,
-    config::Config,
+    config::{Config, MAIN_LISTENER, TlsConfig},
     devsecrets,
     front::{Front, RouteTable, SYSTEM_PATHS},
-    server::{ServeOptions, SharedEndpoint, serve},
+    server::{Listener, ServeOptions, SharedEndpoint, serve},
     system::SystemApi,
+    tls::TlsSource,
 };
 
 /// Path prefixes switchboard serves itself; no provider may be configured under them.
@@ -43,16 +45,31 @@ pub const RESERVED_PREFIXES: &[&str] = &[
 ];
 
 /// Every API in the spec, in the order they are documented.
-pub type Apis = (PomeloApi, VerifyVaspApi, AdminApi, SystemApi);
+pub type Apis = (PomeloApi, VerifyVaspApi, VerestroApi, AdminApi, SystemApi);
 
 const DESCRIPTION: &str = "switchboard receives notifications from card-issuing, tokenization and \
 compliance providers, proves each one genuine, records it exactly once and hands it to a route \
 script.\n\nEvery provider endpoint answers a repeat of a notification exactly like the first \
 and stores it once. An answer in the 2xx range is only given once the notification is on disk. \
+Verestro's endpoints are served on a mutual-TLS listener: its client certificate must chain to \
+the listener's CA (OpenAPI 3.0 has no security scheme for this). \
 The spec is also served at `/openapi.json` and `/openapi.yaml`, and browsable at `/docs`.";
 
 fn service(apis: Apis) -> OpenApiService<Apis, ()> {
     OpenApiService::new(apis, "switchboard", env!("CARGO_PKG_VERSION")).description(DESCRIPTION)
+}
+
+/// Every provider's endpoints as `cfg` configures them (no secrets needed).
+pub fn provider_infos(cfg: &Config) -> Vec<ProviderInfo> {
+    vec![
+        pomelo::info(&cfg.providers.pomelo, 0),
+        verestro::info(&cfg.providers.verestro, 0),
+        verifyvasp::info(&cfg.providers.verifyvasp, 0),
+    ]
+}
+
+fn route_table(cfg: &Config, infos: &[ProviderInfo]) -> RouteTable {
+    RouteTable::new(infos, |p| cfg.listener_of(p).to_owned())
 }
 
 /// The spec as served for `cfg`: providers' paths as configured.
@@ -60,33 +77,11 @@ pub fn spec(cfg: &Config) -> Value {
     let apis = (
         pomelo::describe(&cfg.providers.pomelo),
         verifyvasp::describe(&cfg.providers.verifyvasp),
+        verestro::describe(&cfg.providers.verestro),
         AdminApi::new(None, false),
         SystemApi,
     );
-    let infos = vec![pomelo_info(cfg), verifyvasp_info(cfg)];
-    served_spec(&service(apis), &RouteTable::new(&infos))
-}
-
-fn pomelo_info(cfg: &Config) -> ProviderInfo {
-    ProviderInfo {
-        name: pomelo::NAME,
-        credentials: 0,
-        endpoints: vec![switchboard_plugins::providers::EndpointInfo {
-            canonical: pomelo::config::DEFAULT_PATH,
-            path: cfg.providers.pomelo.path.clone(),
-        }],
-    }
-}
-
-fn verifyvasp_info(cfg: &Config) -> ProviderInfo {
-    ProviderInfo {
-        name: verifyvasp::NAME,
-        credentials: 0,
-        endpoints: vec![switchboard_plugins::providers::EndpointInfo {
-            canonical: verifyvasp::config::DEFAULT_PATH,
-            path: cfg.providers.verifyvasp.path.clone(),
-        }],
-    }
+    served_spec(&service(apis), &route_table(cfg, &provider_infos(cfg)))
 }
 
 /// The service's spec with declared paths renamed to configured ones.
@@ -136,7 +131,7 @@ fn docs_html<T: poem_openapi::OpenApi>(svc: &OpenApiService<T, ()>, served: &Val
     )
 }
 
-/// A built server, ready to serve.
+/// A built server, ready to bind and serve.
 pub struct App {
     /// The configuration, with development secrets filled in.
     pub config: Config,
@@ -148,17 +143,28 @@ pub struct App {
     pub store: Store,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// TLS of each listener that has it, by listener name.
+    tls: Vec<(String, Arc<TlsSource>)>,
     endpoint: SharedEndpoint,
+}
+
+/// A bound listener and the URL it answers at.
+pub struct Bound {
+    /// The listener.
+    pub listener: Listener,
+    /// `http://addr` or `https://addr`.
+    pub url: String,
 }
 
 impl App {
     /// Builds the server from `config`: fills development secrets, resolves every secret,
-    /// opens the store. Must run inside a Tokio runtime.
+    /// loads TLS material, opens the store. Must run inside a Tokio runtime.
     pub fn build(mut config: Config) -> Result<App> {
         config.validate()?;
         let dev = devsecrets::apply(&mut config)?;
         let (pomelo_api, pomelo_info) = pomelo::build(&config.providers.pomelo)?;
         let (vasp_api, vasp_info) = verifyvasp::build(&config.providers.verifyvasp)?;
+        let (verestro_api, verestro_info) = verestro::build(&config.providers.verestro)?;
         let admin_token = config
             .admin
             .token
@@ -168,7 +174,21 @@ impl App {
                     .map_err(|m| Error::Config(format!("admin.token: {m}")))
             })
             .transpose()?;
-        let providers = vec![pomelo_info, vasp_info];
+        let providers = vec![pomelo_info, verestro_info, vasp_info];
+
+        let mut tls = Vec::new();
+        if let Some(t) = &config.server.tls {
+            tls.push((
+                MAIN_LISTENER.to_owned(),
+                load_tls("server.tls", MAIN_LISTENER, t)?,
+            ));
+        }
+        for (name, l) in &config.listeners {
+            tls.push((
+                name.clone(),
+                load_tls(&format!("listeners.{name}.tls"), name, &l.tls)?,
+            ));
+        }
 
         let metrics = Metrics::shared();
         let store = Store::open(&config.store)?;
@@ -184,10 +204,11 @@ impl App {
         let svc = service((
             pomelo_api,
             vasp_api,
+            verestro_api,
             AdminApi::new(admin_token, config.admin.reveal_secrets),
             SystemApi,
         ));
-        let table = Arc::new(RouteTable::new(&providers));
+        let table = Arc::new(route_table(&config, &providers));
         let spec = served_spec(&svc, &table);
         let json = spec_json(&spec);
         let yaml = spec_yaml(&spec);
@@ -229,6 +250,7 @@ impl App {
             dev,
             store,
             metrics,
+            tls,
             endpoint: Arc::from(front.map_to_response().boxed()),
         })
     }
@@ -238,16 +260,39 @@ impl App {
         self.endpoint.clone()
     }
 
-    /// Logs what a user must know at start-up: unconfigured providers, development secrets.
+    fn tls_of(&self, listener: &str) -> Option<&Arc<TlsSource>> {
+        self.tls.iter().find(|(n, _)| n == listener).map(|(_, t)| t)
+    }
+
+    /// Logs what a user must know at start-up: unconfigured providers, providers that need a
+    /// mutual-TLS listener and lack one, development secrets.
     pub fn report(&self) {
         for p in &self.providers {
-            if p.credentials == 0 {
+            let listener = self.config.listener_of(p.name);
+            let paths: Vec<&str> = p.endpoints.iter().map(|e| e.path.as_str()).collect();
+            if p.client_certificates {
+                let mutual = self.tls_of(listener).is_some_and(|t| t.mutual());
+                if mutual {
+                    tracing::info!(
+                        provider = p.name,
+                        listener,
+                        jwe_keys = p.credentials,
+                        "provider ready behind mutual TLS"
+                    );
+                } else {
+                    tracing::warn!(
+                        provider = p.name,
+                        listener,
+                        "not served on a mutual-TLS listener: every request is refused with 401 (see `[listeners.*]` with `tls.client_ca`)"
+                    );
+                }
+            } else if p.credentials == 0 {
                 tracing::warn!(
                     provider = p.name,
                     "no secret configured: every request to this provider is refused with 401"
                 );
             } else {
-                tracing::info!(provider = p.name, credentials = p.credentials, paths = ?p.endpoints.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), "provider ready");
+                tracing::info!(provider = p.name, listener, credentials = p.credentials, paths = ?paths, "provider ready");
             }
         }
         if self.config.admin.token.is_none() {
@@ -258,36 +303,119 @@ impl App {
         }
     }
 
-    /// Binds the listener.
-    pub async fn bind(&self) -> Result<TcpListener> {
-        TcpListener::bind(self.config.server.listen)
-            .await
-            .map_err(|source| Error::Io {
-                context: format!("cannot listen on {}", self.config.server.listen),
+    /// Binds every listener: `[server]` first, then `[listeners.*]`.
+    pub async fn bind(&self) -> Result<Vec<Bound>> {
+        let mut out = Vec::new();
+        let mut all = vec![(MAIN_LISTENER.to_owned(), self.config.server.listen)];
+        all.extend(
+            self.config
+                .listeners
+                .iter()
+                .map(|(n, l)| (n.clone(), l.listen)),
+        );
+        for (name, addr) in all {
+            let socket = TcpListener::bind(addr).await.map_err(|source| Error::Io {
+                context: format!("cannot listen on {addr}"),
                 source,
-            })
+            })?;
+            let local = socket.local_addr().map_err(|source| Error::Io {
+                context: "listener address".into(),
+                source,
+            })?;
+            let tls = self.tls_of(&name).cloned();
+            let url = format!("{}://{local}", if tls.is_some() { "https" } else { "http" });
+            out.push(Bound {
+                listener: Listener {
+                    socket,
+                    name: Arc::from(name.as_str()),
+                    tls,
+                },
+                url,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reloads every listener's TLS material now (SIGHUP).
+    pub fn reload_tls(&self) {
+        for (name, t) in &self.tls {
+            if let Err(e) = t.reload() {
+                tracing::error!(listener = %name, error = %e, "TLS reload failed; keeping the previous certificates");
+            }
+        }
     }
 
     /// Serves until `shutdown` is cancelled, then finishes requests in flight and flushes
-    /// the store.
-    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
-        let sweeper = tokio::spawn(run_sweeper(self.store.clone(), self.config.store.clone()));
+    /// the store. TLS files are reloaded when they change and on SIGHUP.
+    pub async fn run(self, listeners: Vec<Bound>, shutdown: CancellationToken) -> Result<()> {
+        let app = Arc::new(self);
+        let sweeper = tokio::spawn(run_sweeper(app.store.clone(), app.config.store.clone()));
+        let reloader = tokio::spawn(watch_tls(app.clone()));
         let opts = ServeOptions {
-            max_connections: self.config.server.max_connections,
-            header_read_timeout: self.config.server.header_read_timeout.get(),
-            shutdown_grace: self.config.server.shutdown_grace.get(),
+            max_connections: app.config.server.max_connections,
+            header_read_timeout: app.config.server.header_read_timeout.get(),
+            shutdown_grace: app.config.server.shutdown_grace.get(),
         };
-        serve(
-            listener,
-            self.endpoint.clone(),
-            opts,
-            self.metrics.clone(),
-            shutdown,
-        )
-        .await;
+        let mut servers = Vec::new();
+        for b in listeners {
+            servers.push(tokio::spawn(serve(
+                b.listener,
+                app.endpoint.clone(),
+                opts,
+                app.metrics.clone(),
+                shutdown.clone(),
+            )));
+        }
+        for s in servers {
+            let _ = s.await;
+        }
         sweeper.abort();
-        self.store.flush().await?;
+        reloader.abort();
+        app.store.flush().await?;
         tracing::info!("store flushed; bye");
         Ok(())
+    }
+}
+
+fn load_tls(key: &str, name: &str, cfg: &TlsConfig) -> Result<Arc<TlsSource>> {
+    TlsSource::load(name, cfg).map_err(|e| Error::Config(format!("{key}: {e}")))
+}
+
+/// Reloads TLS material when its files change (polled) and on SIGHUP.
+async fn watch_tls(app: Arc<App>) {
+    let mut tick = tokio::time::interval(app.config.server.tls_reload_interval.get());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        {
+            let sighup = async {
+                match hup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tick.tick() => changed(&app),
+                () = sighup => {
+                    tracing::info!("SIGHUP: reloading TLS certificates");
+                    app.reload_tls();
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tick.tick().await;
+            changed(&app);
+        }
+    }
+}
+
+fn changed(app: &App) {
+    for (_, t) in &app.tls {
+        t.reload_if_changed();
     }
 }

@@ -2,6 +2,7 @@
 //! then validated. Every field's `///` comment is its reference documentation.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
 };
@@ -32,6 +33,47 @@ pub struct Config {
     pub dev: DevConfig,
     /// `[providers.*]`: one table per provider.
     pub providers: ProvidersConfig,
+    /// `[listeners.<name>]`: further TLS listeners, each serving the providers it lists
+    /// (and only there), e.g. Verestro on a mutual-TLS port.
+    pub listeners: BTreeMap<String, ListenerConfig>,
+}
+
+/// The name of the `[server]` listener.
+pub const MAIN_LISTENER: &str = "main";
+
+/// TLS settings of a listener.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the server certificate, followed by any intermediates.
+    pub cert: PathBuf,
+    /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM file with the CA certificate(s) client certificates must chain to. When set,
+    /// the listener requires a client certificate (mutual TLS): a client without one, or
+    /// with one from another CA, fails the handshake.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Time a client has to complete the TLS handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: HumanDuration,
+}
+
+fn default_handshake_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+
+/// `[listeners.<name>]`: a further TLS listener.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address and port.
+    pub listen: SocketAddr,
+    /// Its TLS settings (required: further listeners are always TLS).
+    pub tls: TlsConfig,
+    /// The providers served here (`verestro`, `pomelo`, `verifyvasp`). They are then served
+    /// only here, not on the `[server]` listener.
+    pub providers: Vec<String>,
 }
 
 /// `[server]`.
@@ -53,6 +95,11 @@ pub struct ServerConfig {
     pub json_max_depth: usize,
     /// On SIGTERM or Ctrl-C, time given to requests in flight before the process exits.
     pub shutdown_grace: HumanDuration,
+    /// Serve HTTPS (and, with `client_ca`, require client certificates) on this listener.
+    pub tls: Option<TlsConfig>,
+    /// How often certificate, key and CA files are checked for changes (they are reloaded
+    /// without a restart; SIGHUP reloads at once).
+    pub tls_reload_interval: HumanDuration,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +112,8 @@ impl Default for ServerConfig {
             body_limit: ByteSize::mib(1),
             json_max_depth: 32,
             shutdown_grace: HumanDuration::secs(30),
+            tls: None,
+            tls_reload_interval: HumanDuration::secs(5),
         }
     }
 }
@@ -175,20 +224,35 @@ impl Config {
         self.store
             .validate()
             .map_err(|e| Error::Config(e.to_string()))?;
-        let paths = [
+        for (key, path) in [
             ("providers.pomelo.path", &self.providers.pomelo.path),
             ("providers.verifyvasp.path", &self.providers.verifyvasp.path),
-        ];
-        for (i, (key, path)) in paths.iter().enumerate() {
+        ] {
             validate_path(key, path).map_err(|e| Error::Config(e.to_string()))?;
-            if crate::app::RESERVED_PREFIXES
-                .iter()
-                .any(|r| path.as_str() == *r || path.starts_with(&format!("{r}/")))
-            {
-                return bad(key, &format!("`{path}` is reserved for switchboard itself"));
-            }
-            if let Some((other, _)) = paths[..i].iter().find(|(_, p)| p == path) {
-                return bad(key, &format!("`{path}` is already used by {other}"));
+        }
+        switchboard_plugins::providers::verestro::validate(&self.providers.verestro)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        // Every configured path: none under switchboard's own, no two alike.
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        for info in crate::app::provider_infos(self) {
+            for e in &info.endpoints {
+                let key = match info.name {
+                    "verestro" => "providers.verestro.path_prefix",
+                    "pomelo" => "providers.pomelo.path",
+                    _ => "providers.verifyvasp.path",
+                };
+                if crate::app::RESERVED_PREFIXES
+                    .iter()
+                    .any(|r| e.path == *r || e.path.starts_with(&format!("{r}/")))
+                {
+                    return bad(
+                        key,
+                        &format!("`{}` is reserved for switchboard itself", e.path),
+                    );
+                }
+                if let Some(other) = seen.insert(e.path.clone(), info.name) {
+                    return bad(key, &format!("`{}` is already served for {other}", e.path));
+                }
             }
         }
         if let Some(e) = &self.providers.pomelo.signed_endpoint {
@@ -198,7 +262,52 @@ impl Config {
         if let Err(e) = tracing_subscriber_filter_check(&self.log.level) {
             return bad("log.level", &e);
         }
+        if self.server.tls_reload_interval.get().is_zero() {
+            return bad("server.tls_reload_interval", "must be greater than zero");
+        }
+        let mut bound: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, l) in &self.listeners {
+            let at = format!("listeners.{name}");
+            if name == MAIN_LISTENER || name.is_empty() {
+                return bad(&at, "this name is reserved for the [server] listener");
+            }
+            if l.listen == self.server.listen && l.listen.port() != 0 {
+                return bad(
+                    &format!("{at}.listen"),
+                    "is the address of the [server] listener",
+                );
+            }
+            if l.providers.is_empty() {
+                return bad(&format!("{at}.providers"), "lists no provider");
+            }
+            for p in &l.providers {
+                if !switchboard_plugins::providers::NAMES.contains(&p.as_str()) {
+                    return bad(
+                        &format!("{at}.providers"),
+                        &format!(
+                            "unknown provider `{p}` (known: {})",
+                            switchboard_plugins::providers::NAMES.join(", ")
+                        ),
+                    );
+                }
+                if let Some(other) = bound.insert(p, name) {
+                    return bad(
+                        &format!("{at}.providers"),
+                        &format!("`{p}` is already served by listeners.{other}"),
+                    );
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The listener each provider is served on (`main` unless a `[listeners.*]` lists it).
+    pub fn listener_of(&self, provider: &str) -> &str {
+        self.listeners
+            .iter()
+            .find(|(_, l)| l.providers.iter().any(|p| p == provider))
+            .map(|(n, _)| n.as_str())
+            .unwrap_or(MAIN_LISTENER)
     }
 
     /// The directory holding the database and generated files.

@@ -9,7 +9,9 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use poem::{Endpoint, IntoResponse, Request, Response, http::StatusCode};
-use switchboard_core::metrics::Metrics;
+use switchboard_core::{metrics::Metrics, peer::ConnectionInfo};
+
+pub use crate::config::MAIN_LISTENER;
 use switchboard_plugins::{http::error_json, http::to_response, providers::ProviderInfo};
 
 /// Paths switchboard serves itself, which no provider may take.
@@ -29,13 +31,16 @@ pub struct RouteTable {
     providers: HashMap<String, (&'static str, &'static str)>,
     /// Declared paths served elsewhere: not found here.
     hidden: Vec<&'static str>,
+    /// Provider → the listener it is served on (absent: the main listener).
+    listeners: HashMap<&'static str, String>,
 }
 
 impl RouteTable {
-    /// The table for these providers.
-    pub fn new(providers: &[ProviderInfo]) -> Self {
+    /// The table for these providers, each served on the listener `listener_of` names.
+    pub fn new(providers: &[ProviderInfo], listener_of: impl Fn(&str) -> String) -> Self {
         let mut t = RouteTable::default();
         for p in providers {
+            t.listeners.insert(p.name, listener_of(p.name));
             for e in &p.endpoints {
                 t.providers.insert(e.path.clone(), (p.name, e.canonical));
                 if e.path != e.canonical {
@@ -82,6 +87,16 @@ impl RouteTable {
     fn is_hidden(&self, path: &str) -> bool {
         self.hidden.contains(&path)
     }
+
+    /// Whether a request for `provider` (or `admin`, `system`) may be served on
+    /// `listener`: a provider only on its own listener, switchboard's own endpoints only
+    /// on the main one.
+    fn serves(&self, provider: &str, listener: &str) -> bool {
+        match self.listeners.get(provider) {
+            Some(l) => l == listener,
+            None => listener == MAIN_LISTENER,
+        }
+    }
 }
 
 /// The front endpoint around the whole service.
@@ -101,7 +116,13 @@ impl<E: Endpoint> Endpoint for Front<E> {
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
         let (provider, label, route_to) = self.table.classify(req.uri().path());
-        let resp = if route_to.is_none() && self.table.is_hidden(req.uri().path()) {
+        let listener = req
+            .extensions()
+            .get::<ConnectionInfo>()
+            .map(|c| c.listener.clone());
+        let listener = listener.as_deref().unwrap_or(MAIN_LISTENER);
+        let elsewhere = !self.table.serves(provider, listener);
+        let resp = if elsewhere || (route_to.is_none() && self.table.is_hidden(req.uri().path())) {
             StatusCode::NOT_FOUND.into_response()
         } else {
             if let Some(declared) = route_to {
@@ -146,25 +167,37 @@ mod tests {
     use super::*;
     use switchboard_plugins::providers::EndpointInfo;
 
+    fn provider(
+        name: &'static str,
+        canonical: &'static str,
+        path: &str,
+        mtls: bool,
+    ) -> ProviderInfo {
+        ProviderInfo {
+            name,
+            credentials: 1,
+            endpoints: vec![EndpointInfo {
+                canonical,
+                path: path.into(),
+            }],
+            client_certificates: mtls,
+        }
+    }
+
     fn table() -> RouteTable {
-        RouteTable::new(&[
-            ProviderInfo {
-                name: "a",
-                credentials: 1,
-                endpoints: vec![EndpointInfo {
-                    canonical: "/a/default",
-                    path: "/hooks/a".into(),
-                }],
+        RouteTable::new(
+            &[
+                provider("a", "/a/default", "/hooks/a", false),
+                provider("b", "/b/default", "/b/default", true),
+            ],
+            |p| {
+                if p == "b" {
+                    "mtls".into()
+                } else {
+                    MAIN_LISTENER.into()
+                }
             },
-            ProviderInfo {
-                name: "b",
-                credentials: 1,
-                endpoints: vec![EndpointInfo {
-                    canonical: "/b/default",
-                    path: "/b/default".into(),
-                }],
-            },
-        ])
+        )
     }
 
     #[test]
@@ -190,5 +223,14 @@ mod tests {
             t.renames().get("/a/default").map(String::as_str),
             Some("/hooks/a")
         );
+    }
+
+    #[test]
+    fn providers_are_served_only_on_their_listener() {
+        let t = table();
+        assert!(t.serves("a", MAIN_LISTENER) && !t.serves("a", "mtls"));
+        assert!(t.serves("b", "mtls") && !t.serves("b", MAIN_LISTENER));
+        assert!(t.serves("admin", MAIN_LISTENER) && !t.serves("admin", "mtls"));
+        assert!(!t.serves("system", "mtls") && !t.serves("none", "mtls"));
     }
 }

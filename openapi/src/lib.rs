@@ -17,7 +17,9 @@ pub mod config;
 pub mod devsecrets;
 pub mod error;
 pub mod front;
+pub mod pki;
 pub mod server;
 pub mod system;
+pub mod tls;
 
 pub use error::{Error, Result};

@@ -1,8 +1,12 @@
-//! The listener: our own accept loop over hyper, because poem's server sets neither a
-//! header-read timeout nor a cap on connections.
+//! The listeners: our own accept loop over hyper, because poem's server sets neither a
+//! header-read timeout nor a cap on connections, and cannot show a client certificate to
+//! a handler.
 //!
-//! - At most `max_connections` connections are served at once; past that, accepting
-//!   pauses and clients wait in the kernel's backlog.
+//! - At most `max_connections` connections are served at once per listener; past that,
+//!   accepting pauses and clients wait in the kernel's backlog.
+//! - TLS handshakes run in each connection's own task, bounded by the handshake timeout,
+//!   so a slow client never holds up accepting. The certificate a mutual-TLS listener
+//!   verified is handed to every request of the connection as [`ConnectionInfo`].
 //! - A client that does not finish its headers within `header_read_timeout` is cut off.
 //! - On shutdown: stop accepting, let requests in flight finish (bounded by the grace
 //!   period), then return so that the caller can flush the store.
@@ -12,7 +16,10 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::{
+        conn::auto,
+        graceful::{GracefulShutdown, Watcher},
+    },
 };
 use poem::{
     Endpoint, Response,
@@ -20,9 +27,16 @@ use poem::{
     http::uri::Scheme,
     web::{LocalAddr, RemoteAddr},
 };
-use switchboard_core::metrics::Metrics;
-use tokio::{net::TcpListener, sync::Semaphore};
+use switchboard_core::{metrics::Metrics, peer::ConnectionInfo};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+
+use crate::tls::{TlsSource, identity};
 
 /// The whole service, shareable between connections.
 pub type SharedEndpoint = Arc<dyn DynEndpoint<Output = Response>>;
@@ -38,15 +52,36 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
 }
 
+/// One listener: its socket, its name, and its TLS settings if it is not plain HTTP.
+pub struct Listener {
+    /// The bound socket.
+    pub socket: TcpListener,
+    /// `main` or the `[listeners.<name>]` name.
+    pub name: Arc<str>,
+    /// TLS (and client-certificate verification), if any.
+    pub tls: Option<Arc<TlsSource>>,
+}
+
+/// What every connection of a listener shares.
+struct Shared {
+    ep: SharedEndpoint,
+    builder: auto::Builder<TokioExecutor>,
+    metrics: Arc<Metrics>,
+    local: SocketAddr,
+    name: Arc<str>,
+    tls: Option<Arc<TlsSource>>,
+}
+
 /// Serves `ep` on `listener` until `shutdown` is cancelled, then drains.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     ep: SharedEndpoint,
     opts: ServeOptions,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let local = listener
+    let Listener { socket, name, tls } = listener;
+    let local = socket
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let permits = Arc::new(Semaphore::new(opts.max_connections));
@@ -60,7 +95,14 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(64);
-    let builder = Arc::new(builder);
+    let shared = Arc::new(Shared {
+        ep,
+        builder,
+        metrics,
+        local,
+        name,
+        tls,
+    });
 
     loop {
         let permit = tokio::select! {
@@ -71,7 +113,7 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let (stream, remote) = tokio::select! {
-            r = listener.accept() => match r {
+            r = socket.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -83,43 +125,96 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let ep = ep.clone();
-        let local_addr = LocalAddr(local.into());
-        let remote_addr = RemoteAddr(remote.into());
-        let service = hyper::service::service_fn(move |req: http_request::Request<Incoming>| {
-            let ep = ep.clone();
-            let local_addr = local_addr.clone();
-            let remote_addr = remote_addr.clone();
-            async move {
-                let req: poem::Request = (req, local_addr, remote_addr, Scheme::HTTP).into();
-                let resp: http_request::Response<_> = ep.get_response(req).await.into();
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let metrics = metrics.clone();
+        let shared = shared.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            metrics.connections.inc();
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            metrics.connections.dec();
+            shared.metrics.connections.inc();
+            connection(&shared, stream, remote, watcher).await;
+            shared.metrics.connections.dec();
         });
     }
-    drop(listener);
-    tracing::info!("no longer accepting connections; finishing requests in flight");
+    drop(socket);
+    tracing::info!(listener = %shared.name, "no longer accepting connections; finishing requests in flight");
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = graceful.shutdown() => tracing::info!(listener = %shared.name, "all connections closed"),
         () = tokio::time::sleep(opts.shutdown_grace) => {
-            tracing::warn!("shutdown grace period over; closing remaining connections");
+            tracing::warn!(listener = %shared.name, "shutdown grace period over; closing remaining connections");
         }
     }
 }
 
-mod http_request {
+async fn connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr, watcher: Watcher) {
+    let Some(tls) = &shared.tls else {
+        let info = ConnectionInfo {
+            listener: shared.name.clone(),
+            tls: false,
+            peer: None,
+        };
+        return http(shared, stream, remote, info, Scheme::HTTP, watcher).await;
+    };
+    let acceptor = TlsAcceptor::from(tls.current());
+    match tokio::time::timeout(tls.handshake_timeout(), acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let peer = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| Arc::new(identity(leaf)));
+            let info = ConnectionInfo {
+                listener: shared.name.clone(),
+                tls: true,
+                peer,
+            };
+            http(shared, stream, remote, info, Scheme::HTTPS, watcher).await;
+        }
+        Ok(Err(e)) => {
+            shared.metrics.tls_failures.inc();
+            tracing::info!(listener = %shared.name, %remote, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            shared.metrics.tls_failures.inc();
+            tracing::info!(listener = %shared.name, %remote, "TLS handshake timed out");
+        }
+    }
+}
+
+async fn http<I>(
+    shared: &Arc<Shared>,
+    io: I,
+    remote: SocketAddr,
+    info: ConnectionInfo,
+    scheme: Scheme,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ep = shared.ep.clone();
+    let local_addr = LocalAddr(shared.local.into());
+    let remote_addr = RemoteAddr(remote.into());
+    let service = hyper::service::service_fn(move |req: http_types::Request<Incoming>| {
+        let ep = ep.clone();
+        let local_addr = local_addr.clone();
+        let remote_addr = remote_addr.clone();
+        let scheme = scheme.clone();
+        let info = info.clone();
+        async move {
+            let mut req: poem::Request = (req, local_addr, remote_addr, scheme).into();
+            req.extensions_mut().insert(info);
+            let resp: http_types::Response<_> = ep.get_response(req).await.into();
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = shared
+        .builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+mod http_types {
     pub use poem::http::{Request, Response};
 }

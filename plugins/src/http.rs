@@ -194,24 +194,33 @@ pub fn unavailable(provider: &str, err: &switchboard_core::Error) -> StoredRespo
     r
 }
 
-/// Deepest nesting of arrays and objects in `bytes`, scanning without parsing. Stops
-/// counting once `limit` is exceeded.
+/// Whether the nesting of arrays and objects in `bytes` goes deeper than `limit`,
+/// scanning without parsing (strings in double quotes are skipped).
 pub fn json_depth_exceeds(bytes: &[u8], limit: usize) -> bool {
+    depth_exceeds(bytes, limit, b"\"")
+}
+
+/// Like [`json_depth_exceeds`], for JSON5 (strings in single or double quotes).
+pub fn json5_depth_exceeds(bytes: &[u8], limit: usize) -> bool {
+    depth_exceeds(bytes, limit, b"\"'")
+}
+
+fn depth_exceeds(bytes: &[u8], limit: usize, quotes: &[u8]) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
+    let mut quote: Option<u8> = None;
     let mut escaped = false;
     for &b in bytes {
-        if in_string {
+        if let Some(q) = quote {
             match (escaped, b) {
                 (true, _) => escaped = false,
                 (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
+                (false, c) if c == q => quote = None,
                 _ => {}
             }
             continue;
         }
         match b {
-            b'"' => in_string = true,
+            c if quotes.contains(&c) => quote = Some(c),
             b'[' | b'{' => {
                 depth += 1;
                 if depth > limit {
@@ -249,6 +258,38 @@ pub fn parse_json<T: ParseFromJSON + ToJSON>(
         ));
     }
     let original: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    parse_value(original)
+}
+
+/// Like [`parse_json`], but a body that is not strict JSON and is valid JSON5 (trailing
+/// commas, single-quoted strings, as in some providers' own examples) is accepted too, with
+/// a flag.
+pub fn parse_json_lenient<T: ParseFromJSON + ToJSON>(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<Parsed<T>, String> {
+    match parse_json(bytes, limits) {
+        Err(strict) if strict.starts_with("not JSON") => {
+            if json5_depth_exceeds(bytes, limits.json_depth) {
+                return Err(format!(
+                    "JSON nested deeper than {} levels",
+                    limits.json_depth
+                ));
+            }
+            let text = std::str::from_utf8(bytes).map_err(|_| strict.clone())?;
+            let original: Value = json5::from_str(text).map_err(|_| strict)?;
+            let mut parsed = parse_value(original)?;
+            parsed.flags.push(
+                "lenient_json: the body is not strict JSON (trailing comma or single quotes)"
+                    .into(),
+            );
+            Ok(parsed)
+        }
+        other => other,
+    }
+}
+
+fn parse_value<T: ParseFromJSON + ToJSON>(original: Value) -> Result<Parsed<T>, String> {
     if !original.is_object() {
         return Err("the body is not a JSON object".into());
     }
@@ -317,6 +358,8 @@ mod tests {
         assert!(json_depth_exceeds(br#"{"a":[1,{"b":2}]}"#, 2));
         assert!(!json_depth_exceeds(br#"{"a":"[[[[[[\"[[[["}"#, 1));
         assert!(json_depth_exceeds(&b"[".repeat(100), 64));
+        assert!(!json5_depth_exceeds(b"{'a': '[[[[[['}", 2));
+        assert!(json_depth_exceeds(b"{'a': '[[[[[['}", 2));
     }
 
     #[test]

@@ -53,7 +53,7 @@ fn plugins_do_not_depend_on_the_http_face() {
 
 #[test]
 fn provider_verification_is_plain_functions() {
-    for p in ["pomelo", "verifyvasp"] {
+    for p in ["pomelo", "verifyvasp", "verestro"] {
         let src = read(&format!("plugins/src/providers/{p}/verify.rs"));
         assert!(!src.contains("poem"), "{p}/verify.rs uses poem");
     }

@@ -8,6 +8,10 @@ mod support;
 mod pomelo;
 // VerifyVASP: bearer, the three callback types, 50 concurrent duplicates, conflicts.
 mod verifyvasp;
+// Verestro: mutual TLS (handshakes, pins, reload), JWE from another implementation,
+// idempotency keys, the onboarding commands.
+mod pki;
+mod verestro;
 // Restarts and kill -9: nothing answered 2xx is lost, old keys stay duplicates.
 mod durability;
 // The admin API: authentication, filters, pagination, masking.

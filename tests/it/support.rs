@@ -33,7 +33,8 @@ pub fn pomelo_secret_b64() -> String {
 pub type Extra<'a> = &'a [(&'a str, &'a str)];
 
 /// The configuration every test starts from, with `extra` lines added to its sections
-/// (`server`, `store`, `admin`, `log`, `pomelo`, `verifyvasp`).
+/// (`server`, `store`, `admin`, `log`, `pomelo`, `verifyvasp`); `tail` is appended as it is
+/// (further tables).
 pub fn base_config(data: &Path, extra: Extra<'_>) -> String {
     let get = |sec: &str| {
         extra
@@ -73,6 +74,8 @@ api_secret = "{secret}"
 [providers.verifyvasp]
 token = "env:SWITCHBOARD_TEST_VASP_TOKEN"
 {vasp}
+
+{tail}
 "#,
         data = data.display(),
         secret = pomelo_secret_b64(),
@@ -82,6 +85,7 @@ token = "env:SWITCHBOARD_TEST_VASP_TOKEN"
         admin = get("admin"),
         pomelo = get("pomelo"),
         vasp = get("verifyvasp"),
+        tail = get("tail"),
     )
 }
 
@@ -110,6 +114,8 @@ impl Dir {
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// Further listeners: name → address.
+    pub listeners: std::collections::HashMap<String, SocketAddr>,
     /// Keeps the directory alive as long as the server runs.
     _dir: Arc<Dir>,
     pub log_path: PathBuf,
@@ -154,16 +160,30 @@ impl Server {
         {
             let stdout = stdout.clone();
             std::thread::spawn(move || {
+                let mut listeners = std::collections::HashMap::new();
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    if let Some(addr) = line.strip_prefix("switchboard listening on http://") {
-                        let _ = tx.send(addr.trim().to_owned());
+                    // Further listeners are printed before the main one.
+                    if let Some(rest) = line.strip_prefix("switchboard listener ") {
+                        if let Some((name, url)) = rest.split_once(" on https://") {
+                            listeners.insert(
+                                name.to_owned(),
+                                url.trim().parse::<SocketAddr>().expect("listener address"),
+                            );
+                        }
+                    }
+                    if let Some(addr) = line.strip_prefix("switchboard listening on ") {
+                        let addr = addr
+                            .trim()
+                            .trim_start_matches("http://")
+                            .trim_start_matches("https://");
+                        let _ = tx.send((addr.to_owned(), listeners.clone()));
                     }
                     stdout.lock().unwrap().push(line);
                 }
             });
         }
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a.parse().expect("address"),
+        let (addr, listeners) = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok((a, l)) => (a.parse().expect("address"), l),
             Err(_) => {
                 let _ = child.kill();
                 panic!(
@@ -175,6 +195,7 @@ impl Server {
         Server {
             child: Some(child),
             addr,
+            listeners,
             _dir: dir,
             log_path,
             stdout,

@@ -1,7 +1,11 @@
 //! The provider plugins, one folder each, all of the same shape.
 
 pub mod pomelo;
+pub mod verestro;
 pub mod verifyvasp;
+
+/// Every provider, by name.
+pub const NAMES: [&str; 3] = [pomelo::NAME, verestro::NAME, verifyvasp::NAME];
 
 use poem_openapi::Tags;
 use serde::{Deserialize, Serialize};
@@ -14,6 +18,11 @@ pub enum ProviderTag {
     /// VerifyVASP: travel-rule verification callbacks, authenticated by a bearer token.
     #[oai(rename = "VerifyVASP")]
     VerifyVasp,
+    /// Verestro: card-issuing notifications (3DS OTP, KYC, card locks, transactional lock
+    /// reasons). Authenticated by mutual TLS: the client certificate must chain to the
+    /// CA of the listener Verestro is served on (`switchboard ca sign-csr` signs
+    /// Verestro's CSR) and may be pinned. Bodies may be JWE-encrypted to `GET /public-key`.
+    Verestro,
 }
 
 /// `[providers]`: one table per provider.
@@ -22,6 +31,8 @@ pub enum ProviderTag {
 pub struct ProvidersConfig {
     /// Pomelo (tokenization OTP webhook).
     pub pomelo: pomelo::PomeloConfig,
+    /// Verestro (card-issuing notifications, mutual TLS and JWE).
+    pub verestro: verestro::VerestroConfig,
     /// VerifyVASP (travel-rule callbacks).
     pub verifyvasp: verifyvasp::VerifyVaspConfig,
 }
@@ -44,6 +55,9 @@ pub struct ProviderInfo {
     pub credentials: usize,
     /// Its endpoints.
     pub endpoints: Vec<EndpointInfo>,
+    /// Whether it authenticates by client certificate, so it must be served on a
+    /// mutual-TLS listener.
+    pub client_certificates: bool,
 }
 
 /// Checks that a configured path is usable: absolute, no query, no spaces.

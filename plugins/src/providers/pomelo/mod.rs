@@ -35,7 +35,8 @@ pub fn describe(cfg: &PomeloConfig) -> PomeloApi {
     PomeloApi::new(verify::Verifier::unconfigured(cfg), cfg.path.clone())
 }
 
-fn info(cfg: &PomeloConfig, credentials: usize) -> ProviderInfo {
+/// The endpoints as configured.
+pub fn info(cfg: &PomeloConfig, credentials: usize) -> ProviderInfo {
     ProviderInfo {
         name: NAME,
         credentials,
@@ -43,5 +44,6 @@ fn info(cfg: &PomeloConfig, credentials: usize) -> ProviderInfo {
             canonical: config::DEFAULT_PATH,
             path: cfg.path.clone(),
         }],
+        client_certificates: false,
     }
 }

@@ -58,7 +58,8 @@ pub fn describe(cfg: &VerifyVaspConfig) -> VerifyVaspApi {
     VerifyVaspApi::new(verify::Verifier::unconfigured(), cfg.path.clone())
 }
 
-fn info(cfg: &VerifyVaspConfig, credentials: usize) -> ProviderInfo {
+/// The endpoints as configured.
+pub fn info(cfg: &VerifyVaspConfig, credentials: usize) -> ProviderInfo {
     ProviderInfo {
         name: NAME,
         credentials,
@@ -66,5 +67,6 @@ fn info(cfg: &VerifyVaspConfig, credentials: usize) -> ProviderInfo {
             canonical: config::DEFAULT_PATH,
             path: cfg.path.clone(),
         }],
+        client_certificates: false,
     }
 }
