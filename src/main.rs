@@ -3,8 +3,10 @@
 //! to exit codes (0 success, 1 failure, 2 usage).
 #![forbid(unsafe_code)]
 
+mod admin_cli;
 mod logging;
 mod pki;
+mod routes_cli;
 mod simulate;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -67,6 +69,38 @@ enum Command {
     /// JWE keys (RSA) for encrypted requests.
     #[command(subcommand)]
     Keys(pki::KeysCommand),
+    /// Stored events (through the running server's admin API): list, show, replay.
+    Events {
+        #[command(subcommand)]
+        command: admin_cli::EventsCommand,
+        #[command(flatten)]
+        conn: admin_cli::Conn,
+    },
+    /// Deliveries of the outbox (through the admin API): list, show, replay.
+    Deliveries {
+        #[command(subcommand)]
+        command: admin_cli::DeliveriesCommand,
+        #[command(flatten)]
+        conn: admin_cli::Conn,
+    },
+    /// Run the route tests (`*.test.toml` beside the scripts); exits non-zero on failure.
+    Test {
+        /// The routes directory (default: `routes.dir`).
+        dir: Option<PathBuf>,
+        /// The configuration (for `routes.*` limits).
+        #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Write out a new installation: a configuration, the default routes with their tests,
+    /// an admin token, a CA, a server certificate and a JWE key.
+    Init {
+        /// Where (default: the current directory).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -114,6 +148,12 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Ca(c) => pki::ca(c),
         Command::Tls(c) => pki::tls(c),
         Command::Keys(c) => pki::keys(c),
+        Command::Events { command, conn } => runtime()?.block_on(admin_cli::events(command, conn)),
+        Command::Deliveries { command, conn } => {
+            runtime()?.block_on(admin_cli::deliveries(command, conn))
+        }
+        Command::Test { dir, config } => routes_cli::test(dir, config.as_deref()),
+        Command::Init { dir, force } => routes_cli::init(&dir, force),
     }
 }
 

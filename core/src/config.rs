@@ -91,3 +91,110 @@ impl StoreConfig {
         Ok(())
     }
 }
+
+/// `[routes]`: the route scripts and their sandbox.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutesConfig {
+    /// Directory of the route scripts (`<provider>/<event>.rhai`). When it does not exist,
+    /// the scripts embedded in the binary are used (`switchboard init` writes them out).
+    pub dir: PathBuf,
+    /// Events routed at once.
+    pub workers: usize,
+    /// Longest a script may run, time spent waiting on lookups not counted.
+    pub deadline: HumanDuration,
+    /// Most operations a script may perform in one run.
+    pub max_operations: u64,
+    /// Deepest function-call nesting.
+    pub max_call_levels: usize,
+    /// Longest string a script may build.
+    pub max_string_size: ByteSize,
+    /// Most elements of an array or entries of a map a script may build.
+    pub max_collection_size: usize,
+    /// Longest one lookup (`http::get`, `http::post`) may take.
+    pub lookup_timeout: HumanDuration,
+    /// Longest all lookups of one run may take together.
+    pub lookup_budget: HumanDuration,
+    /// How often the scripts are checked for changes (SIGHUP reloads at once).
+    pub reload_interval: HumanDuration,
+}
+
+impl Default for RoutesConfig {
+    fn default() -> Self {
+        RoutesConfig {
+            dir: PathBuf::from("routes"),
+            workers: 2,
+            deadline: HumanDuration::millis(250),
+            max_operations: 1_000_000,
+            max_call_levels: 32,
+            max_string_size: ByteSize::kib(64),
+            max_collection_size: 10_000,
+            lookup_timeout: HumanDuration::secs(2),
+            lookup_budget: HumanDuration::secs(5),
+            reload_interval: HumanDuration::secs(1),
+        }
+    }
+}
+
+/// `[delivery]`: retries of the outbox.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Waits before each retry; after the last, an action is `dead`. The default
+    /// follows the webhook industry: seconds, then minutes, then hours, about a day in
+    /// all.
+    pub schedule: Vec<HumanDuration>,
+    /// Random spread of each wait, as a fraction (0.2: ±20 %), so that retries of many
+    /// actions do not arrive together.
+    pub jitter: f64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            schedule: [5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600]
+                .into_iter()
+                .map(HumanDuration::secs)
+                .collect(),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RoutesConfig {
+    /// Checks the values that serde cannot.
+    pub fn validate(&self) -> crate::Result<()> {
+        let positive = |key: &str, ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(crate::Error::config(key, "must be greater than zero"))
+            }
+        };
+        positive("routes.workers", self.workers > 0)?;
+        positive("routes.deadline", !self.deadline.get().is_zero())?;
+        positive("routes.max_operations", self.max_operations > 0)?;
+        positive("routes.max_call_levels", self.max_call_levels > 0)?;
+        positive(
+            "routes.lookup_timeout",
+            !self.lookup_timeout.get().is_zero(),
+        )?;
+        positive(
+            "routes.reload_interval",
+            !self.reload_interval.get().is_zero(),
+        )
+    }
+}
+
+impl DeliveryConfig {
+    /// Checks the values that serde cannot.
+    pub fn validate(&self) -> crate::Result<()> {
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(crate::Error::config(
+                "delivery.jitter",
+                "must be at least 0 and below 1",
+            ));
+        }
+        Ok(())
+    }
+}

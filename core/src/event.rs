@@ -53,6 +53,10 @@ impl FromStr for EventId {
 pub enum EventStatus {
     /// Authenticated, parsed and stored durably; waiting for its route.
     Received,
+    /// Its route ran; its actions are in the outbox.
+    Routed,
+    /// Its route failed (a script error, a timeout, a limit). Parked for replay.
+    Failed,
     /// Authenticated, but the body did not match the provider's schema. Kept for an
     /// operator; never routed until replayed.
     Quarantined,
@@ -60,21 +64,45 @@ pub enum EventStatus {
 
 impl EventStatus {
     /// Every status, for documentation and filters.
-    pub const ALL: [EventStatus; 2] = [EventStatus::Received, EventStatus::Quarantined];
+    pub const ALL: [EventStatus; 4] = [
+        EventStatus::Received,
+        EventStatus::Routed,
+        EventStatus::Failed,
+        EventStatus::Quarantined,
+    ];
 
     /// The status as written in the API and the store.
     pub fn as_str(self) -> &'static str {
         match self {
             EventStatus::Received => "received",
+            EventStatus::Routed => "routed",
+            EventStatus::Failed => "failed",
             EventStatus::Quarantined => "quarantined",
         }
     }
 
-    /// Whether the sweeper may delete an expired event in this status. Events waiting for
-    /// an operator are kept until the operator acts.
+    /// Whether the sweeper may delete an expired event in this status (a routed event
+    /// also needs all its actions sent). Events waiting for a route or an operator are
+    /// kept.
     pub fn expires(self) -> bool {
-        !matches!(self, EventStatus::Quarantined)
+        matches!(self, EventStatus::Routed)
     }
+}
+
+/// What the route of an event did, last time it ran.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RouteRun {
+    /// The script that ran (`pomelo/tokenization_otp.rhai`), or none when no script
+    /// matched.
+    pub script: Option<String>,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// How many times the route has run (replays count).
+    pub runs: u32,
+    /// Why it failed: the script's own message, or the limit it hit.
+    pub error: Option<String>,
+    /// The actions it queued, in order.
+    pub actions: Vec<crate::outbox::ActionId>,
 }
 
 impl FromStr for EventStatus {
@@ -122,6 +150,28 @@ pub struct Event {
     pub quarantine_reason: Option<String>,
     /// JSON pointers (into `data`) of values that are secret, e.g. `/otp`.
     pub secret_paths: Vec<String>,
+    /// The last run of its route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteRun>,
+}
+
+impl Event {
+    /// The secret values of the event (the strings at `secret_paths`), to mask wherever
+    /// they may reappear (an email text, a log line).
+    pub fn secret_values(&self) -> Vec<String> {
+        let Some(data) = &self.data else {
+            return Vec::new();
+        };
+        self.secret_paths
+            .iter()
+            .filter_map(|p| data.pointer(p))
+            .filter_map(|v| match v {
+                serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 pub(crate) mod base64_bytes {

@@ -287,6 +287,7 @@ impl Inner {
             conflict_of,
             quarantine_reason,
             secret_paths: sub.secret_paths.clone(),
+            route: None,
         };
         // A claim left pending by a crash may already have its event stored: keep it when
         // it is this very body (it may have moved on since), replace it otherwise (it was
@@ -310,6 +311,9 @@ impl Inner {
         let durable = self.store.durable(seq).await;
         self.settled.notify_waiters();
         durable?;
+        if status == EventStatus::Received && !already_stored {
+            self.store.signal_inbox();
+        }
         self.metrics
             .events
             .get_or_create(&EventLabels {
@@ -485,6 +489,7 @@ mod tests {
             conflict_of: None,
             quarantine_reason: None,
             secret_paths: vec![],
+            route: None,
         };
         let first = StoredResponse::json(200, &json!({"first": true}));
         let seq = store

@@ -11,13 +11,16 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod event;
 pub mod fsutil;
 pub mod ingest;
 pub mod mask;
 pub mod metrics;
+pub mod outbox;
 pub mod peer;
+pub mod route;
 pub mod secret;
 pub mod store;
 pub mod units;

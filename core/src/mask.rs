@@ -51,6 +51,32 @@ pub fn mask_by_name(value: &mut Value) {
     }
 }
 
+/// Replaces every occurrence of each of `values` in every string of `value` with
+/// [`MASK`] (an OTP inside an email text, for instance).
+pub fn mask_values(value: &Value, values: &[String]) -> Value {
+    match value {
+        Value::String(s) => Value::String(mask_text(s, values)),
+        Value::Array(items) => Value::Array(items.iter().map(|v| mask_values(v, values)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), mask_values(v, values)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Replaces every occurrence of each of `values` in `text` with [`MASK`].
+pub fn mask_text(text: &str, values: &[String]) -> String {
+    let mut out = text.to_owned();
+    for v in values.iter().filter(|v| !v.is_empty()) {
+        if out.contains(v.as_str()) {
+            out = out.replace(v.as_str(), MASK);
+        }
+    }
+    out
+}
+
 /// A body of unknown shape, made safe to show: parsed and masked by name when it is JSON,
 /// otherwise only described.
 pub fn mask_raw_body(body: &[u8]) -> Value {

@@ -44,6 +44,33 @@ pub struct EventLabels {
     pub event_type: String,
 }
 
+/// Labels of a route run.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Provider name.
+    pub provider: String,
+    /// Event type.
+    pub event_type: String,
+    /// `routed` or `failed`.
+    pub outcome: String,
+}
+
+/// Labels of a delivery attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// Channel.
+    pub channel: String,
+    /// `sent`, `retry`, `rejected`, `dead`.
+    pub outcome: String,
+}
+
+/// Labels carrying one channel.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    /// Channel.
+    pub channel: String,
+}
+
 /// Labels of an authentication failure.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthFailureLabels {
@@ -83,6 +110,14 @@ pub struct Metrics {
     pub connections: Gauge,
     /// TLS handshakes that failed or timed out (no certificate, a foreign CA, ...).
     pub tls_failures: Counter,
+    /// Route runs.
+    pub routes: Family<RouteLabels, Counter>,
+    /// Time a route run takes (script and lookups).
+    pub route_seconds: Histogram,
+    /// Delivery attempts by outcome.
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    /// Time from an event's arrival to the delivery of one of its actions.
+    pub delivered_seconds: HistogramFamily<ChannelLabels>,
 }
 
 impl Default for Metrics {
@@ -139,8 +174,33 @@ impl Default for Metrics {
             "TLS handshakes that failed or timed out",
             tls_failures.clone(),
         );
+        let routes = Family::<RouteLabels, Counter>::default();
+        registry.register("route_runs", "Route script runs", routes.clone());
+        let route_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "route_duration_seconds",
+            "Time a route run takes",
+            route_seconds.clone(),
+        );
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "delivery_attempts",
+            "Delivery attempts by outcome",
+            deliveries.clone(),
+        );
+        let delivered_seconds: HistogramFamily<ChannelLabels> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 24)));
+        registry.register(
+            "delivered_after_seconds",
+            "Time from an event's arrival to the delivery of one of its actions",
+            delivered_seconds.clone(),
+        );
         Metrics {
             registry,
+            routes,
+            route_seconds,
+            deliveries,
+            delivered_seconds,
             requests,
             ingest_seconds,
             events,

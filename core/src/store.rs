@@ -38,10 +38,18 @@ use crate::{
     event::{Event, EventId, EventStatus},
 };
 
-const IDEM: u8 = b'i';
-const EVENT: u8 = b'e';
-const QUARANTINE: u8 = b'q';
-const EXPIRY: u8 = b'x';
+pub(crate) const IDEM: u8 = b'i';
+pub(crate) const EVENT: u8 = b'e';
+pub(crate) const QUARANTINE: u8 = b'q';
+pub(crate) const EXPIRY: u8 = b'x';
+/// Events waiting for their route.
+pub(crate) const INBOX: u8 = b'n';
+/// Outbox actions.
+pub(crate) const ACTION: u8 = b'a';
+/// Actions due: due ms (8 bytes BE) + action id.
+pub(crate) const DUE: u8 = b's';
+/// Actions being sent.
+pub(crate) const SENDING: u8 = b'o';
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -200,12 +208,16 @@ struct Durability {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    tree: sled::Tree,
+    pub(crate) tree: sled::Tree,
     durability: Arc<Durability>,
     /// Identifies this process run: a pending claim of another run is stale.
     boot: u64,
     /// Stops the flusher (and so releases the database) when the last clone is dropped.
     _flusher: Arc<AbortOnDrop>,
+    /// Woken when events are waiting for their route.
+    pub(crate) inbox: Arc<Notify>,
+    /// Woken when actions are due.
+    pub(crate) outbox: Arc<Notify>,
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -216,7 +228,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
+pub(crate) fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(rest.len() + 1);
     k.push(prefix);
     k.extend_from_slice(rest);
@@ -231,14 +243,14 @@ fn expiry_key(at_ms: u64, event_id: &[u8]) -> Vec<u8> {
     k
 }
 
-fn decode<T: serde::de::DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T> {
     serde_json::from_slice(v).map_err(|source| Error::Corrupt {
         key: String::from_utf8_lossy(k).into_owned(),
         source,
     })
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Our own types always serialise.
     serde_json::to_vec(v).unwrap_or_default()
 }
@@ -285,6 +297,8 @@ impl Store {
             durability,
             boot: rand::random(),
             _flusher: Arc::new(AbortOnDrop(flusher.abort_handle())),
+            inbox: Arc::new(Notify::new()),
+            outbox: Arc::new(Notify::new()),
         })
     }
 
@@ -389,6 +403,9 @@ impl Store {
                     tree.insert(key(QUARANTINE, id), &[])?;
                 }
                 tree.insert(key(EVENT, id), encode(event))?;
+                if event.status == EventStatus::Received {
+                    tree.insert(key(INBOX, id), &[])?;
+                }
             }
             tree.insert(key(IDEM, idem_key.as_bytes()), done)?;
             Ok(())
@@ -396,7 +413,10 @@ impl Store {
     }
 
     /// Runs `writes` and numbers them for [`Store::durable`].
-    fn write(&self, writes: impl FnOnce(&sled::Tree) -> Result<(), sled::Error>) -> Result<u64> {
+    pub(crate) fn write(
+        &self,
+        writes: impl FnOnce(&sled::Tree) -> Result<(), sled::Error>,
+    ) -> Result<u64> {
         let d = &self.durability;
         d.in_progress.fetch_add(1, SeqCst);
         let res = writes(&self.tree);
@@ -516,8 +536,9 @@ impl Store {
     }
 
     /// Removes every event whose expiry is at or before `now_ms`, with its idempotency
-    /// record. An expired event that waits for an operator is kept, and its expiry pushed
-    /// back by `retention`.
+    /// record and its actions. An expired event that is not done (waiting for its route,
+    /// failed, quarantined, or with an action not delivered) is kept, and its expiry
+    /// pushed back by `retention`.
     pub fn sweep(&self, now_ms: u64, retention: Duration) -> Result<Swept> {
         let mut swept = Swept::default();
         let end = expiry_key(now_ms.saturating_add(1), &[]);
@@ -527,8 +548,13 @@ impl Store {
                 self.tree.remove(&xk)?;
                 continue;
             };
-            match self.event(id)? {
-                Some(e) if !e.status.expires() => {
+            let event = self.event(id)?;
+            let keep = match &event {
+                Some(e) => !e.status.expires() || !self.all_sent(e)?,
+                None => false,
+            };
+            match event {
+                Some(_) if keep => {
                     let later =
                         now_ms.saturating_add(u64::try_from(retention.as_millis()).unwrap_or(0));
                     self.tree
@@ -550,11 +576,13 @@ impl Store {
                             swept.keys += 1;
                         }
                     }
-                    if found.is_some() {
+                    if let Some(e) = &found {
+                        self.remove_actions(e)?;
                         self.tree.remove(key(EVENT, id.as_bytes()))?;
                         swept.events += 1;
                     }
                     self.tree.remove(key(QUARANTINE, id.as_bytes()))?;
+                    self.tree.remove(key(INBOX, id.as_bytes()))?;
                 }
             }
             self.tree.remove(&xk)?;
@@ -645,6 +673,7 @@ mod tests {
             conflict_of: None,
             quarantine_reason: None,
             secret_paths: vec![],
+            route: None,
         }
     }
 
@@ -725,7 +754,7 @@ mod tests {
     async fn sweep_removes_expired_but_keeps_quarantine() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&cfg(dir.path())).unwrap();
-        let ok = event(EventStatus::Received);
+        let ok = event(EventStatus::Routed);
         let bad = event(EventStatus::Quarantined);
         let r = StoredResponse::empty(204);
         store.claim("a", "f").unwrap();

@@ -6,11 +6,18 @@ use poem::{EndpointExt, Route, endpoint::make_sync, middleware::CatchPanic, web:
 use poem_openapi::OpenApiService;
 use serde_json::Value;
 use switchboard_core::{
+    delivery::Deliverer,
     ingest::{Ingestor, run_sweeper},
     metrics::Metrics,
+    route::{
+        engine,
+        router::Router,
+        scripts::{Scripts, Source},
+    },
     store::Store,
 };
 use switchboard_plugins::{
+    channels,
     http::{Ctx, Limits},
     providers::{
         ProviderInfo,
@@ -18,6 +25,7 @@ use switchboard_plugins::{
         verestro::{self, VerestroApi},
         verifyvasp::{self, VerifyVaspApi},
     },
+    services::Services,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -145,7 +153,31 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// TLS of each listener that has it, by listener name.
     tls: Vec<(String, Arc<TlsSource>)>,
+    /// The route scripts.
+    pub scripts: Arc<Scripts>,
+    router: Arc<Router>,
+    deliverer: Arc<Deliverer>,
     endpoint: SharedEndpoint,
+}
+
+/// What admin endpoints need beyond the store: the scripts and the parsing limits (to
+/// parse a quarantined body again on replay).
+#[derive(Clone)]
+pub struct AdminCtx {
+    /// The route scripts.
+    pub scripts: Arc<Scripts>,
+    /// Body and JSON limits.
+    pub limits: Limits,
+}
+
+/// Where route scripts come from: the configured directory if it exists, otherwise the
+/// defaults embedded in the binary.
+pub fn script_source(cfg: &Config) -> Source {
+    if cfg.routes.dir.is_dir() {
+        Source::Dir(cfg.routes.dir.clone())
+    } else {
+        Source::Embedded(crate::routes::EMBEDDED)
+    }
 }
 
 /// A bound listener and the URL it answers at.
@@ -190,15 +222,35 @@ impl App {
             ));
         }
 
+        let services = Services::new(&config.services)?;
+        let channels = channels::build(&config.channels, services.clone())?;
+        let engine = Arc::new(engine::build(&config.routes));
+        let scripts = Scripts::load(engine, script_source(&config));
+
         let metrics = Metrics::shared();
         let store = Store::open(&config.store)?;
         let ingest = Ingestor::new(store.clone(), metrics.clone(), &config.store);
-        let ctx = Ctx {
-            ingest,
-            limits: Limits {
-                body: config.server.body_limit.as_usize(),
-                json_depth: config.server.json_max_depth,
-            },
+        let limits = Limits {
+            body: config.server.body_limit.as_usize(),
+            json_depth: config.server.json_max_depth,
+        };
+        let ctx = Ctx { ingest, limits };
+        let router = Router::new(
+            store.clone(),
+            scripts.clone(),
+            Arc::new(services),
+            &config.routes,
+            metrics.clone(),
+        );
+        let deliverer = Deliverer::new(
+            store.clone(),
+            channels,
+            config.delivery.clone(),
+            metrics.clone(),
+        );
+        let admin_ctx = AdminCtx {
+            scripts: scripts.clone(),
+            limits,
         };
 
         let svc = service((
@@ -234,6 +286,7 @@ impl App {
             .nest("/", svc)
             .with(CatchPanic::new())
             .data(ctx)
+            .data(admin_ctx)
             .data(store.clone())
             .data(metrics.clone())
             .map_to_response();
@@ -251,6 +304,9 @@ impl App {
             store,
             metrics,
             tls,
+            scripts,
+            router,
+            deliverer,
             endpoint: Arc::from(front.map_to_response().boxed()),
         })
     }
@@ -301,6 +357,19 @@ impl App {
         if let Some(dev) = &self.dev {
             tracing::warn!(file = %dev.path.display(), filled = ?dev.filled, "using development secrets; configure real ones for production");
         }
+        match self.scripts.source() {
+            Source::Dir(d) => {
+                tracing::info!(dir = %d.display(), scripts = self.scripts.names().len(), "route scripts loaded (watched for changes)")
+            }
+            Source::Embedded(_) => {
+                tracing::info!(dir = %self.config.routes.dir.display(), scripts = self.scripts.names().len(), "no routes directory: using the default routes built in (`switchboard init` writes them out)")
+            }
+        }
+        for (channel, how) in channels::describe(&self.config.channels) {
+            tracing::info!(channel, how = %how, "channel");
+        }
+        let services: Vec<&String> = self.config.services.keys().collect();
+        tracing::info!(?services, "named services");
     }
 
     /// Binds every listener: `[server]` first, then `[listeners.*]`.
@@ -336,7 +405,13 @@ impl App {
         Ok(out)
     }
 
-    /// Reloads every listener's TLS material now (SIGHUP).
+    /// Reloads TLS material and route scripts now (SIGHUP).
+    pub fn reload(&self) {
+        self.reload_tls();
+        self.scripts.reload_and_log();
+    }
+
+    /// Reloads every listener's TLS material now.
     pub fn reload_tls(&self) {
         for (name, t) in &self.tls {
             if let Err(e) = t.reload() {
@@ -351,6 +426,9 @@ impl App {
         let app = Arc::new(self);
         let sweeper = tokio::spawn(run_sweeper(app.store.clone(), app.config.store.clone()));
         let reloader = tokio::spawn(watch_tls(app.clone()));
+        let scripts = tokio::spawn(watch_scripts(app.clone()));
+        let router = tokio::spawn(app.router.clone().run());
+        let deliverer = tokio::spawn(app.deliverer.clone().run());
         let opts = ServeOptions {
             max_connections: app.config.server.max_connections,
             header_read_timeout: app.config.server.header_read_timeout.get(),
@@ -371,6 +449,9 @@ impl App {
         }
         sweeper.abort();
         reloader.abort();
+        scripts.abort();
+        router.abort();
+        deliverer.abort();
         app.store.flush().await?;
         tracing::info!("store flushed; bye");
         Ok(())
@@ -401,8 +482,8 @@ async fn watch_tls(app: Arc<App>) {
             tokio::select! {
                 _ = tick.tick() => changed(&app),
                 () = sighup => {
-                    tracing::info!("SIGHUP: reloading TLS certificates");
-                    app.reload_tls();
+                    tracing::info!("SIGHUP: reloading TLS certificates and route scripts");
+                    app.reload();
                 }
             }
         }
@@ -411,6 +492,20 @@ async fn watch_tls(app: Arc<App>) {
             tick.tick().await;
             changed(&app);
         }
+    }
+}
+
+/// Reloads route scripts when they change (polled).
+async fn watch_scripts(app: Arc<App>) {
+    if !matches!(app.scripts.source(), Source::Dir(_)) {
+        return;
+    }
+    let mut tick = tokio::time::interval(app.config.routes.reload_interval.get());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let scripts = app.scripts.clone();
+        let _ = tokio::task::spawn_blocking(move || scripts.reload_and_log()).await;
     }
 }
 

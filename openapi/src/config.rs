@@ -9,11 +9,15 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use switchboard_core::{
-    config::StoreConfig,
+    config::{DeliveryConfig, RoutesConfig, StoreConfig},
     secret::SecretRef,
     units::{ByteSize, HumanDuration},
 };
-use switchboard_plugins::providers::{ProvidersConfig, validate_path};
+use switchboard_plugins::{
+    channels::ChannelsConfig,
+    providers::{ProvidersConfig, validate_path},
+    services::ServiceConfig,
+};
 
 use crate::{Error, Result};
 
@@ -36,6 +40,15 @@ pub struct Config {
     /// `[listeners.<name>]`: further TLS listeners, each serving the providers it lists
     /// (and only there), e.g. Verestro on a mutual-TLS port.
     pub listeners: BTreeMap<String, ListenerConfig>,
+    /// `[routes]`: the route scripts and their sandbox.
+    pub routes: RoutesConfig,
+    /// `[delivery]`: retries of the outbox.
+    pub delivery: DeliveryConfig,
+    /// `[channels.*]`: how actions leave (email, SMS, HTTP).
+    pub channels: ChannelsConfig,
+    /// `[services.<name>]`: internal HTTP services scripts look data up from and deliver
+    /// to.
+    pub services: BTreeMap<String, ServiceConfig>,
 }
 
 /// The name of the `[server]` listener.
@@ -222,6 +235,12 @@ impl Config {
             }
         }
         self.store
+            .validate()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        self.routes
+            .validate()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        self.delivery
             .validate()
             .map_err(|e| Error::Config(e.to_string()))?;
         for (key, path) in [

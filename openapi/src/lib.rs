@@ -18,6 +18,7 @@ pub mod devsecrets;
 pub mod error;
 pub mod front;
 pub mod pki;
+pub mod routes;
 pub mod server;
 pub mod system;
 pub mod tls;

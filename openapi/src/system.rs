@@ -73,9 +73,11 @@ impl SystemApi {
 
     /// Readiness
     ///
-    /// `200` when the store can be read and its last flush to disk succeeded.
+    /// `200` when the store can be read and its last flush to disk succeeded. Route
+    /// scripts that do not compile are listed (their last good version keeps running, so
+    /// they do not make the server unready).
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
-    async fn readyz(&self, store: Data<&Store>) -> ReadyAnswer {
+    async fn readyz(&self, store: Data<&Store>, admin: Data<&crate::app::AdminCtx>) -> ReadyAnswer {
         let mut ok = true;
         let mut checks = Vec::new();
         match store.check() {
@@ -84,6 +86,17 @@ impl SystemApi {
                 ok = false;
                 tracing::error!(error = %e, "readiness: store check failed");
                 checks.push("store: failing (see the log)".to_owned());
+            }
+        }
+        let errors = admin.scripts.errors();
+        if errors.is_empty() {
+            checks.push(format!(
+                "routes: ok ({} scripts)",
+                admin.scripts.names().len()
+            ));
+        } else {
+            for e in errors {
+                checks.push(format!("routes: {e} (the last good version runs)"));
             }
         }
         let health = Health {

@@ -8,13 +8,19 @@
 //! `api.rs` shares: reading a bounded body, replaying a stored answer, mapping an engine
 //! error to the answer that makes a provider retry.
 //!
+//! [`channels`] holds the channel plugins (email via lettre, SMS gateways, HTTP, console),
+//! one folder each, of the same shape; [`services`] the named internal services route
+//! scripts look data up from and deliver to.
+//!
 //! What does not live here: the store, idempotency, the admin API, listeners. Plugins hand
 //! a [`switchboard_core::ingest::Submission`] to the engine and answer what it returns.
 #![forbid(unsafe_code)]
 
+pub mod channels;
 pub mod error;
 pub mod http;
 pub mod providers;
+pub mod services;
 pub mod types;
 
 pub use error::{Error, Result};

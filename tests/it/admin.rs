@@ -62,8 +62,15 @@ async fn events_filter_and_paginate_newest_first() {
         1
     );
     assert_eq!(events(&c, &s, "status=quarantined").await.len(), 1);
+    // The default routes run: Pomelo's logs that no customers service is configured;
+    // VerifyVASP's fails without a compliance service, and waits for a replay.
+    until_routed(&c, &s).await;
     assert_eq!(
-        events(&c, &s, "status=received&provider=verifyvasp")
+        events(&c, &s, "status=routed&provider=pomelo").await.len(),
+        5
+    );
+    assert_eq!(
+        events(&c, &s, "status=failed&provider=verifyvasp")
             .await
             .len(),
         2

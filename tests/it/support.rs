@@ -390,3 +390,12 @@ pub async fn answer(r: reqwest::Response) -> (u16, Vec<(String, String)>, Vec<u8
     let body = r.bytes().await.unwrap().to_vec();
     (status, headers, body)
 }
+
+/// Polls until no event waits for its route.
+pub async fn until_routed(c: &reqwest::Client, s: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !events(c, s, "status=received").await.is_empty() {
+        assert!(Instant::now() < deadline, "events were never routed");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -352,10 +352,10 @@ async fn the_public_key_is_served_and_old_keys_still_decrypt() {
         pki.path("jwe.pem")
     );
     // The newest key first; jwe.pem (from the base config) becomes the old one.
-    let tail = pki
+    let mut tail = pki
         .config("")
-        .replace(&pki.path("jwe.pem"), &pki.path("jwe-new.pem"))
-        + &extra;
+        .replace(&pki.path("jwe.pem"), &pki.path("jwe-new.pem"));
+    tail.push_str(&extra);
     let s = Server::start_in(dir, &[("tail", &tail)]);
     let c = pki.provider();
     let r: Value = c

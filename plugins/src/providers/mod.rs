@@ -60,6 +60,34 @@ pub struct ProviderInfo {
     pub client_certificates: bool,
 }
 
+/// A quarantined body parsed again by its provider, for an operator's replay after a fix
+/// (of the provider's schema in a newer switchboard, or of the body itself).
+#[derive(Debug)]
+pub struct Reparsed {
+    /// The event type the body parses as.
+    pub event_type: String,
+    /// The normalised data.
+    pub data: serde_json::Value,
+    /// Remarks (unknown enum values, ...).
+    pub flags: Vec<String>,
+}
+
+/// Parses a stored body again as `provider` would on arrival. The error is the reason it
+/// still does not parse.
+pub fn reparse(
+    provider: &str,
+    event_type: &str,
+    body: &[u8],
+    limits: &crate::http::Limits,
+) -> Result<Reparsed, String> {
+    match provider {
+        pomelo::NAME => pomelo::reparse(body, limits),
+        verifyvasp::NAME => verifyvasp::reparse(body, limits),
+        verestro::NAME => verestro::reparse(event_type, body, limits),
+        other => Err(format!("unknown provider `{other}`")),
+    }
+}
+
 /// Checks that a configured path is usable: absolute, no query, no spaces.
 pub fn validate_path(key: &str, path: &str) -> crate::Result<()> {
     let ok = path.starts_with('/')

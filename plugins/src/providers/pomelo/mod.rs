@@ -47,3 +47,13 @@ pub fn info(cfg: &PomeloConfig, credentials: usize) -> ProviderInfo {
         client_certificates: false,
     }
 }
+
+/// Parses a stored body again (a replay of a quarantined event).
+pub fn reparse(body: &[u8], limits: &crate::http::Limits) -> Result<super::Reparsed, String> {
+    let p = crate::http::parse_json::<model::TokenizationOtp>(body, limits)?;
+    Ok(super::Reparsed {
+        event_type: EVENT_TYPE.into(),
+        data: p.data,
+        flags: p.flags,
+    })
+}

@@ -110,3 +110,39 @@ pub fn info(cfg: &VerestroConfig, jwe_keys: usize) -> ProviderInfo {
         client_certificates: true,
     }
 }
+
+fn parse<T: poem_openapi::types::ParseFromJSON + poem_openapi::types::ToJSON + model::Remarks>(
+    endpoint: &str,
+    body: &[u8],
+    limits: &crate::http::Limits,
+) -> Result<super::Reparsed, String> {
+    let p = crate::http::parse_json_lenient::<T>(body, limits)?;
+    let mut flags = p.flags;
+    flags.extend(p.value.remarks(endpoint));
+    Ok(super::Reparsed {
+        event_type: endpoint.into(),
+        data: p.data,
+        flags,
+    })
+}
+
+/// Parses a stored (decrypted) body again as the endpoint it arrived on (the event type).
+pub fn reparse(
+    endpoint: &str,
+    body: &[u8],
+    limits: &crate::http::Limits,
+) -> Result<super::Reparsed, String> {
+    use model::*;
+    match endpoint {
+        "otp" => parse::<OtpNotification>(endpoint, body, limits),
+        "verificationInProgress" | "verificationAccepted" | "verificationRejected" => {
+            parse::<VerificationNotification>(endpoint, body, limits)
+        }
+        "cardLocked" => parse::<CardLocked>(endpoint, body, limits),
+        "cardUnlocked" => parse::<CardUnlocked>(endpoint, body, limits),
+        "transactionalLockReasonAdded" | "transactionalLockReasonRemoved" => {
+            parse::<LockReasonChange>(endpoint, body, limits)
+        }
+        other => Err(format!("unknown Verestro endpoint `{other}`")),
+    }
+}

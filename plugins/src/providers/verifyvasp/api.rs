@@ -148,7 +148,7 @@ impl VerifyVaspApi {
 }
 
 /// The event type, de-duplication key and content of a body.
-fn classify(raw: &[u8], limits: &Limits, fp: &str) -> (String, String, Content) {
+pub(crate) fn classify(raw: &[u8], limits: &Limits, fp: &str) -> (String, String, Content) {
     match parse_json::<Callback>(raw, limits) {
         Ok(parsed) => {
             let ty = parsed.value.callback_type();

@@ -70,3 +70,18 @@ pub fn info(cfg: &VerifyVaspConfig, credentials: usize) -> ProviderInfo {
         client_certificates: false,
     }
 }
+
+/// Parses a stored body again (a replay of a quarantined event).
+pub fn reparse(body: &[u8], limits: &crate::http::Limits) -> Result<super::Reparsed, String> {
+    let fp = switchboard_core::ingest::fingerprint(body);
+    match api::classify(body, limits, &fp) {
+        (event_type, _, switchboard_core::ingest::Content::Parsed { data, flags }) => {
+            Ok(super::Reparsed {
+                event_type,
+                data,
+                flags,
+            })
+        }
+        (_, _, switchboard_core::ingest::Content::Quarantined { reason }) => Err(reason),
+    }
+}

@@ -1,0 +1,236 @@
+//! The delivery workers: they take due actions from the outbox and hand them to their
+//! channel, with a concurrency limit per channel, retries on a schedule with jitter, a
+//! dead letter after the last attempt, and every attempt recorded.
+//!
+//! Each attempt is marked `sending` (durably) before the channel is called and marked
+//! `sent`, `retrying` or `dead` after: SMTP has no idempotency, so after a crash an action
+//! found `sending` is known to be ambiguous; it is resumed (at least once).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures_util::future::BoxFuture;
+use tokio::sync::Semaphore;
+
+use crate::{
+    config::DeliveryConfig,
+    metrics::{ChannelLabels, DeliveryLabels, Metrics},
+    outbox::{Action, ActionId, SendResult},
+    store::{Store, now_ms},
+};
+
+/// A way out: email, SMS, HTTP, the log.
+pub trait Channel: Send + Sync {
+    /// Performs one attempt.
+    fn send<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, SendResult>;
+
+    /// Most attempts at once.
+    fn concurrency(&self) -> usize;
+}
+
+/// Delivers the outbox.
+pub struct Deliverer {
+    store: Store,
+    channels: HashMap<String, (Arc<dyn Channel>, Arc<Semaphore>)>,
+    cfg: DeliveryConfig,
+    metrics: Arc<Metrics>,
+    in_flight: Mutex<HashSet<ActionId>>,
+}
+
+/// When the attempt after `failures` failed ones is due, or `None` when there is none.
+pub fn next_attempt(
+    cfg: &DeliveryConfig,
+    failures: usize,
+    retry_after: Option<Duration>,
+    now_ms: u64,
+) -> Option<u64> {
+    let base = cfg.schedule.get(failures.checked_sub(1)?)?.get();
+    let spread = if cfg.jitter > 0.0 {
+        1.0 + cfg.jitter * (rand::random::<f64>() * 2.0 - 1.0)
+    } else {
+        1.0
+    };
+    let mut wait = base.mul_f64(spread);
+    if let Some(after) = retry_after {
+        // The other side asked for a wait: honour it (up to a day).
+        wait = after.min(Duration::from_secs(86_400));
+    }
+    Some(now_ms.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)))
+}
+
+impl Deliverer {
+    /// A deliverer over `store` with these channels (by name).
+    pub fn new(
+        store: Store,
+        channels: HashMap<String, Arc<dyn Channel>>,
+        cfg: DeliveryConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Deliverer> {
+        let channels = channels
+            .into_iter()
+            .map(|(name, ch)| {
+                let sem = Arc::new(Semaphore::new(ch.concurrency().max(1)));
+                (name, (ch, sem))
+            })
+            .collect();
+        Arc::new(Deliverer {
+            store,
+            channels,
+            cfg,
+            metrics,
+            in_flight: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Runs until the task is dropped. First resumes what a crash left `sending`.
+    pub async fn run(self: Arc<Self>) {
+        match self.store.resume_interrupted() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(actions = n, "resuming deliveries interrupted by a stop"),
+            Err(e) => tracing::error!(error = %e, "cannot resume interrupted deliveries"),
+        }
+        loop {
+            let now = now_ms();
+            let due = self.store.due(now, 512).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot read the outbox");
+                Vec::new()
+            });
+            for id in due {
+                self.clone().dispatch(id);
+            }
+            let wait = match self.store.next_due() {
+                Ok(Some(at)) if at > now => Duration::from_millis((at - now).min(1_000)),
+                Ok(Some(_)) => Duration::from_millis(50),
+                _ => Duration::from_secs(1),
+            };
+            tokio::select! {
+                () = self.store.outbox_signalled() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn dispatch(self: Arc<Self>, id: ActionId) {
+        let fresh = self
+            .in_flight
+            .lock()
+            .map(|mut f| f.insert(id))
+            .unwrap_or(false);
+        if !fresh {
+            return;
+        }
+        tokio::spawn(async move {
+            self.attempt(id).await;
+            if let Ok(mut f) = self.in_flight.lock() {
+                f.remove(&id);
+            }
+            self.store.signal_outbox();
+        });
+    }
+
+    async fn attempt(&self, id: ActionId) {
+        let channel_name = match self.store.action(id) {
+            Ok(Some(a)) => a.channel,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(action_id = %id, error = %e, "cannot read an action");
+                return;
+            }
+        };
+        let Some((channel, sem)) = self.channels.get(&channel_name) else {
+            tracing::error!(action_id = %id, channel = %channel_name, "no such channel; the action stays scheduled");
+            return;
+        };
+        let Ok(_permit) = sem.clone().acquire_owned().await else {
+            return;
+        };
+        let (action, seq) = match self.store.start_attempt(id) {
+            Ok(Some(x)) => x,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(action_id = %id, error = %e, "cannot start a delivery");
+                return;
+            }
+        };
+        if let Err(e) = self.store.durable(seq).await {
+            tracing::error!(action_id = %id, error = %e, "delivery not marked durably as sending; trying later");
+        }
+        let result = channel.send(&action).await;
+        let failures = action.failures() + usize::from(!matches!(result, SendResult::Sent(_)));
+        let retry_at = match &result {
+            SendResult::Retry { after, .. } => next_attempt(&self.cfg, failures, *after, now_ms()),
+            _ => None,
+        };
+        let outcome = match (&result, retry_at) {
+            (SendResult::Sent(_), _) => "sent",
+            (SendResult::Retry { .. }, Some(_)) => "retry",
+            (SendResult::Permanent(_), _) => "rejected",
+            (SendResult::Retry { .. }, None) => "dead",
+        };
+        self.metrics
+            .deliveries
+            .get_or_create(&DeliveryLabels {
+                channel: channel_name.clone(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        match &result {
+            SendResult::Sent(_) => {
+                let took = chrono::Utc::now() - action.received_at;
+                self.metrics
+                    .delivered_seconds
+                    .get_or_create(&ChannelLabels {
+                        channel: channel_name.clone(),
+                    })
+                    .observe(took.num_microseconds().unwrap_or(0) as f64 / 1e6);
+                tracing::info!(action_id = %id, event_id = %action.event_id, channel = %channel_name, "delivered");
+            }
+            SendResult::Retry { error, .. } if retry_at.is_some() => {
+                tracing::warn!(action_id = %id, channel = %channel_name, attempt = failures, error = %error, "delivery failed; will retry");
+            }
+            SendResult::Retry { error, .. } | SendResult::Permanent(error) => {
+                tracing::error!(action_id = %id, event_id = %action.event_id, channel = %channel_name, attempt = failures, error = %error, "delivery dead; replay it once the cause is fixed");
+            }
+        }
+        match self.store.finish_attempt(action, &result, retry_at) {
+            Ok((_, seq)) => {
+                let _ = seq;
+            }
+            Err(e) => {
+                tracing::error!(action_id = %id, error = %e, "cannot record a delivery attempt")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::HumanDuration;
+
+    #[test]
+    fn the_schedule_ends_and_retry_after_wins() {
+        let cfg = DeliveryConfig {
+            schedule: vec![HumanDuration::secs(10), HumanDuration::secs(60)],
+            jitter: 0.2,
+        };
+        let at = next_attempt(&cfg, 1, None, 0).unwrap();
+        assert!((8_000..=12_000).contains(&at), "{at}");
+        let at = next_attempt(&cfg, 2, None, 0).unwrap();
+        assert!((48_000..=72_000).contains(&at), "{at}");
+        assert_eq!(next_attempt(&cfg, 3, None, 0), None, "then dead");
+        assert_eq!(
+            next_attempt(&cfg, 1, Some(Duration::from_secs(3)), 0),
+            Some(3_000)
+        );
+        let default = DeliveryConfig::default();
+        let total: Duration = default.schedule.iter().map(|d| d.get()).sum();
+        assert!(
+            total > Duration::from_secs(20 * 3600) && total < Duration::from_secs(36 * 3600),
+            "about a day: {total:?}"
+        );
+    }
+}

@@ -1,0 +1,594 @@
+//! The outbox: actions that routes queued, their deliveries and every attempt.
+//!
+//! | prefix | key                               | value                        |
+//! |--------|-----------------------------------|------------------------------|
+//! | `n`    | event id                          | empty: events to route       |
+//! | `a`    | action id (16 bytes, ordered)     | [`Action`] (JSON)            |
+//! | `s`    | due ms (8 bytes BE) + action id   | empty: schedule              |
+//! | `o`    | action id                         | empty: being sent            |
+//!
+//! A route's actions, their schedule entries and the event marked routed are one atomic
+//! batch: a crash mid-route leaves either nothing of it or all of it. An action is marked
+//! `sending` (and that is flushed) before its channel is called, then `sent`, `retrying`
+//! or `dead`; after a crash, actions found `sending` are resumed.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{
+    Error, Result,
+    event::{Event, EventId, EventStatus, RouteRun},
+    store::{ACTION, DUE, EVENT, INBOX, SENDING, Store, decode, encode, key, now_ms},
+};
+
+/// An action's id: a UUIDv7, so ids sort by creation. Also the `Idempotency-Key` its
+/// HTTP deliveries carry and the Message-ID of its email.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ActionId(pub Uuid);
+
+impl ActionId {
+    /// A fresh id.
+    pub fn new() -> Self {
+        ActionId(Uuid::now_v7())
+    }
+
+    fn from_slice(b: &[u8]) -> Option<Self> {
+        Uuid::from_slice(b).ok().map(ActionId)
+    }
+}
+
+impl Default for ActionId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for ActionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for ActionId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(ActionId)
+    }
+}
+
+/// What a script asked for: a channel and what to send through it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActionSpec {
+    /// `email`, `sms`, `http` or `log`.
+    pub channel: String,
+    /// The message: `{to, subject, text, html?}`, `{to, text}`,
+    /// `{service, path, body}`, `{message}`.
+    pub payload: Value,
+}
+
+/// Where a delivery is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Queued, not tried yet (or replayed).
+    Pending,
+    /// Being sent now (or when the process stopped).
+    Sending,
+    /// Failed; another attempt is scheduled.
+    Retrying,
+    /// Delivered.
+    Sent,
+    /// Failed for good (a permanent error, or the last attempt). Replayable.
+    Dead,
+}
+
+impl DeliveryStatus {
+    /// Every status.
+    pub const ALL: [DeliveryStatus; 5] = [
+        DeliveryStatus::Pending,
+        DeliveryStatus::Sending,
+        DeliveryStatus::Retrying,
+        DeliveryStatus::Sent,
+        DeliveryStatus::Dead,
+    ];
+
+    /// The status as written in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Sending => "sending",
+            DeliveryStatus::Retrying => "retrying",
+            DeliveryStatus::Sent => "sent",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+}
+
+/// How an attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// Still running.
+    InFlight,
+    /// Delivered.
+    Sent,
+    /// Failed; retried if attempts remain.
+    Failed,
+    /// Failed in a way retrying cannot fix.
+    Rejected,
+    /// The process stopped during the attempt; it was resumed.
+    Interrupted,
+}
+
+/// One attempt to deliver an action.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// Why it failed (never a secret: channels describe errors, not payloads).
+    pub error: Option<String>,
+    /// What the other side said on success (an SMTP reply, an HTTP status).
+    pub detail: Option<String>,
+}
+
+/// An action in the outbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    /// Its id.
+    pub id: ActionId,
+    /// The event whose route queued it.
+    pub event_id: EventId,
+    /// The event's provider.
+    pub provider: String,
+    /// The event's type.
+    pub event_type: String,
+    /// `email`, `sms`, `http` or `log`.
+    pub channel: String,
+    /// What to send.
+    pub payload: Value,
+    /// Where it is.
+    pub status: DeliveryStatus,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<Attempt>,
+    /// When it was queued.
+    pub created_at: DateTime<Utc>,
+    /// When the event was received (for the ingest-to-delivery latency).
+    pub received_at: DateTime<Utc>,
+    /// When it is due next, ms since the epoch.
+    pub due_ms: Option<u64>,
+    /// Values to mask wherever the action is shown or logged (the event's OTP, ...).
+    pub secrets: Vec<String>,
+}
+
+impl Action {
+    /// Failed attempts so far (interrupted ones do not count).
+    pub fn failures(&self) -> usize {
+        self.attempts
+            .iter()
+            .filter(|a| matches!(a.outcome, AttemptOutcome::Failed | AttemptOutcome::Rejected))
+            .count()
+    }
+
+    /// The payload with the secret values masked, for people and logs.
+    pub fn masked_payload(&self) -> Value {
+        crate::mask::mask_values(&self.payload, &self.secrets)
+    }
+}
+
+/// How a channel's attempt ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SendResult {
+    /// Delivered; what the other side said.
+    Sent(Option<String>),
+    /// Failed; worth retrying (after the given wait, if the other side asked for one).
+    Retry {
+        /// Why.
+        error: String,
+        /// `Retry-After`, if any.
+        after: Option<Duration>,
+    },
+    /// Failed; retrying cannot help (a 4xx, an SMTP 5xx).
+    Permanent(String),
+}
+
+/// Actions matching all the given criteria.
+#[derive(Clone, Debug, Default)]
+pub struct ActionFilter {
+    /// Only this status.
+    pub status: Option<DeliveryStatus>,
+    /// Only this channel.
+    pub channel: Option<String>,
+    /// Only this provider.
+    pub provider: Option<String>,
+}
+
+impl ActionFilter {
+    fn matches(&self, a: &Action) -> bool {
+        self.status.is_none_or(|s| s == a.status)
+            && self.channel.as_deref().is_none_or(|c| c == a.channel)
+            && self.provider.as_deref().is_none_or(|p| p == a.provider)
+    }
+}
+
+fn due_key(due_ms: u64, id: &ActionId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(25);
+    k.push(DUE);
+    k.extend_from_slice(&due_ms.to_be_bytes());
+    k.extend_from_slice(id.0.as_bytes());
+    k
+}
+
+fn batch_write(store: &Store, batch: sled::Batch) -> Result<u64> {
+    store.write(|tree| tree.apply_batch(batch))
+}
+
+impl Store {
+    /// Wakes the route workers (new events in the inbox).
+    pub fn signal_inbox(&self) {
+        self.inbox.notify_one();
+    }
+
+    /// Waits for new events in the inbox.
+    pub async fn inbox_signalled(&self) {
+        self.inbox.notified().await;
+    }
+
+    /// Wakes the delivery workers (actions due).
+    pub fn signal_outbox(&self) {
+        self.outbox.notify_one();
+    }
+
+    /// Waits for actions to become due.
+    pub async fn outbox_signalled(&self) {
+        self.outbox.notified().await;
+    }
+
+    /// Up to `limit` events waiting for their route, oldest first.
+    pub fn inbox(&self, limit: usize) -> Result<Vec<EventId>> {
+        let mut out = Vec::new();
+        for entry in self.tree.scan_prefix([INBOX]).take(limit) {
+            let (k, _) = entry?;
+            if let Some(id) = EventId::from_slice(&k[1..]) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets an inbox entry whose event is gone or was routed meanwhile.
+    pub fn inbox_remove(&self, id: EventId) -> Result<()> {
+        self.tree.remove(key(INBOX, id.as_bytes()))?;
+        Ok(())
+    }
+
+    /// Records a successful route: the actions, their schedule and the event marked
+    /// routed, in one atomic write. Returns the write's sequence number.
+    pub fn route_done(
+        &self,
+        event: &Event,
+        script: Option<String>,
+        specs: Vec<ActionSpec>,
+    ) -> Result<(u64, Vec<Action>)> {
+        let now = Utc::now();
+        let due = now_ms();
+        let secrets = event.secret_values();
+        let actions: Vec<Action> = specs
+            .into_iter()
+            .map(|s| Action {
+                id: ActionId::new(),
+                event_id: event.id,
+                provider: event.provider.clone(),
+                event_type: event.event_type.clone(),
+                channel: s.channel,
+                payload: s.payload,
+                status: DeliveryStatus::Pending,
+                attempts: Vec::new(),
+                created_at: now,
+                received_at: event.received_at,
+                due_ms: Some(due),
+                secrets: secrets.clone(),
+            })
+            .collect();
+        let mut routed = event.clone();
+        routed.status = EventStatus::Routed;
+        routed.route = Some(RouteRun {
+            script,
+            at: now,
+            runs: event.route.as_ref().map_or(0, |r| r.runs) + 1,
+            error: None,
+            actions: actions.iter().map(|a| a.id).collect(),
+        });
+        let mut batch = sled::Batch::default();
+        for a in &actions {
+            batch.insert(key(ACTION, a.id.0.as_bytes()), encode(a));
+            batch.insert(due_key(due, &a.id), &[]);
+        }
+        batch.insert(key(EVENT, event.id.as_bytes()), encode(&routed));
+        batch.remove(key(INBOX, event.id.as_bytes()));
+        let seq = batch_write(self, batch)?;
+        Ok((seq, actions))
+    }
+
+    /// Records a failed route: the event is parked as failed with the error.
+    pub fn route_failed(
+        &self,
+        event: &Event,
+        script: Option<String>,
+        error: String,
+    ) -> Result<u64> {
+        let mut failed = event.clone();
+        failed.status = EventStatus::Failed;
+        failed.route = Some(RouteRun {
+            script,
+            at: Utc::now(),
+            runs: event.route.as_ref().map_or(0, |r| r.runs) + 1,
+            error: Some(error),
+            actions: Vec::new(),
+        });
+        let mut batch = sled::Batch::default();
+        batch.insert(key(EVENT, event.id.as_bytes()), encode(&failed));
+        batch.remove(key(INBOX, event.id.as_bytes()));
+        batch_write(self, batch)
+    }
+
+    /// Puts an event back in the inbox so that its route runs again. A quarantined event
+    /// must first get its parsed data (`data`, `event_type`, `flags`) from its provider.
+    pub fn replay_event(
+        &self,
+        id: EventId,
+        reparsed: Option<(String, Value, Vec<String>)>,
+    ) -> Result<Option<Event>> {
+        let Some(mut e) = self.event(id)? else {
+            return Ok(None);
+        };
+        if let Some((event_type, data, flags)) = reparsed {
+            e.event_type = event_type;
+            e.data = Some(data);
+            e.flags.extend(flags);
+            e.quarantine_reason = None;
+        }
+        if e.data.is_none() {
+            return Err(Error::Unavailable(
+                "a quarantined event needs its body parsed first".into(),
+            ));
+        }
+        e.status = EventStatus::Received;
+        let mut batch = sled::Batch::default();
+        batch.insert(key(EVENT, id.as_bytes()), encode(&e));
+        batch.remove(key(crate::store::QUARANTINE, id.as_bytes()));
+        batch.insert(key(INBOX, id.as_bytes()), &[]);
+        batch_write(self, batch)?;
+        self.signal_inbox();
+        Ok(Some(e))
+    }
+
+    /// One action.
+    pub fn action(&self, id: ActionId) -> Result<Option<Action>> {
+        let k = key(ACTION, id.0.as_bytes());
+        self.tree.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    /// The actions of an event's last route run.
+    pub fn actions_of(&self, event: &Event) -> Result<Vec<Action>> {
+        let ids = event
+            .route
+            .as_ref()
+            .map(|r| r.actions.clone())
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(a) = self.action(id)? {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Actions matching `filter`, newest first, strictly older than `before`.
+    pub fn actions(
+        &self,
+        filter: &ActionFilter,
+        before: Option<ActionId>,
+        limit: usize,
+    ) -> Result<(Vec<Action>, Option<ActionId>)> {
+        let end = match before {
+            Some(id) => key(ACTION, id.0.as_bytes()),
+            None => key(ACTION + 1, &[]),
+        };
+        let mut items = Vec::new();
+        let mut next = None;
+        for entry in self.tree.range(key(ACTION, &[])..end).rev() {
+            let (k, v) = entry?;
+            let a: Action = decode(&k, &v)?;
+            if filter.matches(&a) {
+                if items.len() == limit {
+                    next = items.last().map(|a: &Action| a.id);
+                    break;
+                }
+                items.push(a);
+            }
+        }
+        Ok((items, next))
+    }
+
+    /// Up to `limit` actions due at `now_ms`, earliest first.
+    pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<ActionId>> {
+        let end = due_key(now_ms.saturating_add(1), &ActionId(Uuid::nil()));
+        let mut out = Vec::new();
+        for entry in self.tree.range(key(DUE, &[])..end).take(limit) {
+            let (k, _) = entry?;
+            if let Some(id) = k.get(9..).and_then(ActionId::from_slice) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the earliest scheduled action is due.
+    pub fn next_due(&self) -> Result<Option<u64>> {
+        Ok(self
+            .tree
+            .scan_prefix([DUE])
+            .next()
+            .transpose()?
+            .and_then(|(k, _)| {
+                k.get(1..9)
+                    .map(|b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+            }))
+    }
+
+    /// Marks an action `sending` with a new attempt, taking it off the schedule. Returns
+    /// `None` when it is no longer due (replayed, delivered meanwhile).
+    pub fn start_attempt(&self, id: ActionId) -> Result<Option<(Action, u64)>> {
+        let Some(mut a) = self.action(id)? else {
+            return Ok(None);
+        };
+        let mut batch = sled::Batch::default();
+        if let Some(due) = a.due_ms.take() {
+            batch.remove(due_key(due, &id));
+        }
+        if !matches!(a.status, DeliveryStatus::Pending | DeliveryStatus::Retrying) {
+            let seq = batch_write(self, batch)?;
+            let _ = seq;
+            return Ok(None);
+        }
+        a.status = DeliveryStatus::Sending;
+        a.attempts.push(Attempt {
+            started_at: Utc::now(),
+            finished_at: None,
+            outcome: AttemptOutcome::InFlight,
+            error: None,
+            detail: None,
+        });
+        batch.insert(key(ACTION, id.0.as_bytes()), encode(&a));
+        batch.insert(key(SENDING, id.0.as_bytes()), &[]);
+        let seq = batch_write(self, batch)?;
+        Ok(Some((a, seq)))
+    }
+
+    /// Records how the running attempt ended; schedules the next one at `retry_at_ms`, or
+    /// marks the action dead when there is none.
+    pub fn finish_attempt(
+        &self,
+        mut a: Action,
+        result: &SendResult,
+        retry_at_ms: Option<u64>,
+    ) -> Result<(Action, u64)> {
+        let now = Utc::now();
+        let (outcome, error, detail) = match result {
+            SendResult::Sent(d) => (AttemptOutcome::Sent, None, d.clone()),
+            SendResult::Retry { error, .. } => (AttemptOutcome::Failed, Some(error.clone()), None),
+            SendResult::Permanent(error) => (AttemptOutcome::Rejected, Some(error.clone()), None),
+        };
+        if let Some(last) = a.attempts.last_mut() {
+            last.finished_at = Some(now);
+            last.outcome = outcome;
+            last.error = error;
+            last.detail = detail;
+        }
+        let mut batch = sled::Batch::default();
+        a.status = match (result, retry_at_ms) {
+            (SendResult::Sent(_), _) => DeliveryStatus::Sent,
+            (SendResult::Retry { .. }, Some(at)) => {
+                a.due_ms = Some(at);
+                batch.insert(due_key(at, &a.id), &[]);
+                DeliveryStatus::Retrying
+            }
+            _ => DeliveryStatus::Dead,
+        };
+        batch.insert(key(ACTION, a.id.0.as_bytes()), encode(&a));
+        batch.remove(key(SENDING, a.id.0.as_bytes()));
+        let seq = batch_write(self, batch)?;
+        Ok((a, seq))
+    }
+
+    /// Actions that were being sent when the process stopped: marked interrupted and
+    /// scheduled again now. Returns how many.
+    pub fn resume_interrupted(&self) -> Result<usize> {
+        let ids: Vec<ActionId> = self
+            .tree
+            .scan_prefix([SENDING])
+            .filter_map(|e| e.ok())
+            .filter_map(|(k, _)| ActionId::from_slice(&k[1..]))
+            .collect();
+        let now = now_ms();
+        for id in &ids {
+            let mut batch = sled::Batch::default();
+            batch.remove(key(SENDING, id.0.as_bytes()));
+            if let Some(mut a) = self.action(*id)? {
+                if let Some(last) = a
+                    .attempts
+                    .last_mut()
+                    .filter(|l| l.outcome == AttemptOutcome::InFlight)
+                {
+                    last.outcome = AttemptOutcome::Interrupted;
+                    last.finished_at = Some(Utc::now());
+                    last.error = Some("the process stopped during this attempt".into());
+                }
+                if a.status == DeliveryStatus::Sending {
+                    a.status = DeliveryStatus::Retrying;
+                    a.due_ms = Some(now);
+                    batch.insert(due_key(now, id), &[]);
+                }
+                batch.insert(key(ACTION, id.0.as_bytes()), encode(&a));
+            }
+            batch_write(self, batch)?;
+        }
+        Ok(ids.len())
+    }
+
+    /// Schedules an action again now (an operator's replay), whatever its status except
+    /// `sending`. Returns the action, or `None` if there is no such action.
+    pub fn replay_action(&self, id: ActionId) -> Result<Option<Action>> {
+        let Some(mut a) = self.action(id)? else {
+            return Ok(None);
+        };
+        if a.status == DeliveryStatus::Sending {
+            return Ok(Some(a));
+        }
+        let mut batch = sled::Batch::default();
+        if let Some(due) = a.due_ms.take() {
+            batch.remove(due_key(due, &id));
+        }
+        let now = now_ms();
+        a.status = DeliveryStatus::Pending;
+        a.due_ms = Some(now);
+        batch.insert(due_key(now, &id), &[]);
+        batch.insert(key(ACTION, id.0.as_bytes()), encode(&a));
+        batch_write(self, batch)?;
+        self.signal_outbox();
+        Ok(Some(a))
+    }
+
+    /// Removes an event's actions (the sweeper, with the event).
+    pub(crate) fn remove_actions(&self, event: &Event) -> Result<()> {
+        for id in event.route.iter().flat_map(|r| r.actions.iter()) {
+            if let Some(a) = self.action(*id)? {
+                if let Some(due) = a.due_ms {
+                    self.tree.remove(due_key(due, id))?;
+                }
+            }
+            self.tree.remove(key(ACTION, id.0.as_bytes()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether every action of a routed event was delivered (then it may expire).
+    pub(crate) fn all_sent(&self, event: &Event) -> Result<bool> {
+        for a in self.actions_of(event)? {
+            if a.status != DeliveryStatus::Sent {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,437 @@
+//! The script API: a small set of namespaced modules, registered in one place
+//! ([`register`]). Documented, with an example per function, in `routes/README.md`.
+//!
+//! | module | functions |
+//! |---|---|
+//! | `http`  | `get(service, path)`, `post(service, path, body)` (lookups, bounded in time); `deliver(service, path, body)` (an action); `configured(service)` |
+//! | `email` | `send(#{to, subject, text, html?})` (an action) |
+//! | `sms`   | `send(#{to, text})` (an action) |
+//! | `log`   | `info(message)`, `warn(message)` (actions: written to the log, secrets masked) |
+//! | `fmt`   | `amount(minor_units, currency)` → `"10.00 PLN"` |
+//! | `mask`  | `phone(s)`, `email(s)`, `keep_last(s, n)` |
+//!
+//! Actions are queued on the run and written to the outbox with the event, atomically, if
+//! the script finishes; a script that fails queues nothing. A script's own `throw` message
+//! is shown to the operator; an error inside a binding is logged and shown as "internal
+//! error".
+
+use std::{
+    cell::RefCell,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use rhai::{Dynamic, Engine, EvalAltResult, Map, Scope, exported_module, plugin::*};
+use serde_json::Value;
+
+use super::{Lookup, Method, RunLimits, event_value};
+use crate::{event::Event, mask::mask_text, outbox::ActionSpec};
+
+struct RunCtx {
+    script: String,
+    actions: Vec<ActionSpec>,
+    lookups: Arc<dyn Lookup>,
+    handle: tokio::runtime::Handle,
+    limits: RunLimits,
+    started: Instant,
+    lookup_spent: Duration,
+    secrets: Vec<String>,
+}
+
+thread_local! {
+    static RUN: RefCell<Option<RunCtx>> = const { RefCell::new(None) };
+}
+
+/// Whether the current run has used up its deadline (lookup time not counted).
+pub(crate) fn past_deadline() -> bool {
+    RUN.with(|r| {
+        r.borrow()
+            .as_ref()
+            .is_some_and(|c| c.started.elapsed() > c.limits.deadline + c.lookup_spent)
+    })
+}
+
+/// The script being run, for log lines.
+pub(crate) fn current_script() -> String {
+    RUN.with(|r| {
+        r.borrow()
+            .as_ref()
+            .map(|c| c.script.clone())
+            .unwrap_or_default()
+    })
+}
+
+/// `s` with the current event's secret values masked.
+pub(crate) fn mask_for_log(s: &str) -> String {
+    RUN.with(|r| match r.borrow().as_ref() {
+        Some(c) => mask_text(s, &c.secrets),
+        None => s.to_owned(),
+    })
+}
+
+fn fail(msg: impl Into<String>) -> Box<EvalAltResult> {
+    msg.into().into()
+}
+
+/// An error inside a binding: logged in full, shown as "internal error".
+fn internal(what: &str, e: impl std::fmt::Display) -> Box<EvalAltResult> {
+    tracing::error!(script = %current_script(), error = %e, "script binding {what} failed");
+    fail(format!("internal error in {what} (see the log)"))
+}
+
+fn queue(channel: &str, payload: Value) {
+    RUN.with(|r| {
+        if let Some(c) = r.borrow_mut().as_mut() {
+            c.actions.push(ActionSpec {
+                channel: channel.into(),
+                payload,
+            });
+        }
+    });
+}
+
+fn to_json(d: &Dynamic, what: &str) -> Result<Value, Box<EvalAltResult>> {
+    rhai::serde::from_dynamic::<Value>(d).map_err(|e| internal(what, e))
+}
+
+/// The string fields of a message map, checked: `required` must be present and strings,
+/// `optional` may be, nothing else may.
+fn message(
+    what: &str,
+    msg: &Map,
+    required: &[&str],
+    optional: &[&str],
+) -> Result<Value, Box<EvalAltResult>> {
+    let mut out = serde_json::Map::new();
+    for (k, v) in msg {
+        let k = k.as_str();
+        if !required.contains(&k) && !optional.contains(&k) {
+            return Err(fail(format!(
+                "{what}: unknown field `{k}` (fields: {})",
+                [required, optional].concat().join(", ")
+            )));
+        }
+        if !v.is_string() {
+            return Err(fail(format!("{what}: `{k}` must be a string")));
+        }
+        out.insert(k.to_owned(), Value::String(v.to_string()));
+    }
+    for r in required {
+        match out.get(*r) {
+            Some(Value::String(s)) if !s.trim().is_empty() => {}
+            _ => return Err(fail(format!("{what}: `{r}` is required"))),
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+fn lookup(
+    service: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Dynamic, Box<EvalAltResult>> {
+    let (lookups, handle, timeout) = RUN.with(|r| {
+        let r = r.borrow();
+        let c = r
+            .as_ref()
+            .ok_or_else(|| fail("lookups are only available while a route runs"))?;
+        let left = c.limits.lookup_budget.saturating_sub(c.lookup_spent);
+        if left.is_zero() {
+            return Err(fail(format!(
+                "lookup budget of {:?} for this run is used up",
+                c.limits.lookup_budget
+            )));
+        }
+        Ok((
+            c.lookups.clone(),
+            c.handle.clone(),
+            c.limits.lookup_timeout.min(left),
+        ))
+    })?;
+    if !lookups.configured(service) {
+        return Err(fail(format!("service `{service}` is not configured")));
+    }
+    let started = Instant::now();
+    let result = handle.block_on(async {
+        tokio::time::timeout(timeout, lookups.call(service, method, path, body)).await
+    });
+    RUN.with(|r| {
+        if let Some(c) = r.borrow_mut().as_mut() {
+            c.lookup_spent += started.elapsed();
+        }
+    });
+    match result {
+        Ok(Ok(v)) => rhai::serde::to_dynamic(v).map_err(|e| internal("a lookup's answer", e)),
+        Ok(Err(e)) => Err(fail(format!(
+            "lookup {} {service}{path} failed: {e}",
+            method.as_str()
+        ))),
+        Err(_) => Err(fail(format!(
+            "lookup {} {service}{path} timed out after {timeout:?}",
+            method.as_str()
+        ))),
+    }
+}
+
+/// `http::...`: lookups and HTTP deliveries to named services.
+#[export_module]
+pub mod http_api {
+    /// Calls `service` (GET) and returns its JSON answer: `let c = http::get("customers", "/cards/1")`.
+    #[rhai_fn(return_raw)]
+    pub fn get(service: &str, path: &str) -> Result<Dynamic, Box<EvalAltResult>> {
+        super::lookup(service, super::Method::Get, path, None)
+    }
+
+    /// Calls `service` (POST, JSON body) and returns its JSON answer.
+    #[rhai_fn(return_raw)]
+    pub fn post(service: &str, path: &str, body: Dynamic) -> Result<Dynamic, Box<EvalAltResult>> {
+        let body = super::to_json(&body, "http::post")?;
+        super::lookup(service, super::Method::Post, path, Some(body))
+    }
+
+    /// Queues a POST of `body` to `service` + `path`, retried until it gets a 2xx.
+    #[rhai_fn(return_raw)]
+    pub fn deliver(service: &str, path: &str, body: Dynamic) -> Result<(), Box<EvalAltResult>> {
+        let configured = super::RUN.with(|r| {
+            r.borrow()
+                .as_ref()
+                .is_some_and(|c| c.lookups.configured(service))
+        });
+        if !configured {
+            return Err(super::fail(format!(
+                "http::deliver: service `{service}` is not configured"
+            )));
+        }
+        if !path.starts_with('/') {
+            return Err(super::fail("http::deliver: the path must start with `/`"));
+        }
+        let body = super::to_json(&body, "http::deliver")?;
+        super::queue(
+            "http",
+            serde_json::json!({"service": service, "path": path, "body": body}),
+        );
+        Ok(())
+    }
+
+    /// Whether `service` is configured.
+    pub fn configured(service: &str) -> bool {
+        super::RUN.with(|r| {
+            r.borrow()
+                .as_ref()
+                .is_some_and(|c| c.lookups.configured(service))
+        })
+    }
+}
+
+/// `email::send`.
+#[export_module]
+pub mod email_api {
+    /// Queues an email: `email::send(#{to: "a@example.com", subject: "...", text: "...", html: "..."})`.
+    #[rhai_fn(return_raw)]
+    pub fn send(msg: rhai::Map) -> Result<(), Box<EvalAltResult>> {
+        let payload = super::message("email::send", &msg, &["to", "subject", "text"], &["html"])?;
+        super::queue("email", payload);
+        Ok(())
+    }
+}
+
+/// `sms::send`.
+#[export_module]
+pub mod sms_api {
+    /// Queues a text message: `sms::send(#{to: "+48500100200", text: "..."})`.
+    #[rhai_fn(return_raw)]
+    pub fn send(msg: rhai::Map) -> Result<(), Box<EvalAltResult>> {
+        let payload = super::message("sms::send", &msg, &["to", "text"], &[])?;
+        super::queue("sms", payload);
+        Ok(())
+    }
+}
+
+/// `log::info`, `log::warn`.
+#[export_module]
+pub mod log_api {
+    /// Queues a line for the log (secret values masked).
+    pub fn info(message: &str) {
+        super::queue(
+            "log",
+            serde_json::json!({"level": "info", "message": message}),
+        );
+    }
+
+    /// Queues a warning for the log (secret values masked).
+    pub fn warn(message: &str) {
+        super::queue(
+            "log",
+            serde_json::json!({"level": "warn", "message": message}),
+        );
+    }
+}
+
+/// Digits after the decimal point of an ISO 4217 currency.
+pub fn minor_digits(currency: &str) -> u32 {
+    match currency.to_ascii_uppercase().as_str() {
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        "CLF" | "UYW" => 4,
+        _ => 2,
+    }
+}
+
+/// `minor` units of `currency` as text: `amount(1000, "PLN")` → `"10.00 PLN"`.
+pub fn format_amount(minor: i64, currency: &str) -> String {
+    let digits = minor_digits(currency);
+    let cur = currency.to_ascii_uppercase();
+    if digits == 0 {
+        return format!("{minor} {cur}");
+    }
+    let scale = 10i64.pow(digits);
+    let sign = if minor < 0 { "-" } else { "" };
+    let abs = minor.unsigned_abs();
+    let scale_u = scale.unsigned_abs();
+    format!(
+        "{sign}{}.{:0width$} {cur}",
+        abs / scale_u,
+        abs % scale_u,
+        width = digits as usize
+    )
+}
+
+/// `fmt::amount`.
+#[export_module]
+pub mod fmt_api {
+    /// Formats minor units with their currency: `fmt::amount(1000, "PLN")` → `"10.00 PLN"`.
+    pub fn amount(minor: rhai::INT, currency: &str) -> String {
+        super::format_amount(minor, currency)
+    }
+}
+
+/// `s` with all but its last `n` characters replaced by `*`.
+pub fn keep_last(s: &str, n: usize) -> String {
+    let count = s.chars().count();
+    s.chars()
+        .enumerate()
+        .map(|(i, c)| if i + n < count { '*' } else { c })
+        .collect()
+}
+
+/// `mask::...`.
+#[export_module]
+pub mod mask_api {
+    /// `+48500100200` → `+********200`.
+    pub fn phone(s: &str) -> String {
+        match s.strip_prefix('+') {
+            Some(rest) => format!("+{}", super::keep_last(rest, 3)),
+            None => super::keep_last(s, 3),
+        }
+    }
+
+    /// `jan.kowalski@example.com` → `j***@example.com`.
+    pub fn email(s: &str) -> String {
+        match s.split_once('@') {
+            Some((user, domain)) => {
+                let first: String = user.chars().take(1).collect();
+                format!("{first}***@{domain}")
+            }
+            None => super::keep_last(s, 0),
+        }
+    }
+
+    /// All but the last `n` characters replaced by `*`.
+    pub fn keep_last(s: &str, n: rhai::INT) -> String {
+        super::keep_last(s, usize::try_from(n).unwrap_or(0))
+    }
+}
+
+/// Registers every module of the script API.
+pub fn register(engine: &mut Engine) {
+    engine.register_static_module("http", exported_module!(http_api).into());
+    engine.register_static_module("email", exported_module!(email_api).into());
+    engine.register_static_module("sms", exported_module!(sms_api).into());
+    engine.register_static_module("log", exported_module!(log_api).into());
+    engine.register_static_module("fmt", exported_module!(fmt_api).into());
+    engine.register_static_module("mask", exported_module!(mask_api).into());
+}
+
+/// Runs `ast` for `event` on this thread (a blocking thread: lookups wait on `handle`).
+pub(crate) fn run(
+    engine: &Engine,
+    ast: &rhai::AST,
+    script: &str,
+    event: &Event,
+    lookups: Arc<dyn Lookup>,
+    limits: &RunLimits,
+    handle: tokio::runtime::Handle,
+) -> Result<Vec<ActionSpec>, String> {
+    let value = rhai::serde::to_dynamic(event_value(event)).map_err(|e| {
+        tracing::error!(error = %e, "cannot hand the event to the script");
+        "internal error: the event could not be handed to the script".to_owned()
+    })?;
+    RUN.with(|r| {
+        *r.borrow_mut() = Some(RunCtx {
+            script: script.to_owned(),
+            actions: Vec::new(),
+            lookups,
+            handle,
+            limits: *limits,
+            started: Instant::now(),
+            lookup_spent: Duration::ZERO,
+            secrets: event.secret_values(),
+        });
+    });
+    let mut scope = Scope::new();
+    scope.push_constant("event", value);
+    let result = engine.run_ast_with_scope(&mut scope, ast);
+    let ctx = RUN.with(|r| r.borrow_mut().take());
+    let secrets = ctx.as_ref().map(|c| c.secrets.clone()).unwrap_or_default();
+    match result {
+        Ok(()) => Ok(ctx.map(|c| c.actions).unwrap_or_default()),
+        Err(e) => Err(mask_text(&describe(&e, limits), &secrets)),
+    }
+}
+
+/// An operator's description of why a run failed.
+fn describe(e: &EvalAltResult, limits: &RunLimits) -> String {
+    match e {
+        EvalAltResult::ErrorTerminated(_, pos) => {
+            format!("deadline of {:?} exceeded ({pos})", limits.deadline)
+        }
+        EvalAltResult::ErrorTooManyOperations(pos) => format!("too many operations ({pos})"),
+        EvalAltResult::ErrorStackOverflow(pos) => format!("call stack too deep ({pos})"),
+        EvalAltResult::ErrorDataTooLarge(what, pos) => format!("{what} too large ({pos})"),
+        EvalAltResult::ErrorRuntime(v, pos) => {
+            let msg = v.clone().into_string().unwrap_or_else(|_| v.to_string());
+            if pos.is_none() {
+                msg
+            } else {
+                format!("{msg} ({pos})")
+            }
+        }
+        EvalAltResult::ErrorInFunctionCall(name, _, inner, _) => {
+            format!("in `{name}`: {}", describe(inner, limits))
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_follow_the_currency_exponent() {
+        assert_eq!(format_amount(1000, "PLN"), "10.00 PLN");
+        assert_eq!(format_amount(5, "eur"), "0.05 EUR");
+        assert_eq!(format_amount(-1234, "USD"), "-12.34 USD");
+        assert_eq!(format_amount(1000, "JPY"), "1000 JPY");
+        assert_eq!(format_amount(1234, "KWD"), "1.234 KWD");
+    }
+
+    #[test]
+    fn masks_keep_what_helps_recognise() {
+        assert_eq!(keep_last("+48500100200", 3), "*********200");
+        assert_eq!(mask_api::phone("+48500100200"), "+********200");
+        assert_eq!(mask_api::email("jan@example.com"), "j***@example.com");
+    }
+}

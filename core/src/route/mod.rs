@@ -1,0 +1,248 @@
+//! The route runtime: each stored event is handed to the Rhai script of its type, which
+//! decides what happens. Scripts queue actions; they never send anything themselves.
+//!
+//! - [`engine`]: the sandboxed engine (`Engine::new_raw` plus chosen packages, no `import`,
+//!   no `eval`, limits on operations, call depth and sizes, a per-run deadline).
+//! - [`api`]: the script API, a small set of namespaced modules (`http`, `email`, `sms`,
+//!   `log`, `fmt`, `mask`).
+//! - [`scripts`]: finding, compiling and hot-reloading the scripts; a script that fails to
+//!   compile keeps its last good version running.
+//! - [`router`]: the workers that take events from the inbox and record what their route
+//!   decided, atomically.
+//! - [`testing`]: `switchboard test`, which runs scripts against test files.
+
+pub mod api;
+pub mod engine;
+pub mod router;
+pub mod scripts;
+pub mod testing;
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+
+use crate::{event::Event, outbox::ActionSpec};
+
+/// HTTP methods of lookups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// `http::get`.
+    Get,
+    /// `http::post`.
+    Post,
+}
+
+impl Method {
+    /// The method's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+        }
+    }
+}
+
+/// The named services scripts may call (`http::get("customers", "/cards/1")`). Their base
+/// URLs, credentials and timeouts come from configuration, so scripts hold no secrets.
+pub trait Lookup: Send + Sync {
+    /// Whether `service` is configured.
+    fn configured(&self, service: &str) -> bool;
+
+    /// Calls `service`; the answer's JSON body, or an error fit for the operator.
+    fn call(
+        &self,
+        service: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> BoxFuture<'static, Result<Value, String>>;
+}
+
+/// No services at all.
+pub struct NoLookups;
+
+impl Lookup for NoLookups {
+    fn configured(&self, _service: &str) -> bool {
+        false
+    }
+
+    fn call(
+        &self,
+        service: &str,
+        _method: Method,
+        _path: &str,
+        _body: Option<Value>,
+    ) -> BoxFuture<'static, Result<Value, String>> {
+        let msg = format!("service `{service}` is not configured");
+        Box::pin(async move { Err(msg) })
+    }
+}
+
+/// Runs the script `ast` for `event`; the actions it queued, or why it failed.
+pub fn run_script(
+    engine: &rhai::Engine,
+    ast: &rhai::AST,
+    script: &str,
+    event: &Event,
+    lookups: Arc<dyn Lookup>,
+    limits: &RunLimits,
+    handle: tokio::runtime::Handle,
+) -> Result<Vec<ActionSpec>, String> {
+    api::run(engine, ast, script, event, lookups, limits, handle)
+}
+
+/// The time limits of one run.
+#[derive(Clone, Copy, Debug)]
+pub struct RunLimits {
+    /// Script time, lookups not counted.
+    pub deadline: Duration,
+    /// One lookup.
+    pub lookup_timeout: Duration,
+    /// All lookups of the run.
+    pub lookup_budget: Duration,
+}
+
+/// The event as scripts see it: `event.type`, `event.provider`, `event.id`,
+/// `event.received_at`, `event.data.*`, `event.meta.*`, `event.flags`.
+pub fn event_value(e: &Event) -> Value {
+    serde_json::json!({
+        "type": e.event_type,
+        "provider": e.provider,
+        "id": e.id.to_string(),
+        "received_at": e.received_at.to_rfc3339(),
+        "data": e.data.clone().unwrap_or(Value::Null),
+        "meta": e.meta,
+        "flags": e.flags,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        config::RoutesConfig,
+        event::{EventId, EventStatus},
+    };
+
+    fn event() -> Event {
+        Event {
+            id: EventId::new(),
+            provider: "pomelo".into(),
+            endpoint: "/p".into(),
+            event_type: "tokenization_otp".into(),
+            received_at: chrono::Utc::now(),
+            status: EventStatus::Received,
+            idempotency_key: "k".into(),
+            fingerprint: "f".into(),
+            body: vec![],
+            data: Some(serde_json::json!({"otp": "123456", "amount": 1000, "currency": "PLN"})),
+            meta: Default::default(),
+            flags: vec![],
+            conflict_of: None,
+            quarantine_reason: None,
+            secret_paths: vec!["/otp".into()],
+            route: None,
+        }
+    }
+
+    fn run(src: &str) -> Result<Vec<ActionSpec>, String> {
+        let cfg = RoutesConfig {
+            max_operations: 200_000,
+            ..RoutesConfig::default()
+        };
+        let engine = engine::build(&cfg);
+        let ast = engine.compile(src).map_err(|e| e.to_string())?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let limits = RunLimits {
+            deadline: Duration::from_millis(250),
+            lookup_timeout: Duration::from_secs(1),
+            lookup_budget: Duration::from_secs(1),
+        };
+        run_script(
+            &engine,
+            &ast,
+            "test.rhai",
+            &event(),
+            Arc::new(NoLookups),
+            &limits,
+            rt.handle().clone(),
+        )
+    }
+
+    #[test]
+    fn scripts_queue_actions_and_read_the_event() {
+        let actions = run(r#"
+            let text = `Your code ${event.data.otp}, ${fmt::amount(event.data.amount, event.data.currency)}`;
+            sms::send(#{ to: "+48500100200", text: text });
+            email::send(#{ to: "a@example.com", subject: "Code", text: text });
+            log::info(`routed ${event.type}`);
+        "#)
+        .unwrap();
+        assert_eq!(actions.len(), 3);
+        assert_eq!(actions[0].channel, "sms");
+        assert_eq!(actions[0].payload["text"], "Your code 123456, 10.00 PLN");
+        assert_eq!(actions[2].payload["message"], "routed tokenization_otp");
+    }
+
+    #[test]
+    fn the_sandbox_stops_runaway_scripts_with_a_clear_message() {
+        let e = run("loop { }").unwrap_err();
+        assert!(
+            e.contains("too many operations") || e.contains("deadline"),
+            "{e}"
+        );
+        let e = run("fn f(n) { f(n + 1) } f(0)").unwrap_err();
+        assert!(e.contains("call stack too deep"), "{e}");
+        let e = run(r#"let s = "x"; loop { s += s; }"#).unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        assert!(run(r#"eval("1")"#).is_err(), "eval is disabled");
+        assert!(run(r#"import "x" as y;"#).is_err(), "import is disabled");
+        let e = run(r#"throw "no contact for this card""#).unwrap_err();
+        assert!(e.starts_with("no contact for this card"), "{e}");
+        let e = run(r#"email::send(#{ to: "a@b.c" })"#).unwrap_err();
+        assert!(e.contains("`subject` is required"), "{e}");
+        let e = run(r#"http::get("customers", "/x")"#).unwrap_err();
+        assert!(e.contains("service `customers` is not configured"), "{e}");
+        // A failure never leaks the OTP into the message.
+        let e = run(r#"throw `bad ${event.data.otp}`"#).unwrap_err();
+        assert!(!e.contains("123456"), "{e}");
+    }
+
+    #[test]
+    fn the_deadline_excludes_time_spent_in_lookups_but_bounds_the_script() {
+        let cfg = RoutesConfig::default();
+        let engine = engine::build(&cfg);
+        let ast = engine.compile("let x = 0; loop { x += 1; }").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let limits = RunLimits {
+            deadline: Duration::from_millis(50),
+            lookup_timeout: Duration::from_secs(1),
+            lookup_budget: Duration::from_secs(1),
+        };
+        let started = std::time::Instant::now();
+        let e = run_script(
+            &engine,
+            &ast,
+            "t",
+            &event(),
+            Arc::new(NoLookups),
+            &limits,
+            rt.handle().clone(),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("deadline") || e.contains("too many operations"),
+            "{e}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,652 @@
+//! The admin API: stored events, the quarantine, the outbox and its deliveries, route
+//! scripts, and replays. Protected by its own bearer token; secret values are masked unless
+//! `admin.reveal_secrets` is set.
+
+mod views;
+
+use poem::web::Data;
+use poem_openapi::{
+    ApiResponse, Object, OpenApi, SecurityScheme, Tags,
+    auth::Bearer,
+    param::{Path, Query},
+    payload::Json,
+};
+use switchboard_core::{
+    event::{EventId, EventStatus},
+    outbox::{ActionFilter, ActionId, DeliveryStatus},
+    secret::Secret,
+    store::{EventFilter, Store},
+};
+use switchboard_plugins::{http::ErrorBody, providers::reparse};
+pub use views::*;
+
+use crate::app::AdminCtx;
+
+#[derive(Tags)]
+enum AdminTag {
+    /// Operator API: stored events, the quarantine, deliveries, route scripts and
+    /// replays. Bearer token `admin.token`.
+    Admin,
+}
+
+/// `Authorization: Bearer <admin.token>`.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer")]
+pub struct AdminToken(Bearer);
+
+/// A page of events, newest first.
+#[derive(Object, Debug, Clone)]
+pub struct EventPage {
+    /// The events.
+    pub items: Vec<EventView>,
+    /// Pass as `before` to get the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// A page of deliveries, newest first.
+#[derive(Object, Debug, Clone)]
+pub struct DeliveryPage {
+    /// The actions.
+    pub items: Vec<ActionView>,
+    /// Pass as `before` to get the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// The route scripts.
+#[derive(Object, Debug, Clone)]
+pub struct RoutesView {
+    /// `dir:<path>` (watched for changes) or `embedded` (the defaults built in).
+    pub source: String,
+    /// The scripts running.
+    pub scripts: Vec<String>,
+    /// Scripts that do not compile now (their last good version keeps running).
+    pub errors: Vec<CompileErrorView>,
+}
+
+/// Which events to replay.
+#[derive(Object, Debug, Clone)]
+pub struct EventSelector {
+    /// `failed`, `routed` or `quarantined`.
+    pub status: Status,
+    /// Only this provider.
+    pub provider: Option<String>,
+    /// Only this event type.
+    #[oai(rename = "type")]
+    pub event_type: Option<String>,
+}
+
+/// Which deliveries to replay.
+#[derive(Object, Debug, Clone)]
+pub struct DeliverySelector {
+    /// `dead`, `retrying`, `pending` or `sent`.
+    pub status: Delivery,
+    /// Only this channel.
+    pub channel: Option<String>,
+    /// Only this provider.
+    pub provider: Option<String>,
+}
+
+/// A bulk replay: the events to route again and the deliveries to send again.
+#[derive(Object, Debug, Clone)]
+pub struct ReplayRequest {
+    /// Events whose route runs again.
+    pub events: Option<EventSelector>,
+    /// Deliveries attempted again now.
+    pub deliveries: Option<DeliverySelector>,
+    /// At most this many of each (default 1000, at most 10000).
+    pub limit: Option<u32>,
+}
+
+/// What a bulk replay did.
+#[derive(Object, Debug, Clone)]
+pub struct ReplaySummary {
+    /// Events put back in the inbox.
+    pub events: u32,
+    /// Deliveries scheduled again.
+    pub deliveries: u32,
+    /// Quarantined events whose body still does not parse (left as they are).
+    pub still_unparseable: u32,
+}
+
+macro_rules! answers {
+    ($name:ident, $handler:ident = $handler_name:literal, ok = $ok_status:literal $ok:ident($ok_ty:ty) : $ok_doc:literal $(, $status:literal $variant:ident : $doc:literal)*) => {
+        #[derive(ApiResponse)]
+        #[oai(bad_request_handler = $handler_name)]
+        pub enum $name {
+            #[doc = $ok_doc]
+            #[oai(status = $ok_status)]
+            $ok(Json<$ok_ty>),
+            /// A parameter or the body is invalid.
+            #[oai(status = 400)]
+            BadRequest(Json<ErrorBody>),
+            /// The admin token is missing or wrong, or none is configured.
+            #[oai(status = 401)]
+            Unauthorized(Json<ErrorBody>),
+            $(
+                #[doc = $doc]
+                #[oai(status = $status)]
+                $variant(Json<ErrorBody>),
+            )*
+            /// The store could not be read or written.
+            #[oai(status = 503)]
+            Unavailable(Json<ErrorBody>),
+        }
+
+        fn $handler(err: poem::Error) -> $name {
+            if err.is::<poem_openapi::error::AuthorizationError>() {
+                $name::Unauthorized(body("unauthorized", "A valid admin token is required."))
+            } else {
+                $name::BadRequest(body("bad_request", err.to_string()))
+            }
+        }
+    };
+}
+
+answers!(ListAnswer, list_bad_request = "list_bad_request", ok = 200 Page(EventPage) : "A page of events.");
+answers!(DetailAnswer, detail_bad_request = "detail_bad_request", ok = 200 Event(Box<EventView>) : "The event, with its body and its actions.",
+    404 NotFound : "No event has this id.");
+answers!(DeliveriesAnswer, deliveries_bad_request = "deliveries_bad_request", ok = 200 Page(DeliveryPage) : "A page of deliveries.");
+answers!(DeliveryAnswer, delivery_bad_request = "delivery_bad_request", ok = 200 Action(Box<ActionView>) : "The action with every attempt.",
+    404 NotFound : "No action has this id.");
+answers!(ReplayEventAnswer, replay_event_bad_request = "replay_event_bad_request", ok = 202 Replayed(Box<EventView>) : "Back in the inbox: its route runs again shortly.",
+    404 NotFound : "No event has this id.",
+    409 Conflict : "The event is already waiting for its route.",
+    422 Unparseable : "A quarantined event whose body still does not parse (the message says why).");
+answers!(ReplayDeliveryAnswer, replay_delivery_bad_request = "replay_delivery_bad_request", ok = 202 Replayed(Box<ActionView>) : "Scheduled again now.",
+    404 NotFound : "No action has this id.",
+    409 Conflict : "The action is being sent right now.");
+answers!(BulkReplayAnswer, bulk_bad_request = "bulk_bad_request", ok = 202 Replayed(ReplaySummary) : "What was replayed.");
+answers!(RoutesAnswer, routes_bad_request = "routes_bad_request", ok = 200 Routes(RoutesView) : "The route scripts and their compile errors.");
+
+fn body(error: &str, message: impl Into<String>) -> Json<ErrorBody> {
+    Json(ErrorBody {
+        error: error.into(),
+        message: message.into(),
+    })
+}
+
+fn unavailable(what: &str, e: &switchboard_core::Error) -> Json<ErrorBody> {
+    tracing::error!(error = %e, "admin: {what} failed");
+    body(
+        "temporarily_unavailable",
+        "The store could not be read or written.",
+    )
+}
+
+/// The admin operations.
+pub struct AdminApi {
+    token: Option<Secret>,
+    reveal: bool,
+}
+
+/// Most items a bulk replay touches.
+const BULK_MAX: usize = 10_000;
+
+impl AdminApi {
+    /// The API; without a token it refuses everything.
+    pub fn new(token: Option<Secret>, reveal: bool) -> Self {
+        AdminApi { token, reveal }
+    }
+
+    fn authorized(&self, presented: &AdminToken) -> bool {
+        self.token
+            .as_ref()
+            .is_some_and(|t| t.matches(presented.0.token.as_bytes()))
+    }
+
+    fn page(
+        &self,
+        store: &Store,
+        filter: EventFilter,
+        limit: Option<u32>,
+        before: Option<String>,
+    ) -> ListAnswer {
+        let before = match before.map(|b| b.parse::<EventId>()).transpose() {
+            Ok(b) => b,
+            Err(_) => {
+                return ListAnswer::BadRequest(body("bad_request", "`before` is not an event id"));
+            }
+        };
+        let limit = limit.unwrap_or(50).clamp(1, 500) as usize;
+        match store.events(&filter, before, limit) {
+            Ok(page) => ListAnswer::Page(Json(EventPage {
+                items: page
+                    .items
+                    .into_iter()
+                    .map(|e| event(e, None, self.reveal))
+                    .collect(),
+                next: page.next.map(|i| i.to_string()),
+            })),
+            Err(e) => ListAnswer::Unavailable(unavailable("listing events", &e)),
+        }
+    }
+
+    fn replay_one(
+        &self,
+        store: &Store,
+        ctx: &AdminCtx,
+        id: EventId,
+    ) -> Result<ReplayOutcome, switchboard_core::Error> {
+        let Some(e) = store.event(id)? else {
+            return Ok(ReplayOutcome::NotFound);
+        };
+        let reparsed = match e.status {
+            EventStatus::Received => return Ok(ReplayOutcome::Waiting),
+            EventStatus::Quarantined => {
+                match reparse(&e.provider, &e.event_type, &e.body, &ctx.limits) {
+                    Ok(r) => Some((r.event_type, r.data, r.flags)),
+                    Err(reason) => return Ok(ReplayOutcome::Unparseable(reason)),
+                }
+            }
+            EventStatus::Routed | EventStatus::Failed => None,
+        };
+        Ok(match store.replay_event(id, reparsed)? {
+            Some(e) => {
+                tracing::info!(event_id = %id, provider = %e.provider, event_type = %e.event_type, "event replayed by an operator");
+                ReplayOutcome::Replayed(Box::new(e))
+            }
+            None => ReplayOutcome::NotFound,
+        })
+    }
+}
+
+enum ReplayOutcome {
+    Replayed(Box<switchboard_core::event::Event>),
+    NotFound,
+    Waiting,
+    Unparseable(String),
+}
+
+fn bad_id(what: &str) -> Json<ErrorBody> {
+    body("bad_request", format!("The id is not {what} id."))
+}
+
+#[OpenApi(tag = "AdminTag::Admin")]
+impl AdminApi {
+    /// List events
+    ///
+    /// Stored events, newest first, filtered by provider, type and status.
+    #[oai(
+        path = "/admin/events",
+        method = "get",
+        operation_id = "adminListEvents"
+    )]
+    #[allow(clippy::too_many_arguments)] // one argument per documented query parameter
+    async fn list_events(
+        &self,
+        store: Data<&Store>,
+        token: AdminToken,
+        /// Only events of this provider (`pomelo`, `verifyvasp`, `verestro`).
+        provider: Query<Option<String>>,
+        /// Only events of this type (`tokenization_otp`, `tx_report`, `otp`, ...).
+        #[oai(name = "type")]
+        event_type: Query<Option<String>>,
+        /// Only events in this status.
+        status: Query<Option<Status>>,
+        /// Page size, 1 to 500 (default 50).
+        limit: Query<Option<u32>>,
+        /// Only events older than this event id (the `next` of the previous page).
+        before: Query<Option<String>>,
+    ) -> ListAnswer {
+        if !self.authorized(&token) {
+            return list_bad_request(poem_openapi::error::AuthorizationError.into());
+        }
+        let filter = EventFilter {
+            provider: provider.0,
+            event_type: event_type.0,
+            status: status.0.map(Into::into),
+        };
+        self.page(&store, filter, limit.0, before.0)
+    }
+
+    /// List the quarantine
+    ///
+    /// Events whose authenticated body did not match the provider's schema, newest first.
+    #[oai(
+        path = "/admin/quarantine",
+        method = "get",
+        operation_id = "adminListQuarantine"
+    )]
+    async fn list_quarantine(
+        &self,
+        store: Data<&Store>,
+        token: AdminToken,
+        /// Only events of this provider.
+        provider: Query<Option<String>>,
+        /// Page size, 1 to 500 (default 50).
+        limit: Query<Option<u32>>,
+        /// Only events older than this event id (the `next` of the previous page).
+        before: Query<Option<String>>,
+    ) -> ListAnswer {
+        if !self.authorized(&token) {
+            return list_bad_request(poem_openapi::error::AuthorizationError.into());
+        }
+        let filter = EventFilter {
+            provider: provider.0,
+            status: Some(EventStatus::Quarantined),
+            ..EventFilter::default()
+        };
+        self.page(&store, filter, limit.0, before.0)
+    }
+
+    /// Get an event
+    ///
+    /// One event with its body (masked unless secrets may be revealed), its last route run
+    /// and its actions with every delivery attempt.
+    #[oai(
+        path = "/admin/events/:id",
+        method = "get",
+        operation_id = "adminGetEvent"
+    )]
+    async fn get_event(
+        &self,
+        store: Data<&Store>,
+        token: AdminToken,
+        /// The event id.
+        id: Path<String>,
+    ) -> DetailAnswer {
+        if !self.authorized(&token) {
+            return detail_bad_request(poem_openapi::error::AuthorizationError.into());
+        }
+        let Ok(id) = id.0.parse::<EventId>() else {
+            return DetailAnswer::BadRequest(bad_id("an event"));
+        };
+        let found = store.event(id).and_then(|e| match e {
+            Some(e) => store.actions_of(&e).map(|a| Some((e, a))),
+            None => Ok(None),
+        });
+        match found {
+            Ok(Some((e, actions))) => {
+                DetailAnswer::Event(Json(Box::new(event(e, Some(actions), self.reveal))))
+            }
+            Ok(None) => DetailAnswer::NotFound(body("not_found", "No event has this id.")),
+            Err(e) => DetailAnswer::Unavailable(unavailable("reading an event", &e)),
+        }
+    }
+
+    /// Replay an event
+    ///
+    /// Puts the event back in the inbox, so that its route runs again (after a script
+    /// fix, for instance). A quarantined event is parsed again first. A routed event gets
+    /// new actions: its earlier ones are not undone.
+    #[oai(
+        path = "/admin/events/:id/replay",
+        method = "post",
+        operation_id = "adminReplayEvent"
+    )]
+    async fn replay_event(
+        &self,
+        store: Data<&Store>,
+        ctx: Data<&AdminCtx>,
+        token: AdminToken,
+        /// The event id.
+        id: Path<String>,
+    ) -> ReplayEventAnswer {
+        if !self.authorized(&token) {
+            return replay_event_bad_request(poem_openapi::error::AuthorizationError.into());
+        }
+        let Ok(id) = id.0.parse::<EventId>() else {
+            return ReplayEventAnswer::BadRequest(bad_id("an event"));
+        };
+        match self.replay_one(&store, &ctx, id) {
+            Ok(ReplayOutcome::Replayed(e)) => {
+                ReplayEventAnswer::Replayed(Json(Box::new(event(*e, None, self.reveal))))
+            }
+            Ok(ReplayOutcome::NotFound) => {
+                ReplayEventAnswer::NotFound(body("not_found", "No event has this id."))
+            }
+            Ok(ReplayOutcome::Waiting) => ReplayEventAnswer::Conflict(body(
+                "conflict",
+                "The event is already waiting for its route.",
+            )),
+            Ok(ReplayOutcome::Unparseable(reason)) => {
+                ReplayEventAnswer::Unparseable(body("still_unparseable", reason))
+            }
+            Err(e) => ReplayEventAnswer::Unavailable(unavailable("replaying an event", &e)),
+        }
+    }
+
+    /// List deliveries
+    ///
+    /// Actions in the outbox, newest first, filtered by status, channel and provider.
+    #[oai(
+        path = "/admin/deliveries",
+        method = "get",
+        operation_id = "adminListDeliveries"
+    )]
+    #[allow(clippy::too_many_arguments)] // one argument per documented query parameter
+    async fn list_deliveries(
+        &self,
+        store: Data<&Store>,
+        token: AdminToken,
+        /// Only deliveries in this status.
+        status: Query<Option<Delivery>>,
+        /// Only this channel (`email`, `sms`, `http`, `log`).
+        channel: Query<Option<String>>,
+        /// Only this provider.
+        provider: Query<Option<String>>,
+        /// Page size, 1 to 500 (default 50).
+        limit: Query<Option<u32>>,
+        /// Only actions older than this action id (the `next` of the previous page).
+        before: Query<Option<String>>,
+    ) -> DeliveriesAnswer {
+        if !self.authorized(&token) {
+            return deliveries_bad_request(poem_openapi::error::AuthorizationError.into());
+        }
+        let before = match before.0.map(|b| b.parse::<ActionId>()).transpose() {
+            Ok(b) => b,
+            Err(_) => {
+                return DeliveriesAnswer::BadRequest(body(
+                    "bad_request",
+                    "`before` is not an action id",
+                ));
+            }
+        };
+        let filter = ActionFilter {
+            status: status.0.map(Into::into),
+            channel: channel.0,
+            provider: provider.0,
+        };
+        let limit = limit.0.unwrap_or(50).clamp(1, 500) as usize;
+        match store.actions(&filter, before, limit) {
+            Ok((items, next)) => DeliveriesAnswer::Page(Json(DeliveryPage {
+                items: items.into_iter().map(|a| action(a, self.reveal)).collect(),
+                next: next.map(|i| i.to_string()),
+            })),
+            Err(e) => DeliveriesAnswer::Unavailable(unavailable("listing deliveries", &e)),
+        }
+    }
+
+    /// Get a delivery
+    ///
+    /// One action with every attempt.
+    #[oai(
+        path = "/admin/deliveries/:id",
+        method = "get",
+        operation_id = "adminGetDelivery"
+    )]
+    async fn get_delivery(
+        &self,
+        store: Data<&Store>,
+        token: AdminToken,
+        /// The action id.
+        id: Path<String>,
+    ) -> DeliveryAnswer {
+        if !self.authorized(&token) {
+            return delivery_bad_request(poem_openapi::error::AuthorizationError.into());
+        }
+        let Ok(id) = id.0.parse::<ActionId>() else {
+            return DeliveryAnswer::BadRequest(bad_id("an action"));
+        };
+        match store.action(id) {
+            Ok(Some(a)) => DeliveryAnswer::Action(Json(Box::new(action(a, self.reveal)))),
+            Ok(None) => DeliveryAnswer::NotFound(body("not_found", "No action has this id.")),
+            Err(e) => DeliveryAnswer::Unavailable(unavailable("reading a delivery", &e)),
+        }
+    }
+
+    /// Replay a delivery
+    ///
+    /// Sends the action again now, whatever its status (a dead one after its cause is
+    /// fixed, or a sent one on purpose). HTTP deliveries keep their `Idempotency-Key`.
+    #[oai(
+        path = "/admin/deliveries/:id/replay",
+        method = "post",
+        operation_id = "adminReplayDelivery"
+    )]
+    async fn replay_delivery(
+        &self,
+        store: Data<&Store>,
+        token: AdminToken,
+        /// The action id.
+        id: Path<String>,
+    ) -> ReplayDeliveryAnswer {
+        if !self.authorized(&token) {
+            return replay_delivery_bad_request(poem_openapi::error::AuthorizationError.into());
+        }
+        let Ok(id) = id.0.parse::<ActionId>() else {
+            return ReplayDeliveryAnswer::BadRequest(bad_id("an action"));
+        };
+        match store.replay_action(id) {
+            Ok(Some(a)) if a.status == DeliveryStatus::Sending => ReplayDeliveryAnswer::Conflict(
+                body("conflict", "The action is being sent right now."),
+            ),
+            Ok(Some(a)) => {
+                tracing::info!(action_id = %id, channel = %a.channel, "delivery replayed by an operator");
+                ReplayDeliveryAnswer::Replayed(Json(Box::new(action(a, self.reveal))))
+            }
+            Ok(None) => ReplayDeliveryAnswer::NotFound(body("not_found", "No action has this id.")),
+            Err(e) => ReplayDeliveryAnswer::Unavailable(unavailable("replaying a delivery", &e)),
+        }
+    }
+
+    /// Replay in bulk
+    ///
+    /// Routes again every event that matches `events` (e.g. all `failed` events of a
+    /// provider, once the script is fixed) and sends again every delivery that matches
+    /// `deliveries` (e.g. all `dead` emails, once the SMTP server is back).
+    #[oai(path = "/admin/replay", method = "post", operation_id = "adminReplay")]
+    async fn replay(
+        &self,
+        store: Data<&Store>,
+        ctx: Data<&AdminCtx>,
+        token: AdminToken,
+        request: Json<ReplayRequest>,
+    ) -> BulkReplayAnswer {
+        if !self.authorized(&token) {
+            return bulk_bad_request(poem_openapi::error::AuthorizationError.into());
+        }
+        let limit = request.limit.unwrap_or(1000).clamp(1, BULK_MAX as u32) as usize;
+        let mut summary = ReplaySummary {
+            events: 0,
+            deliveries: 0,
+            still_unparseable: 0,
+        };
+        if let Some(sel) = &request.events {
+            if sel.status == Status::Received {
+                return BulkReplayAnswer::BadRequest(body(
+                    "bad_request",
+                    "Received events are already waiting for their route.",
+                ));
+            }
+            let filter = EventFilter {
+                provider: sel.provider.clone(),
+                event_type: sel.event_type.clone(),
+                status: Some(sel.status.into()),
+            };
+            // Collect first: replaying changes the status the filter selects on.
+            let mut ids = Vec::new();
+            let mut before = None;
+            while ids.len() < limit {
+                match store.events(&filter, before, 500) {
+                    Ok(page) => {
+                        ids.extend(page.items.iter().map(|e| e.id));
+                        match page.next {
+                            Some(n) => before = Some(n),
+                            None => break,
+                        }
+                    }
+                    Err(e) => {
+                        return BulkReplayAnswer::Unavailable(unavailable("listing events", &e));
+                    }
+                }
+            }
+            ids.truncate(limit);
+            for id in ids {
+                match self.replay_one(&store, &ctx, id) {
+                    Ok(ReplayOutcome::Replayed(_)) => summary.events += 1,
+                    Ok(ReplayOutcome::Unparseable(_)) => summary.still_unparseable += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        return BulkReplayAnswer::Unavailable(unavailable("replaying events", &e));
+                    }
+                }
+            }
+        }
+        if let Some(sel) = &request.deliveries {
+            let filter = ActionFilter {
+                status: Some(sel.status.into()),
+                channel: sel.channel.clone(),
+                provider: sel.provider.clone(),
+            };
+            let mut ids = Vec::new();
+            let mut before = None;
+            while ids.len() < limit {
+                match store.actions(&filter, before, 500) {
+                    Ok((items, next)) => {
+                        ids.extend(items.iter().map(|a| a.id));
+                        match next {
+                            Some(n) => before = Some(n),
+                            None => break,
+                        }
+                    }
+                    Err(e) => {
+                        return BulkReplayAnswer::Unavailable(unavailable(
+                            "listing deliveries",
+                            &e,
+                        ));
+                    }
+                }
+            }
+            ids.truncate(limit);
+            for id in ids {
+                match store.replay_action(id) {
+                    Ok(Some(a)) if a.status != DeliveryStatus::Sending => summary.deliveries += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        return BulkReplayAnswer::Unavailable(unavailable(
+                            "replaying deliveries",
+                            &e,
+                        ));
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            events = summary.events,
+            deliveries = summary.deliveries,
+            "bulk replay by an operator"
+        );
+        BulkReplayAnswer::Replayed(Json(summary))
+    }
+
+    /// Route scripts
+    ///
+    /// The scripts running and those that do not compile (with file, line and column; their
+    /// last good version keeps running).
+    #[oai(path = "/admin/routes", method = "get", operation_id = "adminRoutes")]
+    async fn routes(&self, ctx: Data<&AdminCtx>, token: AdminToken) -> RoutesAnswer {
+        if !self.authorized(&token) {
+            return routes_bad_request(poem_openapi::error::AuthorizationError.into());
+        }
+        let source = match ctx.scripts.source() {
+            switchboard_core::route::scripts::Source::Dir(d) => format!("dir:{}", d.display()),
+            switchboard_core::route::scripts::Source::Embedded(_) => "embedded".into(),
+        };
+        RoutesAnswer::Routes(Json(RoutesView {
+            source,
+            scripts: ctx.scripts.names(),
+            errors: ctx.scripts.errors().into_iter().map(Into::into).collect(),
+        }))
+    }
+}
