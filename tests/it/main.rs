@@ -14,6 +14,13 @@ mod pki;
 mod verestro;
 // Restarts and kill -9: nothing answered 2xx is lost, old keys stay duplicates.
 mod durability;
+// Deliveries: a real SMTP server (aiosmtpd) and real HTTP servers; refusals, retries,
+// dead letters, replays, a kill mid-delivery.
+mod delivery;
+mod servers;
+// Route scripts: the sandbox's limits, hot reload, `switchboard test`, `switchboard init`,
+// replays from the command line.
+mod routes;
 // The admin API: authentication, filters, pagination, masking.
 mod admin;
 // Bad input of every kind gets a clear 4xx; limits and timeouts hold.

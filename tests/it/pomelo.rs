@@ -11,11 +11,12 @@ async fn a_signed_otp_is_stored_once_and_answered_204() {
     assert_eq!(r.status(), 204);
     assert!(r.bytes().await.unwrap().is_empty());
 
+    until_routed(&c, &s).await;
     let evs = events(&c, &s, "provider=pomelo").await;
     assert_eq!(evs.len(), 1);
     let e = &evs[0];
     assert_eq!(e["type"], "tokenization_otp");
-    assert_eq!(e["status"], "received");
+    assert_eq!(e["status"], "routed", "the default route ran");
     assert_eq!(e["data"]["token"]["origin"], "APPLE_PAY");
     assert_eq!(
         e["data"]["otp"], "******",

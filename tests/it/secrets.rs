@@ -8,7 +8,17 @@ use crate::support::*;
 async fn no_secret_or_otp_reaches_logs_metrics_or_error_bodies() {
     for format in ["text", "json"] {
         let fmt = format!("format = \"{format}\"");
-        let s = Server::start(&[("log", &fmt)]);
+        // OTPs travel on: the holder is looked up and the code goes out through the
+        // console channel, which writes the message to the log (masked).
+        let customers = crate::servers::Recorder::start().await;
+        customers.plan(
+            "/cards/",
+            vec![crate::servers::Reply::json(
+                json!({"phone": "+48500100200", "email": "jan@example.com"}),
+            )],
+        );
+        let tail = format!("[services.customers]\nbase_url = \"{}\"\n", customers.url());
+        let s = Server::start(&[("log", &fmt), ("tail", &tail)]);
         let c = client();
         let otps = ["913577", "624801", "550072"];
         let mut bodies = vec![];

@@ -132,9 +132,14 @@ impl Server {
 
     /// Starts a server on an existing directory (a restart).
     pub fn start_in(dir: Arc<Dir>, extra: Extra<'_>) -> Server {
+        Server::start_env(dir, extra, &[])
+    }
+
+    /// Starts a server on an existing directory with extra environment variables.
+    pub fn start_env(dir: Arc<Dir>, extra: Extra<'_>, env: &[(&str, &str)]) -> Server {
         let cfg = dir.path().join("switchboard.toml");
         std::fs::write(&cfg, base_config(&dir.data(), extra)).expect("write config");
-        Server::spawn(dir, &["serve", "--config", cfg.to_str().unwrap()], &[])
+        Server::spawn(dir, &["serve", "--config", cfg.to_str().unwrap()], env)
     }
 
     /// Starts `switchboard` with these arguments and environment in `dir`.
@@ -398,4 +403,39 @@ pub async fn until_routed(c: &reqwest::Client, s: &Server) {
         assert!(Instant::now() < deadline, "events were never routed");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Polls `GET path` (admin) until `check` holds for its JSON.
+pub async fn until(
+    c: &reqwest::Client,
+    s: &Server,
+    path: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = admin(c, s, path).await;
+        if check(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last answer: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The only event of a provider, once its route ran, in detail (with its actions).
+pub async fn routed_event(c: &reqwest::Client, s: &Server, provider: &str) -> serde_json::Value {
+    until_routed(c, s).await;
+    let evs = events(c, s, &format!("provider={provider}")).await;
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    admin(
+        c,
+        s,
+        &format!("/admin/events/{}", evs[0]["id"].as_str().unwrap()),
+    )
+    .await
 }

@@ -1,0 +1,529 @@
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::{servers::*, support::*};
+
+const FAST_RETRIES: &str =
+    "[delivery]\nschedule = [\"200ms\", \"300ms\", \"300ms\"]\njitter = 0.0\n";
+
+fn pomelo_otp(otp: &str, method: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "token": {"origin": "APPLE_PAY", "card_id": "card_123456789", "user_id": "user_1"},
+        "otp": otp, "to": "m***@example.com", "contact_method": method,
+    }))
+    .unwrap()
+}
+
+fn smtp(port: u16) -> String {
+    format!(
+        "[channels.email]\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"Bank <otp@bank.example>\"\n"
+    )
+}
+
+fn service(name: &str, r: &Recorder, extra: &str) -> String {
+    format!("[services.{name}]\nbase_url = \"{}\"\n{extra}\n", r.url())
+}
+
+async fn customers() -> Recorder {
+    let r = Recorder::start().await;
+    r.plan(
+        "/cards/",
+        vec![Reply::json(
+            json!({"phone": "+48500100200", "email": "jan@example.com"}),
+        )],
+    );
+    r
+}
+
+/// The single action of the single event of `provider`, once its route ran.
+async fn the_action(c: &reqwest::Client, s: &Server, provider: &str) -> Value {
+    let e = routed_event(c, s, provider).await;
+    assert_eq!(e["status"], "routed", "{e}");
+    let actions = e["actions"].as_array().unwrap();
+    assert_eq!(actions.len(), 1, "{e}");
+    actions[0].clone()
+}
+
+async fn until_status(c: &reqwest::Client, s: &Server, action: &str, status: &str) -> Value {
+    until(
+        c,
+        s,
+        &format!("/admin/deliveries/{action}"),
+        &format!("delivery {status}"),
+        |a| a["status"] == status,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_otp_email_reaches_a_real_smtp_server() {
+    let dir = Dir::new();
+    let sink = SmtpSink::start(dir.path(), &[]);
+    let customers = customers().await;
+    let tail = format!(
+        "{}{}",
+        smtp(sink.port),
+        service("customers", &customers, "")
+    );
+    let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
+    let c = client();
+    assert_eq!(
+        pomelo_request(&c, &s, &pomelo_otp("739201", "EMAIL"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let mails = sink.wait_for(1, Duration::from_secs(20)).await;
+    let m = &mails[0];
+    assert_eq!(m.to, vec!["jan@example.com".to_string()]);
+    assert!(
+        m.data.contains("Subject: Your verification code"),
+        "{}",
+        m.data
+    );
+    assert!(
+        m.data.contains("From: Bank <otp@bank.example>"),
+        "{}",
+        m.data
+    );
+    assert!(
+        m.data
+            .contains("Your code to add your card to Apple Pay is 739201."),
+        "{}",
+        m.data
+    );
+    // The card holder was looked up by card.
+    assert_eq!(customers.to("/cards/card_123456789/holder").len(), 1);
+    let a = the_action(&c, &s, "pomelo").await;
+    assert!(
+        m.data.contains(&format!(
+            "Message-ID: <{}@switchboard>",
+            a["id"].as_str().unwrap()
+        )),
+        "{}",
+        m.data
+    );
+    let a = until_status(&c, &s, a["id"].as_str().unwrap(), "sent").await;
+    assert!(
+        a["attempts"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("SMTP 250"),
+        "{a}"
+    );
+    // Admin answers mask the OTP inside the message.
+    assert!(!a.to_string().contains("739201"), "{a}");
+    assert!(a["payload"]["text"].as_str().unwrap().contains("******"));
+    assert!(
+        !s.logs().contains("739201"),
+        "the OTP never reaches the log"
+    );
+}
+
+#[tokio::test]
+async fn smtp_with_starttls_and_auth() {
+    let dir = Dir::new();
+    let pki = crate::pki::Pki::new(dir.path());
+    let sink = SmtpSink::start(
+        dir.path(),
+        &[
+            "--tls-cert",
+            &pki.path("server.crt"),
+            "--tls-key",
+            &pki.path("server.key"),
+            "--auth",
+            "otp-sender:s3cret-pass",
+        ],
+    );
+    let customers = customers().await;
+    std::fs::write(dir.path().join("smtp-password"), "s3cret-pass\n").unwrap();
+    let tail = format!(
+        "[channels.email]\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nusername = \"otp-sender\"\npassword = \"file:{}\"\nfrom = \"otp@bank.example\"\nca_file = \"{}\"\n{}",
+        sink.port,
+        dir.path().join("smtp-password").display(),
+        pki.path("ca/ca.crt"),
+        service("customers", &customers, "")
+    );
+    let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
+    let c = client();
+    assert_eq!(
+        pomelo_request(&c, &s, &pomelo_otp("428104", "EMAIL"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let mails = sink.wait_for(1, Duration::from_secs(20)).await;
+    assert!(mails[0].data.contains("428104"));
+    assert!(!s.logs().contains("s3cret-pass"));
+}
+
+#[tokio::test]
+async fn sms_gateways_and_http_deliveries_carry_their_auth_and_a_stable_idempotency_key() {
+    let dir = Dir::new();
+    let gateway = Recorder::start().await;
+    gateway.plan("/2010-04-01/", vec![Reply::status(201)]);
+    let customers = customers().await;
+    let compliance = Recorder::start().await;
+    let tail = format!(
+        "[channels.sms]\nkind = \"twilio\"\nurl = \"{}/2010-04-01\"\naccount_sid = \"AC123\"\nauth_token = \"env:SWITCHBOARD_TEST_TWILIO\"\nfrom = \"+15005550006\"\n{}{}",
+        gateway.url(),
+        service("customers", &customers, ""),
+        service(
+            "compliance",
+            &compliance,
+            "headers = { Authorization = \"Bearer compliance-token\" }"
+        ),
+    );
+    let s = Server::start_env(
+        dir,
+        &[("tail", &tail)],
+        &[("SWITCHBOARD_TEST_TWILIO", "tw-auth-token")],
+    );
+    let c = client();
+    assert_eq!(
+        pomelo_request(&c, &s, &pomelo_otp("552611", "SMS"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let sms = &gateway
+        .wait_for(
+            "/2010-04-01/Accounts/AC123/Messages.json",
+            1,
+            Duration::from_secs(20),
+        )
+        .await[0];
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode("AC123:tw-auth-token");
+    assert_eq!(sms.headers["authorization"], format!("Basic {basic}"));
+    let form = sms.form();
+    assert_eq!(form["To"], "+48500100200");
+    assert_eq!(form["From"], "+15005550006");
+    assert!(form["Body"].contains("552611"));
+    let a = the_action(&c, &s, "pomelo").await;
+    assert_eq!(sms.headers["idempotency-key"], a["id"].as_str().unwrap());
+    assert_eq!(
+        sms.headers["i-twilio-idempotency-token"],
+        a["id"].as_str().unwrap()
+    );
+
+    assert_eq!(
+        vasp_request(&c, &s, &fixture("verifyvasp_tx_report.json"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let call = &compliance
+        .wait_for("/travel-rule/tx_report", 1, Duration::from_secs(20))
+        .await[0];
+    assert_eq!(call.method, "POST");
+    assert_eq!(call.headers["authorization"], "Bearer compliance-token");
+    let body = call.json();
+    assert_eq!(
+        body["callback"]["data"]["txHash"],
+        "0x9fd7afd46e4402c7197b4d8deb0199fcf7c1f57ef70c339f403a1cqwerc31c28"
+    );
+    let a = the_action(&c, &s, "verifyvasp").await;
+    assert_eq!(call.headers["idempotency-key"], a["id"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn a_json_sms_gateway_gets_its_template_and_headers() {
+    let dir = Dir::new();
+    let gateway = Recorder::start().await;
+    let customers = customers().await;
+    let tail = format!(
+        "[channels.sms]\nkind = \"json\"\nurl = \"{}/v1/messages\"\nfrom = \"BANK\"\nheaders = {{ X-Api-Key = \"env:SWITCHBOARD_TEST_SMS_KEY\" }}\ntemplate = '{{\"recipient\": {{{{to}}}}, \"message\": {{{{text}}}}, \"sender\": {{{{from}}}}}}'\n{}",
+        gateway.url(),
+        service("customers", &customers, ""),
+    );
+    let s = Server::start_env(
+        dir,
+        &[("tail", &tail)],
+        &[("SWITCHBOARD_TEST_SMS_KEY", "sms-key-1")],
+    );
+    let c = client();
+    assert_eq!(
+        pomelo_request(&c, &s, &pomelo_otp("900112", "SMS"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let call = &gateway
+        .wait_for("/v1/messages", 1, Duration::from_secs(20))
+        .await[0];
+    assert_eq!(call.headers["x-api-key"], "sms-key-1");
+    let body = call.json();
+    assert_eq!(body["recipient"], "+48500100200");
+    assert_eq!(body["sender"], "BANK");
+    assert!(body["message"].as_str().unwrap().contains("900112"));
+}
+
+#[tokio::test]
+async fn servers_that_refuse_then_recover_get_their_deliveries_on_retry() {
+    let dir = Dir::new();
+    let smtp_port = free_port();
+    let compliance_port = free_port();
+    let customers = customers().await;
+    let tail = format!(
+        "{}{}[services.compliance]\nbase_url = \"http://127.0.0.1:{compliance_port}\"\n{FAST_RETRIES}",
+        smtp(smtp_port),
+        service("customers", &customers, ""),
+    );
+    let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
+    let c = client();
+    assert_eq!(
+        pomelo_request(&c, &s, &pomelo_otp("310000", "EMAIL"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        vasp_request(&c, &s, &fixture("verifyvasp_error_report.json"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    until_routed(&c, &s).await;
+    // Nothing listens yet: the first attempts fail.
+    let failed = until(&c, &s, "/admin/deliveries", "two failed attempts", |p| {
+        p["items"].as_array().is_some_and(|a| {
+            a.len() == 2
+                && a.iter().all(|d| {
+                    d["attempts"]
+                        .as_array()
+                        .is_some_and(|t| t.iter().any(|x| x["outcome"] == "failed"))
+                })
+        })
+    })
+    .await;
+    assert!(
+        failed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["status"] == "retrying" || d["status"] == "sending")
+    );
+    // Both come up; the retries get through.
+    let sink = SmtpSink::start(dir.path(), &["--port", &smtp_port.to_string()]);
+    let compliance =
+        Recorder::start_on(format!("127.0.0.1:{compliance_port}").parse().unwrap()).await;
+    compliance.plan(
+        "/travel-rule/",
+        vec![
+            Reply::status(503).header("retry-after", "1"),
+            Reply::status(200),
+        ],
+    );
+    sink.wait_for(1, Duration::from_secs(20)).await;
+    let calls = compliance
+        .wait_for("/travel-rule/error_report", 2, Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        calls[0].headers["idempotency-key"], calls[1].headers["idempotency-key"],
+        "the same key on every attempt"
+    );
+    let page = until(&c, &s, "/admin/deliveries?status=sent", "both sent", |p| {
+        p["items"].as_array().is_some_and(|a| a.len() == 2)
+    })
+    .await;
+    for d in page["items"].as_array().unwrap() {
+        let outcomes: Vec<&str> = d["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(outcomes.last(), Some(&"sent"));
+        assert!(
+            outcomes.iter().filter(|o| **o == "failed").count() >= 1,
+            "{outcomes:?}"
+        );
+    }
+    let http = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["channel"] == "http")
+        .unwrap();
+    assert!(
+        http["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["error"] == "HTTP 503"),
+        "{http}"
+    );
+}
+
+#[tokio::test]
+async fn a_permanent_failure_ends_dead_and_an_admin_replay_delivers_it() {
+    let dir = Dir::new();
+    let hold = dir.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let sink = SmtpSink::start(dir.path(), &["--hold-file", hold.to_str().unwrap()]);
+    let customers = customers().await;
+    let compliance = Recorder::start().await;
+    compliance.plan("/travel-rule/", vec![Reply::status(400)]);
+    let tail = format!(
+        "{}{}{}{FAST_RETRIES}",
+        smtp(sink.port),
+        service("customers", &customers, ""),
+        service("compliance", &compliance, ""),
+    );
+    let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
+    let c = client();
+    assert_eq!(
+        pomelo_request(&c, &s, &pomelo_otp("871230", "EMAIL"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        vasp_request(&c, &s, &fixture("verifyvasp_tx_report.json"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The email is refused on every attempt of the schedule (1 + 3), then dead.
+    let email = the_action(&c, &s, "pomelo").await;
+    let email_id = email["id"].as_str().unwrap().to_owned();
+    let dead = until_status(&c, &s, &email_id, "dead").await;
+    assert_eq!(dead["attempts"].as_array().unwrap().len(), 4, "{dead}");
+    // A 400 is permanent: dead after one attempt.
+    let http = the_action(&c, &s, "verifyvasp").await;
+    let dead = until_status(&c, &s, http["id"].as_str().unwrap(), "dead").await;
+    assert_eq!(dead["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(dead["attempts"][0]["outcome"], "rejected");
+    assert!(s.logs().contains("delivery dead"));
+
+    // The causes are fixed; the operator replays: one through the API, the rest in bulk
+    // through the CLI.
+    std::fs::remove_file(&hold).unwrap();
+    compliance.plan("/travel-rule/", vec![Reply::status(204)]);
+    let r = c
+        .post(s.url(&format!("/admin/deliveries/{email_id}/replay")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    sink.wait_for(1, Duration::from_secs(20)).await;
+    until_status(&c, &s, &email_id, "sent").await;
+    let out = std::process::Command::new(BIN)
+        .args([
+            "deliveries",
+            "replay",
+            "--status",
+            "dead",
+            "--url",
+            &s.url(""),
+            "--token",
+            ADMIN_TOKEN,
+        ])
+        .env_remove("SWITCHBOARD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 delivery(ies) scheduled again"));
+    compliance
+        .wait_for("/travel-rule/tx_report", 2, Duration::from_secs(20))
+        .await;
+    until(&c, &s, "/admin/deliveries?status=sent", "both sent", |p| {
+        p["items"].as_array().is_some_and(|a| a.len() == 2)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_mid_delivery_completes_every_action_after_restart() {
+    let dir = Dir::new();
+    let compliance = Recorder::start().await;
+    compliance.plan("/travel-rule/", vec![Reply::hang()]);
+    let tail = format!(
+        "{}{FAST_RETRIES}",
+        service("compliance", &compliance, "timeout = \"60s\"")
+    );
+    let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
+    let c = client();
+    let mut bodies = vec![];
+    for i in 0..5 {
+        let mut v: Value = serde_json::from_slice(&fixture("verifyvasp_tx_report.json")).unwrap();
+        v["data"]["verificationUuid"] = json!(format!("64ab871b-14a3-47df-9b80-36800000000{i}"));
+        bodies.push(serde_json::to_vec(&v).unwrap());
+    }
+    for b in &bodies {
+        assert_eq!(vasp_request(&c, &s, b).send().await.unwrap().status(), 200);
+    }
+    // Every delivery is in flight (the service does not answer)...
+    let first = compliance
+        .wait_for("/travel-rule/tx_report", 5, Duration::from_secs(20))
+        .await;
+    until(
+        &c,
+        &s,
+        "/admin/deliveries?status=sending",
+        "5 sending",
+        |p| p["items"].as_array().is_some_and(|a| a.len() == 5),
+    )
+    .await;
+    // ...when the process dies.
+    s.kill9();
+    compliance.plan("/travel-rule/", vec![Reply::status(200)]);
+    let s = Server::start_in(dir, &[("tail", &tail)]);
+    let all = compliance
+        .wait_for("/travel-rule/tx_report", 10, Duration::from_secs(30))
+        .await;
+    let page = until(&c, &s, "/admin/deliveries?status=sent", "5 sent", |p| {
+        p["items"].as_array().is_some_and(|a| a.len() == 5)
+    })
+    .await;
+    for d in page["items"].as_array().unwrap() {
+        let outcomes: Vec<&str> = d["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(outcomes, vec!["interrupted", "sent"], "{d}");
+    }
+    // The resumed attempts carry the keys of the interrupted ones.
+    let mut before: Vec<&String> = first
+        .iter()
+        .map(|r| &r.headers["idempotency-key"])
+        .collect();
+    let mut after: Vec<&String> = all[5..]
+        .iter()
+        .map(|r| &r.headers["idempotency-key"])
+        .collect();
+    before.sort();
+    after.sort();
+    assert_eq!(before, after);
+    assert!(
+        s.logs()
+            .contains("resuming deliveries interrupted by a stop")
+    );
+}
