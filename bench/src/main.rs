@@ -17,7 +17,10 @@
 //! `--only b` (phase (b) alone, for profiling). `BENCH_LOG=warn` drops the per-event log
 //! line that production writes at `info`.
 
+mod delivery;
+
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc,
@@ -51,6 +54,8 @@ const API_KEY: &str = "bench-key";
 struct Options {
     seconds: u64,
     connections: usize,
+    /// Messages per delivery run.
+    messages: usize,
     /// Run only these phases (for profiling one of them): letters of `abc`.
     only: String,
 }
@@ -59,6 +64,7 @@ fn options() -> anyhow::Result<Options> {
     let mut o = Options {
         seconds: 5,
         connections: 64,
+        messages: 3000,
         only: "abc".into(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -68,6 +74,7 @@ fn options() -> anyhow::Result<Options> {
         match args[i].as_str() {
             "--seconds" => o.seconds = value.parse()?,
             "--connections" => o.connections = value.parse()?,
+            "--messages" => o.messages = value.parse()?,
             "--only" => o.only = value.clone(),
             other => anyhow::bail!("unknown option {other}"),
         }
@@ -95,11 +102,21 @@ fn sign(secret: &[u8], ts: &str, body: &[u8]) -> String {
 }
 
 fn pomelo(secret: &[u8], n: u64) -> Prepared {
+    pomelo_with(
+        secret,
+        &format!("card_{n}"),
+        &format!("{:06}", n % 1_000_000),
+        "SMS",
+    )
+}
+
+/// A signed Pomelo OTP notification for card `card`, sent by `method`.
+fn pomelo_with(secret: &[u8], card: &str, otp: &str, method: &str) -> Prepared {
     let body = serde_json::to_vec(&serde_json::json!({
-        "token": {"origin": "APPLE_PAY", "card_id": format!("card_{n}"), "user_id": "user_123456789"},
-        "otp": format!("{:06}", n % 1_000_000),
+        "token": {"origin": "APPLE_PAY", "card_id": card, "user_id": "user_123456789"},
+        "otp": otp,
         "to": "m***@example.com",
-        "contact_method": "SMS",
+        "contact_method": method,
     }))
     .expect("json");
     let ts = std::time::SystemTime::now()
@@ -459,6 +476,9 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or(1)
     );
 
+    if o.only == "d" {
+        return delivery_phases(&o).await;
+    }
     if o.only == "b" {
         // For profiling the durable path alone.
         let dir = tempfile::tempdir()?;
@@ -556,5 +576,161 @@ async fn main() -> anyhow::Result<()> {
         b.requests as f64 / flushes.max(1) as f64
     );
     println!("events stored in total:      {events}");
+    println!();
+    delivery_phases(&o).await
+}
+
+/// Ingests `items` (id, method) with `connections` clients, at `rate` per second if given
+/// (open loop) or as fast as they are answered; returns when each ingest request started.
+async fn ingest(
+    addr: SocketAddr,
+    secret: &[u8],
+    items: Vec<(String, &'static str)>,
+    connections: usize,
+    rate: Option<f64>,
+) -> anyhow::Result<HashMap<String, Instant>> {
+    let prepared: Vec<(String, Prepared)> = items
+        .into_iter()
+        .map(|(id, method)| {
+            let p = pomelo_with(secret, &id, "123456", method);
+            (id, p)
+        })
+        .collect();
+    let queue = Arc::new(tokio::sync::Mutex::new(prepared.into_iter()));
+    let started = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let t0 = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (queue, started, next) = (queue.clone(), started.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(addr).await?;
+            loop {
+                let Some((id, p)) = queue.lock().await.next() else {
+                    break;
+                };
+                if let Some(r) = rate {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep_until((t0 + Duration::from_secs_f64(i as f64 / r)).into())
+                        .await;
+                }
+                started.lock().unwrap().insert(id, Instant::now());
+                anyhow::ensure!(
+                    send(&mut sender, addr, p).await?,
+                    "a notification was refused"
+                );
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let map = std::mem::take(&mut *started.lock().unwrap());
+    Ok(map)
+}
+
+/// (e), (f), (e½): route + delivery to local SMTP and HTTP sinks.
+async fn delivery_phases(o: &Options) -> anyhow::Result<()> {
+    let (smtp, mails) = delivery::smtp_sink().await?;
+    let (http, calls) = delivery::http_sink().await?;
+    let dir = tempfile::tempdir()?;
+    let routes = dir.path().join("routes/pomelo");
+    std::fs::create_dir_all(&routes)?;
+    std::fs::write(routes.join("tokenization_otp.rhai"), delivery::SCRIPT)?;
+    let secret = secret_bytes();
+    let mut cfg = Config::default();
+    cfg.store.path = dir.path().join("data");
+    cfg.dev.secrets = false;
+    cfg.routes.dir = dir.path().join("routes");
+    cfg.providers.pomelo.keys.push(PomeloKey {
+        api_key: API_KEY.into(),
+        api_secret: SecretRef::Literal(STANDARD.encode(&secret)),
+    });
+    let email = &mut cfg.channels.email;
+    email.kind = switchboard_plugins::channels::email::config::EmailKind::Smtp;
+    email.host = "127.0.0.1".into();
+    email.port = Some(smtp.port());
+    email.tls = switchboard_plugins::channels::email::config::SmtpTls::None;
+    email.from = "Bank <otp@bank.example>".into();
+    cfg.services.insert(
+        "sink".into(),
+        switchboard_plugins::services::ServiceConfig {
+            base_url: format!("http://{http}"),
+            headers: Default::default(),
+            timeout: switchboard_core::units::HumanDuration::secs(5),
+            ca_file: None,
+        },
+    );
+    println!(
+        "route + delivery: {} messages per run, email concurrency {} over {} pooled SMTP connections, http concurrency {}",
+        o.messages,
+        cfg.channels.email.concurrency,
+        cfg.channels.email.pool_size,
+        cfg.channels.http.concurrency
+    );
+    let app = App::build(cfg)?;
+    // The whole server this time: listener, route workers and delivery workers.
+    let socket = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = socket.local_addr()?;
+    let stop = CancellationToken::new();
+    let bound = switchboard_openapi::app::Bound {
+        listener: Listener {
+            socket,
+            name: Arc::from("main"),
+            tls: None,
+        },
+        url: format!("http://{addr}"),
+    };
+    let run_app = tokio::spawn(app.run(vec![bound], stop.clone()));
+    let within = Duration::from_secs(120);
+    let ids = |prefix: &str, method: &'static str| {
+        (0..o.messages)
+            .map(|i| (format!("{prefix}-{i}"), method))
+            .collect::<Vec<_>>()
+    };
+
+    let sent = ingest(addr, &secret, ids("e", "EMAIL"), 32, None).await?;
+    let e = delivery::collect(
+        "(e) emails to a local SMTP sink, burst",
+        &sent,
+        &mails,
+        within,
+    )
+    .await?;
+    e.print();
+    let sent = ingest(addr, &secret, ids("h", "SMS"), 32, None).await?;
+    let h = delivery::collect(
+        "(f) HTTP deliveries to a local server, burst",
+        &sent,
+        &calls,
+        within,
+    )
+    .await?;
+    h.print();
+    let offered = 1000usize;
+    let n = offered * o.seconds as usize;
+    let sent = ingest(
+        addr,
+        &secret,
+        (0..n).map(|i| (format!("r-{i}"), "EMAIL")).collect(),
+        32,
+        Some(offered as f64),
+    )
+    .await?;
+    let r = delivery::collect("(e½) emails at 1000/s offered", &sent, &mails, within).await?;
+    r.print();
+    stop.cancel();
+    let _ = run_app.await;
+    println!();
+    println!(
+        "emails/s (burst):            {:.0} (target >= 1000)",
+        e.rate()
+    );
+    println!(
+        "emails at 1000/s offered:    p50 {:.2} ms, p99 {:.2} ms from ingest to the SMTP sink",
+        r.p(0.5),
+        r.p(0.99)
+    );
     Ok(())
 }

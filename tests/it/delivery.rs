@@ -123,25 +123,28 @@ async fn an_otp_email_reaches_a_real_smtp_server() {
     );
 }
 
-#[tokio::test]
-async fn smtp_with_starttls_and_auth() {
+/// An OTP email over an encrypted, authenticated SMTP session: `mode` is `starttls` or
+/// `tls` (implicit TLS, as on port 465).
+async fn smtp_encrypted_with_auth(mode: &str) {
     let dir = Dir::new();
     let pki = crate::pki::Pki::new(dir.path());
-    let sink = SmtpSink::start(
-        dir.path(),
-        &[
-            "--tls-cert",
-            &pki.path("server.crt"),
-            "--tls-key",
-            &pki.path("server.key"),
-            "--auth",
-            "otp-sender:s3cret-pass",
-        ],
-    );
+    let mut args = vec![
+        "--tls-cert".to_string(),
+        pki.path("server.crt"),
+        "--tls-key".into(),
+        pki.path("server.key"),
+        "--auth".into(),
+        "otp-sender:s3cret-pass".into(),
+    ];
+    if mode == "tls" {
+        args.push("--implicit-tls".into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sink = SmtpSink::start(dir.path(), &args);
     let customers = customers().await;
     std::fs::write(dir.path().join("smtp-password"), "s3cret-pass\n").unwrap();
     let tail = format!(
-        "[channels.email]\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nusername = \"otp-sender\"\npassword = \"file:{}\"\nfrom = \"otp@bank.example\"\nca_file = \"{}\"\n{}",
+        "[channels.email]\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"{mode}\"\nusername = \"otp-sender\"\npassword = \"file:{}\"\nfrom = \"otp@bank.example\"\nca_file = \"{}\"\n{}",
         sink.port,
         dir.path().join("smtp-password").display(),
         pki.path("ca/ca.crt"),
@@ -159,7 +162,66 @@ async fn smtp_with_starttls_and_auth() {
     );
     let mails = sink.wait_for(1, Duration::from_secs(20)).await;
     assert!(mails[0].data.contains("428104"));
+    assert!(mails[0].tls, "the session was encrypted: {:?}", mails[0]);
+    assert!(mails[0].authenticated, "the session was authenticated");
     assert!(!s.logs().contains("s3cret-pass"));
+}
+
+#[tokio::test]
+async fn smtp_with_starttls_and_auth() {
+    smtp_encrypted_with_auth("starttls").await;
+}
+
+#[tokio::test]
+async fn smtp_with_implicit_tls_and_auth() {
+    smtp_encrypted_with_auth("tls").await;
+}
+
+/// A second email reuses the first one's connection; once the server has dropped that idle
+/// connection, the next email still goes out in its first attempt, on a new connection.
+#[tokio::test]
+async fn pooled_smtp_connections_are_reused_and_replaced_when_the_server_drops_them() {
+    let dir = Dir::new();
+    let sink = SmtpSink::start(dir.path(), &["--idle-timeout", "1"]);
+    let customers = customers().await;
+    let tail = format!(
+        "{}{}",
+        smtp(sink.port),
+        service("customers", &customers, "")
+    );
+    let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
+    let c = client();
+    let send = |otp: &'static str| {
+        let req = pomelo_request(&c, &s, &pomelo_otp(otp, "EMAIL"));
+        async move { assert_eq!(req.send().await.unwrap().status(), 204) }
+    };
+    send("100001").await;
+    let first = sink.wait_for(1, Duration::from_secs(20)).await;
+    send("100002").await;
+    let two = sink.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(
+        two[1].peer, first[0].peer,
+        "the second email reused the connection"
+    );
+    // The server drops a client that is silent for a second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    send("100003").await;
+    let three = sink.wait_for(3, Duration::from_secs(20)).await;
+    assert_ne!(
+        three[2].peer, first[0].peer,
+        "a new connection carried the third"
+    );
+    let page = until(&c, &s, "/admin/deliveries?status=sent", "3 sent", |p| {
+        p["items"].as_array().is_some_and(|a| a.len() == 3)
+    })
+    .await;
+    for a in page["items"].as_array().unwrap() {
+        assert_eq!(
+            a["attempts"].as_array().unwrap().len(),
+            1,
+            "one attempt each: {a}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -23,6 +23,12 @@ use serde_json::Value;
 pub struct Mail {
     pub to: Vec<String>,
     pub data: String,
+    /// The client authenticated with SMTP AUTH.
+    pub authenticated: bool,
+    /// The session was encrypted (STARTTLS or implicit TLS).
+    pub tls: bool,
+    /// The client's address and port: the same port means the same connection.
+    pub peer: String,
 }
 
 /// aiosmtpd in a child process.
@@ -80,6 +86,9 @@ impl SmtpSink {
                     .filter_map(|x| x.as_str().map(str::to_owned))
                     .collect(),
                 data: v["data"].as_str().unwrap_or("").to_owned(),
+                authenticated: v["authenticated"] == true,
+                tls: v["tls"] == true,
+                peer: v["peer"].to_string(),
             })
             .collect()
     }

@@ -4,11 +4,14 @@ message is written to DIR as one JSON file {from, to, data, user}. Prints the po
 listens on, then serves until killed.
 
   smtp_sink.py --dir DIR [--port N] [--fail-first N] [--hold-file PATH]
-               [--tls-cert C --tls-key K] [--auth USER:PASSWORD]
+               [--tls-cert C --tls-key K [--implicit-tls]] [--auth USER:PASSWORD]
+               [--idle-timeout SECONDS]
 
 --fail-first N   answers the first N messages with 451 (a transient error)
 --hold-file P    answers 451 while the file P exists
 --tls-cert/key   offers STARTTLS and requires it
+--implicit-tls   speaks TLS from the first byte instead (SMTPS)
+--idle-timeout S drops a client that stays silent for S seconds
 --auth U:P       requires AUTH (PLAIN or LOGIN) with these credentials, over TLS
 """
 import argparse
@@ -44,6 +47,8 @@ class Handler:
             "to": envelope.rcpt_tos,
             "data": envelope.content.decode("utf-8", "replace"),
             "authenticated": bool(getattr(session, "authenticated", False)),
+            "tls": bool(getattr(session, "ssl", None)) or server.transport.get_extra_info("ssl_object") is not None,
+            "peer": list(session.peer)[:2] if session.peer else None,
         }
         path = os.path.join(self.out, "%d-%d.json" % (time.time_ns(), n))
         with open(path + ".tmp", "w") as f:
@@ -70,17 +75,24 @@ def main():
     p.add_argument("--hold-file")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
+    p.add_argument("--implicit-tls", action="store_true")
     p.add_argument("--auth")
+    p.add_argument("--idle-timeout", type=float)
     a = p.parse_args()
     os.makedirs(a.dir, exist_ok=True)
     kwargs = {}
     if a.tls_cert:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(a.tls_cert, a.tls_key)
-        kwargs.update(tls_context=ctx, require_starttls=True)
+        if a.implicit_tls:
+            kwargs.update(ssl_context=ctx)
+        else:
+            kwargs.update(tls_context=ctx, require_starttls=True)
+    if a.idle_timeout:
+        kwargs.update(timeout=a.idle_timeout)
     if a.auth:
         user, password = a.auth.split(":", 1)
-        kwargs.update(authenticator=Authenticator(user, password), auth_required=True, auth_require_tls=bool(a.tls_cert))
+        kwargs.update(authenticator=Authenticator(user, password), auth_required=True, auth_require_tls=bool(a.tls_cert) and not a.implicit_tls)
     port = a.port
     if port == 0:
         import socket

@@ -147,11 +147,10 @@ impl Router {
         match outcome {
             Ok(specs) => {
                 let count = specs.len();
+                // No wait for the flush here: a delivery marks its attempt `sending` and waits
+                // for that later write to be durable before it sends, which covers this one.
                 match self.store.route_done(&event, script_name.clone(), specs) {
-                    Ok((seq, _)) => {
-                        if let Err(e) = self.store.durable(seq).await {
-                            tracing::error!(event_id = %id, error = %e, "routed event not yet durable");
-                        }
+                    Ok(_) => {
                         self.store.signal_outbox();
                         self.metrics.routes.get_or_create(&label("routed")).inc();
                         tracing::info!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = script_name.as_deref().unwrap_or("none"), actions = count, "event routed");
@@ -162,13 +161,8 @@ impl Router {
             Err(error) => {
                 self.metrics.routes.get_or_create(&label("failed")).inc();
                 tracing::warn!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = script_name.as_deref().unwrap_or("none"), error = %error, "route failed; the event is parked for replay");
-                match self.store.route_failed(&event, script_name, error) {
-                    Ok(seq) => {
-                        let _ = self.store.durable(seq).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(event_id = %id, error = %e, "cannot record a failed route")
-                    }
+                if let Err(e) = self.store.route_failed(&event, script_name, error) {
+                    tracing::error!(event_id = %id, error = %e, "cannot record a failed route");
                 }
             }
         }
