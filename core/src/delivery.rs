@@ -155,10 +155,19 @@ impl Deliverer {
                 return;
             }
         };
-        if let Err(e) = self.store.durable(seq).await {
-            tracing::error!(action_id = %id, error = %e, "delivery not marked durably as sending; trying later");
-        }
-        let result = channel.send(&action).await;
+        // Nothing leaves before the `sending` mark (and so the routed event and its actions,
+        // written before it) is on disk: a crash after a send must find the action again,
+        // with the same id, or the message would go twice under two ids.
+        let result = match self.store.durable(seq).await {
+            Ok(()) => channel.send(&action).await,
+            Err(e) => {
+                tracing::error!(action_id = %id, error = %e, "the store cannot flush; not sending");
+                SendResult::Retry {
+                    error: "not sent: the store could not record the attempt on disk".into(),
+                    after: None,
+                }
+            }
+        };
         let failures = action.failures() + usize::from(!matches!(result, SendResult::Sent(_)));
         let retry_at = match &result {
             SendResult::Retry { after, .. } => next_attempt(&self.cfg, failures, *after, now_ms()),
@@ -195,13 +204,8 @@ impl Deliverer {
                 tracing::error!(action_id = %id, event_id = %action.event_id, channel = %channel_name, attempt = failures, error = %error, "delivery dead; replay it once the cause is fixed");
             }
         }
-        match self.store.finish_attempt(action, &result, retry_at) {
-            Ok((_, seq)) => {
-                let _ = seq;
-            }
-            Err(e) => {
-                tracing::error!(action_id = %id, error = %e, "cannot record a delivery attempt")
-            }
+        if let Err(e) = self.store.finish_attempt(action, &result, retry_at) {
+            tracing::error!(action_id = %id, error = %e, "cannot record a delivery attempt");
         }
     }
 }
