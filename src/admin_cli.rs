@@ -57,7 +57,7 @@ pub enum EventsCommand {
     Replay {
         /// Event id (or use --status).
         id: Option<String>,
-        /// Every event in this status: failed, routed, quarantined.
+        /// Every event in this status: failed or quarantined (replay a routed one by its id).
         #[arg(long)]
         status: Option<String>,
         /// With --status: only this provider.
@@ -74,7 +74,7 @@ pub enum EventsCommand {
 pub enum DeliveriesCommand {
     /// List deliveries, newest first.
     List {
-        /// Only this status: pending, sending, retrying, sent, dead.
+        /// Only this status: pending, sending, retrying, sent, dead, expired.
         #[arg(long)]
         status: Option<String>,
         /// Only this channel: email, sms, http, log.
@@ -96,7 +96,7 @@ pub enum DeliveriesCommand {
     Replay {
         /// Action id (or use --status).
         id: Option<String>,
-        /// Every delivery in this status: dead, retrying, pending, sent.
+        /// Every delivery in this status: dead, retrying or pending (replay a sent one by its id).
         #[arg(long)]
         status: Option<String>,
         /// With --status: only this channel.

@@ -56,7 +56,8 @@ struct Options {
     connections: usize,
     /// Messages per delivery run.
     messages: usize,
-    /// Run only these phases (for profiling one of them): letters of `abc`.
+    /// `b`: only the durable ingest phase (for profiling); `d`: only route + delivery;
+    /// anything else: everything.
     only: String,
 }
 
@@ -68,6 +69,14 @@ fn options() -> anyhow::Result<Options> {
         only: "abc".into(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "switchboard-bench [--seconds N] [--connections N] [--messages N] [--only b|d]\n\n\
+             Without --only: every ingest phase (a, b, c, s, b½), then route + delivery (e, f, e½).\n\
+             --only b: the durable ingest path alone (for profiling); --only d: route + delivery."
+        );
+        std::process::exit(0);
+    }
     let mut i = 0;
     while i < args.len() {
         let value = args.get(i + 1).context("missing value")?;
@@ -352,6 +361,7 @@ async fn start(ep: SharedEndpoint) -> anyhow::Result<(SocketAddr, CancellationTo
     let opts = ServeOptions {
         max_connections: 4096,
         header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
         shutdown_grace: Duration::from_secs(1),
     };
     let metrics = switchboard_core::metrics::Metrics::shared();

@@ -115,6 +115,9 @@ pub struct RoutesConfig {
     pub lookup_timeout: HumanDuration,
     /// Longest all lookups of one run may take together.
     pub lookup_budget: HumanDuration,
+    /// When a run fails because a lookup timed out or its service answered 5xx/429, the
+    /// waits before running the route again; after the last, the event is `failed`.
+    pub lookup_retries: Vec<HumanDuration>,
     /// How often the scripts are checked for changes (SIGHUP reloads at once).
     pub reload_interval: HumanDuration,
 }
@@ -123,7 +126,7 @@ impl Default for RoutesConfig {
     fn default() -> Self {
         RoutesConfig {
             dir: PathBuf::from("routes"),
-            workers: 2,
+            workers: 8,
             deadline: HumanDuration::millis(250),
             max_operations: 1_000_000,
             max_call_levels: 32,
@@ -131,6 +134,11 @@ impl Default for RoutesConfig {
             max_collection_size: 10_000,
             lookup_timeout: HumanDuration::secs(2),
             lookup_budget: HumanDuration::secs(5),
+            lookup_retries: vec![
+                HumanDuration::secs(1),
+                HumanDuration::secs(5),
+                HumanDuration::secs(20),
+            ],
             reload_interval: HumanDuration::secs(1),
         }
     }

@@ -4,7 +4,8 @@
 //!
 //! Each attempt is marked `sending` (durably) before the channel is called and marked
 //! `sent`, `retrying` or `dead` after: SMTP has no idempotency, so after a crash an action
-//! found `sending` is known to be ambiguous; it is resumed (at least once).
+//! found `sending` is known to be ambiguous; it is resumed (at least once). An action whose
+//! `valid_for` has run out is not sent at all: it ends `expired`.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -13,7 +14,6 @@ use std::{
 };
 
 use futures_util::future::BoxFuture;
-use tokio::sync::Semaphore;
 
 use crate::{
     config::DeliveryConfig,
@@ -34,13 +34,22 @@ pub trait Channel: Send + Sync {
 /// Delivers the outbox.
 pub struct Deliverer {
     store: Store,
-    channels: HashMap<String, (Arc<dyn Channel>, Arc<Semaphore>)>,
+    channels: HashMap<String, Arc<dyn Channel>>,
     cfg: DeliveryConfig,
     metrics: Arc<Metrics>,
-    in_flight: Mutex<HashSet<ActionId>>,
+    in_flight: Mutex<InFlight>,
+}
+
+/// Attempts running now: by action, and how many per channel.
+#[derive(Default)]
+struct InFlight {
+    actions: HashSet<ActionId>,
+    per_channel: HashMap<String, usize>,
 }
 
 /// When the attempt after `failures` failed ones is due, or `None` when there is none.
+/// A `Retry-After` longer than the schedule's wait is honoured (up to a day); a shorter
+/// one does not hurry the schedule.
 pub fn next_attempt(
     cfg: &DeliveryConfig,
     failures: usize,
@@ -55,8 +64,7 @@ pub fn next_attempt(
     };
     let mut wait = base.mul_f64(spread);
     if let Some(after) = retry_after {
-        // The other side asked for a wait: honour it (up to a day).
-        wait = after.min(Duration::from_secs(86_400));
+        wait = wait.max(after.min(Duration::from_secs(86_400)));
     }
     Some(now_ms.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)))
 }
@@ -69,23 +77,19 @@ impl Deliverer {
         cfg: DeliveryConfig,
         metrics: Arc<Metrics>,
     ) -> Arc<Deliverer> {
-        let channels = channels
-            .into_iter()
-            .map(|(name, ch)| {
-                let sem = Arc::new(Semaphore::new(ch.concurrency().max(1)));
-                (name, (ch, sem))
-            })
-            .collect();
         Arc::new(Deliverer {
             store,
             channels,
             cfg,
             metrics,
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(InFlight::default()),
         })
     }
 
     /// Runs until the task is dropped. First resumes what a crash left `sending`.
+    ///
+    /// Each channel has its own queue and takes from it only as many actions as it has
+    /// room for, so a slow or failing channel never holds up another.
     pub async fn run(self: Arc<Self>) {
         match self.store.resume_interrupted() {
             Ok(0) => {}
@@ -94,17 +98,30 @@ impl Deliverer {
         }
         loop {
             let now = now_ms();
-            let due = self.store.due(now, 512).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "cannot read the outbox");
-                Vec::new()
-            });
-            for id in due {
-                self.clone().dispatch(id);
+            let mut next = None::<u64>;
+            for (name, channel) in &self.channels {
+                let room = channel
+                    .concurrency()
+                    .max(1)
+                    .saturating_sub(self.running(name));
+                if room > 0 {
+                    let due = self.store.due(name, now, room).unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "cannot read the outbox");
+                        Vec::new()
+                    });
+                    for id in due {
+                        self.clone().dispatch(name, id);
+                    }
+                }
+                if let Ok(Some(at)) = self.store.next_due(name) {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
             }
-            let wait = match self.store.next_due() {
-                Ok(Some(at)) if at > now => Duration::from_millis((at - now).min(1_000)),
-                Ok(Some(_)) => Duration::from_millis(50),
-                _ => Duration::from_secs(1),
+            let wait = match next {
+                Some(at) if at > now => Duration::from_millis((at - now).min(1_000)),
+                // Due now but no room: a finishing attempt signals.
+                Some(_) => Duration::from_millis(250),
+                None => Duration::from_secs(1),
             };
             tokio::select! {
                 () = self.store.outbox_signalled() => {}
@@ -113,40 +130,73 @@ impl Deliverer {
         }
     }
 
-    fn dispatch(self: Arc<Self>, id: ActionId) {
+    fn running(&self, channel: &str) -> usize {
+        self.in_flight
+            .lock()
+            .map(|f| f.per_channel.get(channel).copied().unwrap_or(0))
+            .unwrap_or(usize::MAX)
+    }
+
+    fn dispatch(self: Arc<Self>, channel: &str, id: ActionId) {
         let fresh = self
             .in_flight
             .lock()
-            .map(|mut f| f.insert(id))
+            .map(|mut f| {
+                let fresh = f.actions.insert(id);
+                if fresh {
+                    *f.per_channel.entry(channel.to_owned()).or_insert(0) += 1;
+                }
+                fresh
+            })
             .unwrap_or(false);
         if !fresh {
             return;
         }
+        let channel = channel.to_owned();
         tokio::spawn(async move {
             self.attempt(id).await;
             if let Ok(mut f) = self.in_flight.lock() {
-                f.remove(&id);
+                f.actions.remove(&id);
+                if let Some(n) = f.per_channel.get_mut(&channel) {
+                    *n = n.saturating_sub(1);
+                }
             }
             self.store.signal_outbox();
         });
     }
 
     async fn attempt(&self, id: ActionId) {
-        let channel_name = match self.store.action(id) {
-            Ok(Some(a)) => a.channel,
+        let (channel_name, expired) = match self.store.action(id) {
+            Ok(Some(a)) => (
+                a.channel.clone(),
+                a.expires_at().is_some_and(|at| chrono::Utc::now() >= at),
+            ),
             Ok(None) => return,
             Err(e) => {
                 tracing::error!(action_id = %id, error = %e, "cannot read an action");
                 return;
             }
         };
-        let Some((channel, sem)) = self.channels.get(&channel_name) else {
-            tracing::error!(action_id = %id, channel = %channel_name, "no such channel; the action stays scheduled");
+        let Some(channel) = self.channels.get(&channel_name) else {
             return;
         };
-        let Ok(_permit) = sem.clone().acquire_owned().await else {
+        if expired {
+            match self.store.expire_action(id) {
+                Ok(Some(a)) => {
+                    self.metrics
+                        .deliveries
+                        .get_or_create(&DeliveryLabels {
+                            channel: channel_name.clone(),
+                            outcome: "expired".into(),
+                        })
+                        .inc();
+                    tracing::warn!(action_id = %id, event_id = %a.event_id, channel = %channel_name, "not sent: the message is no longer valid");
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(action_id = %id, error = %e, "cannot expire an action"),
+            }
             return;
-        };
+        }
         let (action, seq) = match self.store.start_attempt(id) {
             Ok(Some(x)) => x,
             Ok(None) => return,
@@ -216,7 +266,7 @@ mod tests {
     use crate::units::HumanDuration;
 
     #[test]
-    fn the_schedule_ends_and_retry_after_wins() {
+    fn the_schedule_ends_and_a_longer_retry_after_wins() {
         let cfg = DeliveryConfig {
             schedule: vec![HumanDuration::secs(10), HumanDuration::secs(60)],
             jitter: 0.2,
@@ -226,9 +276,20 @@ mod tests {
         let at = next_attempt(&cfg, 2, None, 0).unwrap();
         assert!((48_000..=72_000).contains(&at), "{at}");
         assert_eq!(next_attempt(&cfg, 3, None, 0), None, "then dead");
+        let at = next_attempt(&cfg, 1, Some(Duration::from_secs(3)), 0).unwrap();
+        assert!(
+            (8_000..=12_000).contains(&at),
+            "a short Retry-After does not hurry the schedule: {at}"
+        );
         assert_eq!(
-            next_attempt(&cfg, 1, Some(Duration::from_secs(3)), 0),
-            Some(3_000)
+            next_attempt(&cfg, 1, Some(Duration::from_secs(600)), 0),
+            Some(600_000),
+            "a longer one is honoured"
+        );
+        assert_eq!(
+            next_attempt(&cfg, 1, Some(Duration::from_secs(7 * 86_400)), 0),
+            Some(86_400_000),
+            "up to a day"
         );
         let default = DeliveryConfig::default();
         let total: Duration = default.schedule.iter().map(|d| d.get()).sum();

@@ -4,13 +4,15 @@
 //! |--------|-----------------------------------|------------------------------|
 //! | `n`    | event id                          | empty: events to route       |
 //! | `a`    | action id (16 bytes, ordered)     | [`Action`] (JSON)            |
-//! | `s`    | due ms (8 bytes BE) + action id   | empty: schedule              |
+//! | `s`    | channel + 0 + due ms (8 bytes BE) + action id | empty: schedule, one queue per channel |
 //! | `o`    | action id                         | empty: being sent            |
 //!
 //! A route's actions, their schedule entries and the event marked routed are one atomic
 //! batch: a crash mid-route leaves either nothing of it or all of it. An action is marked
-//! `sending` (and that is flushed) before its channel is called, then `sent`, `retrying`
-//! or `dead`; after a crash, actions found `sending` are resumed.
+//! `sending` (and that is flushed) before its channel is called, then `sent`, `retrying`,
+//! `dead`, or `expired` (a message that was only valid for a while, such as an OTP); after
+//! a crash, actions found `sending` are resumed. Every read-modify-write of an action holds
+//! the store's outbox lock, so a replay cannot interleave with an attempt.
 
 use std::{fmt, str::FromStr, time::Duration};
 
@@ -23,6 +25,7 @@ use crate::{
     Error, Result,
     event::{Event, EventId, EventStatus, RouteRun},
     store::{ACTION, DUE, EVENT, INBOX, SENDING, Store, decode, encode, key, now_ms},
+    units::HumanDuration,
 };
 
 /// An action's id: a UUIDv7, so ids sort by creation. Also the `Idempotency-Key` its
@@ -85,16 +88,19 @@ pub enum DeliveryStatus {
     Sent,
     /// Failed for good (a permanent error, or the last attempt). Replayable.
     Dead,
+    /// Not sent: its `valid_for` ran out first (an OTP nobody can use any more).
+    Expired,
 }
 
 impl DeliveryStatus {
     /// Every status.
-    pub const ALL: [DeliveryStatus; 5] = [
+    pub const ALL: [DeliveryStatus; 6] = [
         DeliveryStatus::Pending,
         DeliveryStatus::Sending,
         DeliveryStatus::Retrying,
         DeliveryStatus::Sent,
         DeliveryStatus::Dead,
+        DeliveryStatus::Expired,
     ];
 
     /// The status as written in the API.
@@ -105,6 +111,7 @@ impl DeliveryStatus {
             DeliveryStatus::Retrying => "retrying",
             DeliveryStatus::Sent => "sent",
             DeliveryStatus::Dead => "dead",
+            DeliveryStatus::Expired => "expired",
         }
     }
 }
@@ -123,6 +130,8 @@ pub enum AttemptOutcome {
     Rejected,
     /// The process stopped during the attempt; it was resumed.
     Interrupted,
+    /// Not attempted: the message was no longer valid.
+    Expired,
 }
 
 /// One attempt to deliver an action.
@@ -167,15 +176,28 @@ pub struct Action {
     pub due_ms: Option<u64>,
     /// Values to mask wherever the action is shown or logged (the event's OTP, ...).
     pub secrets: Vec<String>,
+    /// Attempts before this index belong to an earlier schedule: an operator's replay
+    /// starts a new one.
+    #[serde(default)]
+    pub schedule_from: usize,
 }
 
 impl Action {
-    /// Failed attempts so far (interrupted ones do not count).
+    /// Failed attempts of the current schedule (interrupted ones do not count).
     pub fn failures(&self) -> usize {
         self.attempts
             .iter()
+            .skip(self.schedule_from)
             .filter(|a| matches!(a.outcome, AttemptOutcome::Failed | AttemptOutcome::Rejected))
             .count()
+    }
+
+    /// When the message stops being worth sending: the event's arrival plus the
+    /// `valid_for` the script gave (`email::send(#{..., valid_for: "10m"})`), if any.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        let valid_for: HumanDuration = self.payload.get("valid_for")?.as_str()?.parse().ok()?;
+        let d = chrono::Duration::from_std(valid_for.get()).ok()?;
+        self.received_at.checked_add_signed(d)
     }
 
     /// The payload with the secret values masked, for people and logs.
@@ -219,12 +241,29 @@ impl ActionFilter {
     }
 }
 
-fn due_key(due_ms: u64, id: &ActionId) -> Vec<u8> {
-    let mut k = Vec::with_capacity(25);
+/// The start of a channel's schedule: `s` + channel + 0.
+fn due_prefix(channel: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(channel.len() + 26);
     k.push(DUE);
+    k.extend_from_slice(channel.as_bytes());
+    k.push(0);
+    k
+}
+
+fn due_key(channel: &str, due_ms: u64, id: &ActionId) -> Vec<u8> {
+    let mut k = due_prefix(channel);
     k.extend_from_slice(&due_ms.to_be_bytes());
     k.extend_from_slice(id.0.as_bytes());
     k
+}
+
+/// The actions an event's earlier route runs queued.
+fn earlier_actions(event: &Event) -> Vec<ActionId> {
+    event
+        .route
+        .as_ref()
+        .map(|r| r.actions.clone())
+        .unwrap_or_default()
 }
 
 fn batch_write(store: &Store, batch: sled::Batch) -> Result<u64> {
@@ -296,21 +335,26 @@ impl Store {
                 received_at: event.received_at,
                 due_ms: Some(due),
                 secrets: secrets.clone(),
+                schedule_from: 0,
             })
             .collect();
         let mut routed = event.clone();
         routed.status = EventStatus::Routed;
+        // A replayed event keeps the actions of its earlier runs: they stay visible, keep
+        // their own state, and go with the event when it expires.
+        let mut ids = earlier_actions(event);
+        ids.extend(actions.iter().map(|a| a.id));
         routed.route = Some(RouteRun {
             script,
             at: now,
             runs: event.route.as_ref().map_or(0, |r| r.runs) + 1,
             error: None,
-            actions: actions.iter().map(|a| a.id).collect(),
+            actions: ids,
         });
         let mut batch = sled::Batch::default();
         for a in &actions {
             batch.insert(key(ACTION, a.id.0.as_bytes()), encode(a));
-            batch.insert(due_key(due, &a.id), &[]);
+            batch.insert(due_key(&a.channel, due, &a.id), &[]);
         }
         batch.insert(key(EVENT, event.id.as_bytes()), encode(&routed));
         batch.remove(key(INBOX, event.id.as_bytes()));
@@ -332,7 +376,7 @@ impl Store {
             at: Utc::now(),
             runs: event.route.as_ref().map_or(0, |r| r.runs) + 1,
             error: Some(error),
-            actions: Vec::new(),
+            actions: earlier_actions(event),
         });
         let mut batch = sled::Batch::default();
         batch.insert(key(EVENT, event.id.as_bytes()), encode(&failed));
@@ -377,7 +421,7 @@ impl Store {
         self.tree.get(&k)?.map(|v| decode(&k, &v)).transpose()
     }
 
-    /// The actions of an event's last route run.
+    /// The actions of every route run of an event, oldest first.
     pub fn actions_of(&self, event: &Event) -> Result<Vec<Action>> {
         let ids = event
             .route
@@ -408,7 +452,13 @@ impl Store {
         let mut next = None;
         for entry in self.tree.range(key(ACTION, &[])..end).rev() {
             let (k, v) = entry?;
-            let a: Action = decode(&k, &v)?;
+            let a: Action = match decode(&k, &v) {
+                Ok(a) => a,
+                Err(e) => {
+                    crate::store::skip_unreadable(e)?;
+                    continue;
+                }
+            };
             if filter.matches(&a) {
                 if items.len() == limit {
                     next = items.last().map(|a: &Action| a.id);
@@ -420,45 +470,48 @@ impl Store {
         Ok((items, next))
     }
 
-    /// Up to `limit` actions due at `now_ms`, earliest first.
-    pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<ActionId>> {
-        let end = due_key(now_ms.saturating_add(1), &ActionId(Uuid::nil()));
+    /// Up to `limit` actions of `channel` due at `now_ms`, earliest first.
+    pub fn due(&self, channel: &str, now_ms: u64, limit: usize) -> Result<Vec<ActionId>> {
+        let prefix = due_prefix(channel);
+        let end = due_key(channel, now_ms.saturating_add(1), &ActionId(Uuid::nil()));
         let mut out = Vec::new();
-        for entry in self.tree.range(key(DUE, &[])..end).take(limit) {
+        for entry in self.tree.range(prefix.clone()..end).take(limit) {
             let (k, _) = entry?;
-            if let Some(id) = k.get(9..).and_then(ActionId::from_slice) {
+            if let Some(id) = k.get(prefix.len() + 8..).and_then(ActionId::from_slice) {
                 out.push(id);
             }
         }
         Ok(out)
     }
 
-    /// When the earliest scheduled action is due.
-    pub fn next_due(&self) -> Result<Option<u64>> {
+    /// When the earliest scheduled action of `channel` is due.
+    pub fn next_due(&self, channel: &str) -> Result<Option<u64>> {
+        let prefix = due_prefix(channel);
         Ok(self
             .tree
-            .scan_prefix([DUE])
+            .scan_prefix(&prefix)
             .next()
             .transpose()?
             .and_then(|(k, _)| {
-                k.get(1..9)
-                    .map(|b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+                k.get(prefix.len()..prefix.len() + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
             }))
     }
 
     /// Marks an action `sending` with a new attempt, taking it off the schedule. Returns
     /// `None` when it is no longer due (replayed, delivered meanwhile).
     pub fn start_attempt(&self, id: ActionId) -> Result<Option<(Action, u64)>> {
+        let _outbox = self.outbox_lock();
         let Some(mut a) = self.action(id)? else {
             return Ok(None);
         };
         let mut batch = sled::Batch::default();
         if let Some(due) = a.due_ms.take() {
-            batch.remove(due_key(due, &id));
+            batch.remove(due_key(&a.channel, due, &id));
         }
         if !matches!(a.status, DeliveryStatus::Pending | DeliveryStatus::Retrying) {
-            let seq = batch_write(self, batch)?;
-            let _ = seq;
+            batch_write(self, batch)?;
             return Ok(None);
         }
         a.status = DeliveryStatus::Sending;
@@ -483,6 +536,7 @@ impl Store {
         result: &SendResult,
         retry_at_ms: Option<u64>,
     ) -> Result<(Action, u64)> {
+        let _outbox = self.outbox_lock();
         let now = Utc::now();
         let (outcome, error, detail) = match result {
             SendResult::Sent(d) => (AttemptOutcome::Sent, None, d.clone()),
@@ -500,7 +554,7 @@ impl Store {
             (SendResult::Sent(_), _) => DeliveryStatus::Sent,
             (SendResult::Retry { .. }, Some(at)) => {
                 a.due_ms = Some(at);
-                batch.insert(due_key(at, &a.id), &[]);
+                batch.insert(due_key(&a.channel, at, &a.id), &[]);
                 DeliveryStatus::Retrying
             }
             _ => DeliveryStatus::Dead,
@@ -514,6 +568,7 @@ impl Store {
     /// Actions that were being sent when the process stopped: marked interrupted and
     /// scheduled again now. Returns how many.
     pub fn resume_interrupted(&self) -> Result<usize> {
+        let _outbox = self.outbox_lock();
         let ids: Vec<ActionId> = self
             .tree
             .scan_prefix([SENDING])
@@ -537,7 +592,7 @@ impl Store {
                 if a.status == DeliveryStatus::Sending {
                     a.status = DeliveryStatus::Retrying;
                     a.due_ms = Some(now);
-                    batch.insert(due_key(now, id), &[]);
+                    batch.insert(due_key(&a.channel, now, id), &[]);
                 }
                 batch.insert(key(ACTION, id.0.as_bytes()), encode(&a));
             }
@@ -549,6 +604,7 @@ impl Store {
     /// Schedules an action again now (an operator's replay), whatever its status except
     /// `sending`. Returns the action, or `None` if there is no such action.
     pub fn replay_action(&self, id: ActionId) -> Result<Option<Action>> {
+        let _outbox = self.outbox_lock();
         let Some(mut a) = self.action(id)? else {
             return Ok(None);
         };
@@ -557,12 +613,14 @@ impl Store {
         }
         let mut batch = sled::Batch::default();
         if let Some(due) = a.due_ms.take() {
-            batch.remove(due_key(due, &id));
+            batch.remove(due_key(&a.channel, due, &id));
         }
         let now = now_ms();
         a.status = DeliveryStatus::Pending;
         a.due_ms = Some(now);
-        batch.insert(due_key(now, &id), &[]);
+        // A new schedule: the retries of the old one are not held against it.
+        a.schedule_from = a.attempts.len();
+        batch.insert(due_key(&a.channel, now, &id), &[]);
         batch.insert(key(ACTION, id.0.as_bytes()), encode(&a));
         batch_write(self, batch)?;
         self.signal_outbox();
@@ -574,7 +632,7 @@ impl Store {
         for id in event.route.iter().flat_map(|r| r.actions.iter()) {
             if let Some(a) = self.action(*id)? {
                 if let Some(due) = a.due_ms {
-                    self.tree.remove(due_key(due, id))?;
+                    self.tree.remove(due_key(&a.channel, due, id))?;
                 }
             }
             self.tree.remove(key(ACTION, id.0.as_bytes()))?;
@@ -582,13 +640,50 @@ impl Store {
         Ok(())
     }
 
-    /// Whether every action of a routed event was delivered (then it may expire).
+    /// Whether every action of a routed event is settled for good, sent or expired (then
+    /// the event may expire).
     pub(crate) fn all_sent(&self, event: &Event) -> Result<bool> {
         for a in self.actions_of(event)? {
-            if a.status != DeliveryStatus::Sent {
+            if !matches!(a.status, DeliveryStatus::Sent | DeliveryStatus::Expired) {
                 return Ok(false);
             }
         }
         Ok(true)
+    }
+
+    /// Settles an action whose message ran out of validity before it could be sent: it
+    /// is taken off the schedule and marked `expired`, with the reason as an attempt.
+    pub fn expire_action(&self, id: ActionId) -> Result<Option<Action>> {
+        let _outbox = self.outbox_lock();
+        let Some(mut a) = self.action(id)? else {
+            return Ok(None);
+        };
+        if !matches!(a.status, DeliveryStatus::Pending | DeliveryStatus::Retrying) {
+            return Ok(None);
+        }
+        let mut batch = sled::Batch::default();
+        if let Some(due) = a.due_ms.take() {
+            batch.remove(due_key(&a.channel, due, &id));
+        }
+        let now = Utc::now();
+        let valid_for = a
+            .payload
+            .get("valid_for")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        a.status = DeliveryStatus::Expired;
+        a.attempts.push(Attempt {
+            started_at: now,
+            finished_at: Some(now),
+            outcome: AttemptOutcome::Expired,
+            error: Some(format!(
+                "not sent: it was valid for {valid_for} after the event arrived"
+            )),
+            detail: None,
+        });
+        batch.insert(key(ACTION, id.0.as_bytes()), encode(&a));
+        batch_write(self, batch)?;
+        Ok(Some(a))
     }
 }

@@ -218,6 +218,8 @@ pub struct Store {
     pub(crate) inbox: Arc<Notify>,
     /// Woken when actions are due.
     pub(crate) outbox: Arc<Notify>,
+    /// Held by every read-modify-write of an action (`outbox.rs`).
+    outbox_lock: Arc<std::sync::Mutex<()>>,
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -248,6 +250,18 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(k: &[u8], v: &[u8]) -> Resu
         key: String::from_utf8_lossy(k).into_owned(),
         source,
     })
+}
+
+/// A record that cannot be decoded is left out of a listing (and logged), so that one bad
+/// record does not hide every other; any other error ends the listing.
+pub(crate) fn skip_unreadable(e: Error) -> Result<()> {
+    match e {
+        Error::Corrupt { key, source } => {
+            tracing::error!(key = %key, error = %source, "an unreadable record is left out");
+            Ok(())
+        }
+        other => Err(other),
+    }
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -299,6 +313,7 @@ impl Store {
             _flusher: Arc::new(AbortOnDrop(flusher.abort_handle())),
             inbox: Arc::new(Notify::new()),
             outbox: Arc::new(Notify::new()),
+            outbox_lock: Arc::default(),
         })
     }
 
@@ -412,6 +427,11 @@ impl Store {
         })
     }
 
+    /// The lock every read-modify-write of an action holds. Never held across an await.
+    pub(crate) fn outbox_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.outbox_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs `writes` and numbers them for [`Store::durable`].
     pub(crate) fn write(
         &self,
@@ -505,7 +525,14 @@ impl Store {
                 let Some(id) = EventId::from_slice(&k[1..]) else {
                     continue;
                 };
-                let Some(e) = self.event(id)? else { continue };
+                let e = match self.event(id) {
+                    Ok(Some(e)) => e,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        skip_unreadable(e)?;
+                        continue;
+                    }
+                };
                 if filter.matches(&e) {
                     if items.len() == limit {
                         next = items.last().map(|e: &Event| e.id);
@@ -518,7 +545,13 @@ impl Store {
         }
         for entry in self.tree.range(start..end).rev() {
             let (k, v) = entry?;
-            let e: Event = decode(&k, &v)?;
+            let e: Event = match decode(&k, &v) {
+                Ok(e) => e,
+                Err(e) => {
+                    skip_unreadable(e)?;
+                    continue;
+                }
+            };
             if filter.matches(&e) {
                 if items.len() == limit {
                     next = items.last().map(|e| e.id);

@@ -168,6 +168,9 @@ pub struct AdminCtx {
     pub scripts: Arc<Scripts>,
     /// Body and JSON limits.
     pub limits: Limits,
+    /// Verestro's decryption keys: a body quarantined because it could not be decrypted
+    /// is decrypted on replay.
+    pub verestro_keys: switchboard_plugins::providers::verestro::jwe::Keys,
 }
 
 /// Where route scripts come from: the configured directory if it exists, otherwise the
@@ -251,6 +254,7 @@ impl App {
         let admin_ctx = AdminCtx {
             scripts: scripts.clone(),
             limits,
+            verestro_keys: verestro_api.keys(),
         };
 
         let svc = service((
@@ -432,6 +436,7 @@ impl App {
         let opts = ServeOptions {
             max_connections: app.config.server.max_connections,
             header_read_timeout: app.config.server.header_read_timeout.get(),
+            idle_timeout: app.config.server.idle_timeout.get(),
             shutdown_grace: app.config.server.shutdown_grace.get(),
         };
         let mut servers = Vec::new();

@@ -97,8 +97,12 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Most client connections open at once; further clients wait in the kernel's backlog.
     pub max_connections: usize,
-    /// Time a client has to send a request's headers before the connection is closed.
+    /// Time a client has to send a request's headers before the connection is closed; on a
+    /// new connection (HTTP/1.1 or HTTP/2), the time it has to start its first request.
     pub header_read_timeout: HumanDuration,
+    /// Time a connection may stay open with no request running and nothing received,
+    /// after its first request.
+    pub idle_timeout: HumanDuration,
     /// Time a request may take from headers to answer (a slow body included); past it the
     /// client gets `408`.
     pub request_timeout: HumanDuration,
@@ -121,6 +125,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_connections: 1024,
             header_read_timeout: HumanDuration::secs(10),
+            idle_timeout: HumanDuration::secs(60),
             request_timeout: HumanDuration::secs(30),
             body_limit: ByteSize::mib(1),
             json_max_depth: 32,
@@ -220,8 +225,10 @@ impl Config {
         if self.server.body_limit.0 == 0 {
             return bad("server.body_limit", "must be greater than zero");
         }
-        if !(2..=256).contains(&self.server.json_max_depth) {
-            return bad("server.json_max_depth", "must be between 2 and 256");
+        // Stored events are read back with serde_json, which refuses more than 128 levels
+        // (the body sits two levels down in the record): keep well under it.
+        if !(2..=100).contains(&self.server.json_max_depth) {
+            return bad("server.json_max_depth", "must be between 2 and 100");
         }
         for (key, d) in [
             (
@@ -229,6 +236,7 @@ impl Config {
                 self.server.header_read_timeout,
             ),
             ("server.request_timeout", self.server.request_timeout),
+            ("server.idle_timeout", self.server.idle_timeout),
         ] {
             if d.get().is_zero() {
                 return bad(key, "must be greater than zero");

@@ -7,11 +7,27 @@
 //! - TLS handshakes run in each connection's own task, bounded by the handshake timeout,
 //!   so a slow client never holds up accepting. The certificate a mutual-TLS listener
 //!   verified is handed to every request of the connection as [`ConnectionInfo`].
-//! - A client that does not finish its headers within `header_read_timeout` is cut off.
+//! - A client that does not finish its headers within `header_read_timeout` is cut off,
+//!   and so is a new connection (HTTP/1.1 or HTTP/2) that has not started a request by
+//!   then; after its first request, a connection with no request running that receives
+//!   nothing for `idle_timeout` is closed ([`IdleIo`]). hyper has no such limit for
+//!   HTTP/2, so idle HTTP/2 connections could otherwise hold every connection slot.
 //! - On shutdown: stop accepting, let requests in flight finish (bounded by the grace
 //!   period), then return so that the caller can flush the store.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
 
 use hyper::body::Incoming;
 use hyper_util::{
@@ -29,9 +45,10 @@ use poem::{
 };
 use switchboard_core::{metrics::Metrics, peer::ConnectionInfo};
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::Semaphore,
+    time::{Instant, Sleep},
 };
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -46,8 +63,11 @@ pub type SharedEndpoint = Arc<dyn DynEndpoint<Output = Response>>;
 pub struct ServeOptions {
     /// Most connections served at once.
     pub max_connections: usize,
-    /// Time a client has to send its request headers.
+    /// Time a client has to send its request headers (and a new connection to start its
+    /// first request).
     pub header_read_timeout: Duration,
+    /// Time a connection may sit with no request running and nothing received.
+    pub idle_timeout: Duration,
     /// Time given to requests in flight at shutdown.
     pub shutdown_grace: Duration,
 }
@@ -65,6 +85,8 @@ pub struct Listener {
 /// What every connection of a listener shares.
 struct Shared {
     ep: SharedEndpoint,
+    first_request: Duration,
+    idle: Duration,
     builder: auto::Builder<TokioExecutor>,
     metrics: Arc<Metrics>,
     local: SocketAddr,
@@ -97,6 +119,8 @@ pub async fn serve(
         .max_concurrent_streams(64);
     let shared = Arc::new(Shared {
         ep,
+        first_request: opts.header_read_timeout,
+        idle: opts.idle_timeout,
         builder,
         metrics,
         local,
@@ -190,6 +214,14 @@ async fn http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = Arc::new(Activity::new());
+    let io = IdleIo {
+        inner: io,
+        activity: activity.clone(),
+        first: shared.first_request,
+        idle: shared.idle,
+        sleep: Box::pin(tokio::time::sleep(shared.first_request)),
+    };
     let ep = shared.ep.clone();
     let local_addr = LocalAddr(shared.local.into());
     let remote_addr = RemoteAddr(remote.into());
@@ -199,7 +231,9 @@ async fn http<I>(
         let remote_addr = remote_addr.clone();
         let scheme = scheme.clone();
         let info = info.clone();
+        let running = Running::start(activity.clone());
         async move {
+            let _running = running;
             let mut req: poem::Request = (req, local_addr, remote_addr, scheme).into();
             req.extensions_mut().insert(info);
             let resp: http_types::Response<_> = ep.get_response(req).await.into();
@@ -212,6 +246,145 @@ async fn http<I>(
         .into_owned();
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// What a connection is doing: requests running, requests seen, when it last did
+/// anything, and who to wake when its last request ends.
+struct Activity {
+    running: AtomicUsize,
+    seen: AtomicUsize,
+    last: Mutex<Instant>,
+    reader: Mutex<Option<Waker>>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            running: AtomicUsize::new(0),
+            seen: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+            reader: Mutex::new(None),
+        }
+    }
+
+    fn touch(&self) {
+        if let Ok(mut l) = self.last.lock() {
+            *l = Instant::now();
+        }
+    }
+
+    fn last(&self) -> Instant {
+        self.last
+            .lock()
+            .map(|l| *l)
+            .unwrap_or_else(|_| Instant::now())
+    }
+}
+
+/// A request running on a connection, from its headers to its answer.
+struct Running(Arc<Activity>);
+
+impl Running {
+    fn start(a: Arc<Activity>) -> Self {
+        a.running.fetch_add(1, Ordering::SeqCst);
+        a.seen.fetch_add(1, Ordering::SeqCst);
+        a.touch();
+        Running(a)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.touch();
+        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // The reader waits with no timer while a request runs: let it set one.
+            if let Some(w) = self.0.reader.lock().ok().and_then(|mut r| r.take()) {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// The connection's stream, ending it (as if the client had closed it) once it has been
+/// idle too long: no request running and nothing received for `first` before the first
+/// request, for `idle` after.
+struct IdleIo<I> {
+    inner: I,
+    activity: Arc<Activity>,
+    first: Duration,
+    idle: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for IdleIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    this.activity.touch();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if let Ok(mut r) = this.activity.reader.lock() {
+                    *r = Some(cx.waker().clone());
+                }
+                if this.activity.running.load(Ordering::SeqCst) > 0 {
+                    return Poll::Pending;
+                }
+                let limit = if this.activity.seen.load(Ordering::SeqCst) == 0 {
+                    this.first
+                } else {
+                    this.idle
+                };
+                let deadline = this.activity.last() + limit;
+                if this.sleep.deadline() != deadline {
+                    this.sleep.as_mut().reset(deadline);
+                }
+                match this.sleep.as_mut().poll(cx) {
+                    // Idle too long: the end of the stream, as if the client had left.
+                    Poll::Ready(()) => Poll::Ready(Ok(())),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for IdleIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 

@@ -74,8 +74,9 @@ impl SystemApi {
     /// Readiness
     ///
     /// `200` when the store can be read and its last flush to disk succeeded. Route
-    /// scripts that do not compile are listed (their last good version keeps running, so
-    /// they do not make the server unready).
+    /// scripts that do not compile are listed, with whether a last good version of each
+    /// still runs; they do not make the server unready (notifications are still accepted,
+    /// and the events of a script with no good version wait as `failed` for a replay).
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, store: Data<&Store>, admin: Data<&crate::app::AdminCtx>) -> ReadyAnswer {
         let mut ok = true;
@@ -96,7 +97,12 @@ impl SystemApi {
             ));
         } else {
             for e in errors {
-                checks.push(format!("routes: {e} (the last good version runs)"));
+                let state = if admin.scripts.runs(&e.file) {
+                    "the last good version runs"
+                } else {
+                    "no good version: its events are parked as failed"
+                };
+                checks.push(format!("routes: {e} ({state})"));
             }
         }
         let health = Health {

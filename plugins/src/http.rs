@@ -197,39 +197,70 @@ pub fn unavailable(provider: &str, err: &switchboard_core::Error) -> StoredRespo
 /// Whether the nesting of arrays and objects in `bytes` goes deeper than `limit`,
 /// scanning without parsing (strings in double quotes are skipped).
 pub fn json_depth_exceeds(bytes: &[u8], limit: usize) -> bool {
-    depth_exceeds(bytes, limit, b"\"")
+    depth_exceeds(bytes, limit, false)
 }
 
-/// Like [`json_depth_exceeds`], for JSON5 (strings in single or double quotes).
+/// Like [`json_depth_exceeds`], for JSON5: strings in single or double quotes, and `//`
+/// and `/* */` comments, are skipped. This guards a recursive parser, so it must not be
+/// fooled: a quote inside a comment does not open a string.
 pub fn json5_depth_exceeds(bytes: &[u8], limit: usize) -> bool {
-    depth_exceeds(bytes, limit, b"\"'")
+    depth_exceeds(bytes, limit, true)
 }
 
-fn depth_exceeds(bytes: &[u8], limit: usize, quotes: &[u8]) -> bool {
+fn depth_exceeds(bytes: &[u8], limit: usize, json5: bool) -> bool {
+    enum At {
+        Code,
+        Str(u8),
+        LineComment,
+        BlockComment,
+    }
     let mut depth = 0usize;
-    let mut quote: Option<u8> = None;
+    let mut at = At::Code;
     let mut escaped = false;
-    for &b in bytes {
-        if let Some(q) = quote {
-            match (escaped, b) {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let next = bytes.get(i + 1).copied();
+        match at {
+            At::Str(q) => match (escaped, b) {
                 (true, _) => escaped = false,
                 (false, b'\\') => escaped = true,
-                (false, c) if c == q => quote = None,
+                (false, c) if c == q => at = At::Code,
                 _ => {}
-            }
-            continue;
-        }
-        match b {
-            c if quotes.contains(&c) => quote = Some(c),
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > limit {
-                    return true;
+            },
+            At::LineComment => {
+                if b == b'\n' || b == b'\r' {
+                    at = At::Code;
                 }
             }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
+            At::BlockComment => {
+                if b == b'*' && next == Some(b'/') {
+                    at = At::Code;
+                    i += 1;
+                }
+            }
+            At::Code => match b {
+                b'"' => at = At::Str(b),
+                b'\'' if json5 => at = At::Str(b),
+                b'/' if json5 && next == Some(b'/') => {
+                    at = At::LineComment;
+                    i += 1;
+                }
+                b'/' if json5 && next == Some(b'*') => {
+                    at = At::BlockComment;
+                    i += 1;
+                }
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > limit {
+                        return true;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
         }
+        i += 1;
     }
     false
 }
@@ -360,6 +391,54 @@ mod tests {
         assert!(json_depth_exceeds(&b"[".repeat(100), 64));
         assert!(!json5_depth_exceeds(b"{'a': '[[[[[['}", 2));
         assert!(json_depth_exceeds(b"{'a': '[[[[[['}", 2));
+    }
+
+    /// A quote inside a comment once switched the JSON5 scan into "in a string" for the
+    /// rest of the body, so any nesting passed, and the recursive JSON5 parser overflowed
+    /// the stack and aborted the process.
+    #[test]
+    fn json5_comments_cannot_hide_nesting() {
+        let deep = |prefix: &str| {
+            let mut b = prefix.as_bytes().to_vec();
+            b.extend(b"[".repeat(5000));
+            b.extend(b"]".repeat(5000));
+            b.push(b'}');
+            b
+        };
+        for prefix in [
+            "{// \"\n 'x': ",
+            "{// '\n 'x': ",
+            "{/* \" ' */ 'x': ",
+            "{/* \n\" */ \"x\": ",
+        ] {
+            assert!(json5_depth_exceeds(&deep(prefix), 32), "{prefix:?}");
+        }
+        // Comments themselves are skipped: brackets in them do not count.
+        assert!(!json5_depth_exceeds(b"{// [[[[[[\n 'a': 1 /* {{{{{ */}", 2));
+        // What passes the scan is safe to parse on a small stack.
+        let limits = Limits {
+            body: 1 << 20,
+            json_depth: 100,
+        };
+        let mut body = b"{// \"\n 'x': ".to_vec();
+        body.extend(b"[".repeat(99));
+        body.extend(b"]".repeat(99));
+        body.extend(b", }");
+        assert!(!json5_depth_exceeds(&body, 100));
+        let parsed = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                parse_json_lenient::<crate::providers::pomelo::model::TokenizationOtp>(
+                    &body, &limits,
+                )
+                .is_err()
+            })
+            .unwrap()
+            .join();
+        assert!(
+            parsed.is_ok(),
+            "no stack overflow at the deepest allowed nesting"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use reqwest::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use switchboard_core::{
-    route::{Lookup, Method},
+    route::{Lookup, LookupError, Method},
     secret::SecretRef,
     units::HumanDuration,
 };
@@ -54,6 +54,8 @@ pub struct Reply {
 
 struct Service {
     base: String,
+    /// `base` parsed: a call's URL must stay under it.
+    base_url: reqwest::Url,
     headers: HeaderMap,
     timeout: Duration,
     client: reqwest::Client,
@@ -121,6 +123,7 @@ impl Services {
                 name.clone(),
                 Service {
                     base: s.base_url.trim_end_matches('/').to_owned(),
+                    base_url: parsed.clone(),
                     headers: headers(&s.headers, &key)?,
                     timeout: s.timeout.get(),
                     client: client(s.timeout.get(), s.ca_file.as_ref(), &key)?,
@@ -133,6 +136,15 @@ impl Services {
     /// Whether `name` is configured.
     pub fn has(&self, name: &str) -> bool {
         self.map.contains_key(name)
+    }
+
+    /// Whether `path` may be called on service `name`: it is configured and the path stays
+    /// under its base URL.
+    pub fn check(&self, name: &str, path: &str) -> std::result::Result<(), String> {
+        match self.map.get(name) {
+            Some(s) => s.url(path).map(|_| ()),
+            None => Err(format!("service `{name}` is not configured")),
+        }
     }
 
     /// Calls a service. `extra` headers go on top of the configured ones.
@@ -148,9 +160,13 @@ impl Services {
             let msg = format!("service `{name}` is not configured");
             return Box::pin(async move { Err(msg) });
         };
+        let url = match s.url(path) {
+            Ok(u) => u,
+            Err(msg) => return Box::pin(async move { Err(msg) }),
+        };
         let mut req = s
             .client
-            .request(method, format!("{}{path}", s.base))
+            .request(method, url)
             .headers(s.headers.clone())
             .headers(extra)
             .timeout(s.timeout);
@@ -168,6 +184,45 @@ impl Services {
                 body,
             })
         })
+    }
+}
+
+impl Service {
+    /// The URL of `path` under the base URL. A path must start with `/` and may not leave
+    /// the base: no `.`/`..` segments (also percent-encoded), no empty segments, no `#`,
+    /// `\\`, spaces or control characters; a query (`?...`) is allowed. So data from an
+    /// event (`/cards/${id}`) cannot reach another endpoint, let alone another host, with
+    /// the service's credentials. Scripts put event data in a path with `http::escape`.
+    fn url(&self, path: &str) -> std::result::Result<reqwest::Url, String> {
+        let refuse = |why: &str| Err(format!("refused path: {why}"));
+        if !path.starts_with('/') {
+            return refuse("it must start with `/`");
+        }
+        if path
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '#' | '\\' | ' '))
+        {
+            return refuse("no `#`, `\\`, spaces or control characters");
+        }
+        let segments = path.split_once('?').map_or(path, |(p, _)| p);
+        let dot = |seg: &str| {
+            let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
+            decoded == "." || decoded == ".."
+        };
+        if segments.split('/').any(dot) || segments.contains("//") {
+            return refuse("no `.`, `..` or empty segments");
+        }
+        let url = reqwest::Url::parse(&format!("{}{path}", self.base))
+            .map_err(|_| "refused path: not a valid URL path".to_owned())?;
+        let base_path = self.base_url.path().trim_end_matches('/');
+        let same_origin = url.scheme() == self.base_url.scheme()
+            && url.host_str() == self.base_url.host_str()
+            && url.port_or_known_default() == self.base_url.port_or_known_default()
+            && url.username() == self.base_url.username();
+        if !same_origin || !url.path().starts_with(base_path) {
+            return refuse("it leaves the service's base URL");
+        }
+        Ok(url)
     }
 }
 
@@ -199,21 +254,93 @@ impl Lookup for Services {
         method: Method,
         path: &str,
         body: Option<Value>,
-    ) -> BoxFuture<'static, Result<Value, String>> {
+    ) -> BoxFuture<'static, Result<Value, LookupError>> {
         let m = match method {
             Method::Get => HttpMethod::GET,
             Method::Post => HttpMethod::POST,
         };
+        let refused = self.check(service, path).err().map(LookupError::permanent);
         let fut = self.request(service, m, path, body.as_ref(), HeaderMap::new());
         Box::pin(async move {
-            let reply = fut.await?;
+            if let Some(e) = refused {
+                return Err(e);
+            }
+            // Whatever failed on the way (timeout, connection) may pass.
+            let reply = fut.await.map_err(LookupError::transient)?;
+            let status = reply.status.as_u16();
             if !reply.status.is_success() {
-                return Err(format!("HTTP {}", reply.status.as_u16()));
+                let msg = format!("HTTP {status}");
+                return Err(if matches!(status, 408 | 425 | 429 | 500..=599) {
+                    LookupError::transient(msg)
+                } else {
+                    LookupError::permanent(msg)
+                });
             }
             if reply.body.is_empty() {
                 return Ok(Value::Null);
             }
-            serde_json::from_slice(&reply.body).map_err(|_| "the answer is not JSON".to_owned())
+            serde_json::from_slice(&reply.body)
+                .map_err(|_| LookupError::permanent("the answer is not JSON"))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn services() -> Services {
+        let mut cfg = BTreeMap::new();
+        cfg.insert(
+            "customers".to_owned(),
+            ServiceConfig {
+                base_url: "https://customers.internal:8443/api/".into(),
+                headers: BTreeMap::new(),
+                timeout: default_timeout(),
+                ca_file: None,
+            },
+        );
+        Services::new(&cfg).unwrap()
+    }
+
+    #[test]
+    fn paths_stay_under_the_base_url() {
+        let s = services();
+        assert!(s.check("customers", "/cards/card_1/holder").is_ok());
+        assert!(s.check("customers", "/cards?number=1&x=2").is_ok());
+        assert_eq!(
+            s.map["customers"].url("/cards/a%2Fb").unwrap().as_str(),
+            "https://customers.internal:8443/api/cards/a%2Fb"
+        );
+        for bad in [
+            "cards/1",
+            "@evil.example/x",
+            "/../admin",
+            "/cards/../../admin",
+            "/cards/%2e%2E/admin",
+            "/cards/./x",
+            "/cards//x",
+            "/cards/1#frag",
+            "/cards/1\\..\\x",
+            "/cards/ 1",
+            "/cards/\n1",
+        ] {
+            assert!(
+                s.check("customers", bad).is_err(),
+                "{bad:?} must be refused"
+            );
+        }
+        assert!(s.check("nobody", "/x").is_err());
+    }
+
+    #[test]
+    fn the_script_escape_makes_event_data_one_segment() {
+        let id = switchboard_core::route::api::escape_segment("../../admin?x=1#");
+        assert_eq!(id, "%2E%2E%2F%2E%2E%2Fadmin%3Fx%3D1%23");
+        assert!(
+            services()
+                .check("customers", &format!("/cards/{id}/holder"))
+                .is_ok()
+        );
     }
 }

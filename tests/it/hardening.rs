@@ -150,6 +150,56 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
 
+/// Reads until the server closes the connection; how long that took.
+async fn until_closed(conn: &mut TcpStream) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf))
+            .await
+            .expect("the server closes the connection")
+        {
+            Ok(0) | Err(_) => return started.elapsed(),
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_http2_included() {
+    let s = Server::start(&[(
+        "server",
+        "header_read_timeout = \"3s\"\nidle_timeout = \"1s\"",
+    )]);
+    // HTTP/2 with prior knowledge: the preface and an empty SETTINGS frame, then nothing.
+    // hyper has no header timeout for HTTP/2; such connections could hold every slot.
+    let mut h2 = TcpStream::connect(s.addr).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let took = until_closed(&mut h2).await;
+    assert!(
+        took >= Duration::from_millis(2800) && took < Duration::from_secs(12),
+        "a new connection gets header_read_timeout to start a request: {took:?}"
+    );
+    // HTTP/1.1 keep-alive: one request answered, then the connection idles.
+    let mut h1 = TcpStream::connect(s.addr).await.unwrap();
+    h1.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let took = until_closed(&mut h1).await;
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(2800),
+        "closed after idle_timeout, not header_read_timeout: {took:?}"
+    );
+    // A connection that keeps working is not cut.
+    let c = client();
+    for _ in 0..4 {
+        assert_eq!(c.get(s.url("/healthz")).send().await.unwrap().status(), 200);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_body_that_trickles_past_the_request_timeout_gets_408() {
     let s = Server::start(&[("server", "request_timeout = \"1s\"")]);

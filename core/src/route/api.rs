@@ -3,9 +3,9 @@
 //!
 //! | module | functions |
 //! |---|---|
-//! | `http`  | `get(service, path)`, `post(service, path, body)` (lookups, bounded in time); `deliver(service, path, body)` (an action); `configured(service)` |
-//! | `email` | `send(#{to, subject, text, html?})` (an action) |
-//! | `sms`   | `send(#{to, text})` (an action) |
+//! | `http`  | `get(service, path)`, `post(service, path, body)` (lookups, bounded in time); `deliver(service, path, body)` (an action); `configured(service)`; `escape(segment)` |
+//! | `email` | `send(#{to, subject, text, html?, valid_for?})` (an action) |
+//! | `sms`   | `send(#{to, text, valid_for?})` (an action) |
 //! | `log`   | `info(message)`, `warn(message)` (actions: written to the log, secrets masked) |
 //! | `fmt`   | `amount(minor_units, currency)` → `"10.00 PLN"` |
 //! | `mask`  | `phone(s)`, `email(s)`, `keep_last(s, n)` |
@@ -24,8 +24,8 @@ use std::{
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Scope, exported_module, plugin::*};
 use serde_json::Value;
 
-use super::{Lookup, Method, RunLimits, event_value};
-use crate::{event::Event, mask::mask_text, outbox::ActionSpec};
+use super::{Lookup, Method, RunFailure, RunLimits, event_value};
+use crate::{event::Event, mask::mask_text, outbox::ActionSpec, units::HumanDuration};
 
 struct RunCtx {
     script: String,
@@ -36,6 +36,8 @@ struct RunCtx {
     started: Instant,
     lookup_spent: Duration,
     secrets: Vec<String>,
+    /// A lookup failed in a way that may pass (timeout, 5xx, budget used up by slowness).
+    transient_lookup_failure: bool,
 }
 
 thread_local! {
@@ -122,6 +124,13 @@ fn message(
             _ => return Err(fail(format!("{what}: `{r}` is required"))),
         }
     }
+    if let Some(Value::String(v)) = out.get("valid_for") {
+        if let Err(e) = v.parse::<HumanDuration>() {
+            return Err(fail(format!(
+                "{what}: `valid_for` is not a duration like \"10m\": {e}"
+            )));
+        }
+    }
     Ok(Value::Object(out))
 }
 
@@ -131,24 +140,31 @@ fn lookup(
     path: &str,
     body: Option<Value>,
 ) -> Result<Dynamic, Box<EvalAltResult>> {
-    let (lookups, handle, timeout) = RUN.with(|r| {
-        let r = r.borrow();
-        let c = r
-            .as_ref()
-            .ok_or_else(|| fail("lookups are only available while a route runs"))?;
-        let left = c.limits.lookup_budget.saturating_sub(c.lookup_spent);
-        if left.is_zero() {
-            return Err(fail(format!(
-                "lookup budget of {:?} for this run is used up",
-                c.limits.lookup_budget
-            )));
-        }
-        Ok((
-            c.lookups.clone(),
-            c.handle.clone(),
-            c.limits.lookup_timeout.min(left),
-        ))
-    })?;
+    let (lookups, handle, timeout) = RUN
+        .with(|r| {
+            let r = r.borrow();
+            let Some(c) = r.as_ref() else {
+                return Err(None);
+            };
+            let left = c.limits.lookup_budget.saturating_sub(c.lookup_spent);
+            if left.is_zero() {
+                return Err(Some(c.limits.lookup_budget));
+            }
+            Ok((
+                c.lookups.clone(),
+                c.handle.clone(),
+                c.limits.lookup_timeout.min(left),
+            ))
+        })
+        .map_err(|budget| match budget {
+            None => fail("lookups are only available while a route runs"),
+            Some(budget) => {
+                transient_failure();
+                fail(format!(
+                    "lookup budget of {budget:?} for this run is used up"
+                ))
+            }
+        })?;
     if !lookups.configured(service) {
         return Err(fail(format!("service `{service}` is not configured")));
     }
@@ -163,15 +179,46 @@ fn lookup(
     });
     match result {
         Ok(Ok(v)) => rhai::serde::to_dynamic(v).map_err(|e| internal("a lookup's answer", e)),
-        Ok(Err(e)) => Err(fail(format!(
-            "lookup {} {service}{path} failed: {e}",
-            method.as_str()
-        ))),
-        Err(_) => Err(fail(format!(
-            "lookup {} {service}{path} timed out after {timeout:?}",
-            method.as_str()
-        ))),
+        Ok(Err(e)) => {
+            if e.transient {
+                transient_failure();
+            }
+            Err(fail(format!(
+                "lookup {} {service}{path} failed: {e}",
+                method.as_str()
+            )))
+        }
+        Err(_) => {
+            transient_failure();
+            Err(fail(format!(
+                "lookup {} {service}{path} timed out after {timeout:?}",
+                method.as_str()
+            )))
+        }
     }
+}
+
+/// Notes that a lookup of this run failed in a way that may pass.
+fn transient_failure() {
+    RUN.with(|r| {
+        if let Some(c) = r.borrow_mut().as_mut() {
+            c.transient_lookup_failure = true;
+        }
+    });
+}
+
+/// `segment` percent-encoded for use as one segment of a URL path: everything but
+/// unreserved characters (RFC 3986) is encoded, `/` and `.` segments included.
+pub fn escape_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `http::...`: lookups and HTTP deliveries to named services.
@@ -214,6 +261,12 @@ pub mod http_api {
         Ok(())
     }
 
+    /// One path segment made safe from whatever the event holds:
+    /// `` http::get("customers", `/cards/${http::escape(d.token.card_id)}/holder`) ``.
+    pub fn escape(segment: &str) -> String {
+        super::escape_segment(segment)
+    }
+
     /// Whether `service` is configured.
     pub fn configured(service: &str) -> bool {
         super::RUN.with(|r| {
@@ -230,7 +283,12 @@ pub mod email_api {
     /// Queues an email: `email::send(#{to: "a@example.com", subject: "...", text: "...", html: "..."})`.
     #[rhai_fn(return_raw)]
     pub fn send(msg: rhai::Map) -> Result<(), Box<EvalAltResult>> {
-        let payload = super::message("email::send", &msg, &["to", "subject", "text"], &["html"])?;
+        let payload = super::message(
+            "email::send",
+            &msg,
+            &["to", "subject", "text"],
+            &["html", "valid_for"],
+        )?;
         super::queue("email", payload);
         Ok(())
     }
@@ -242,7 +300,7 @@ pub mod sms_api {
     /// Queues a text message: `sms::send(#{to: "+48500100200", text: "..."})`.
     #[rhai_fn(return_raw)]
     pub fn send(msg: rhai::Map) -> Result<(), Box<EvalAltResult>> {
-        let payload = super::message("sms::send", &msg, &["to", "text"], &[])?;
+        let payload = super::message("sms::send", &msg, &["to", "text"], &["valid_for"])?;
         super::queue("sms", payload);
         Ok(())
     }
@@ -363,10 +421,13 @@ pub(crate) fn run(
     lookups: Arc<dyn Lookup>,
     limits: &RunLimits,
     handle: tokio::runtime::Handle,
-) -> Result<Vec<ActionSpec>, String> {
+) -> Result<Vec<ActionSpec>, RunFailure> {
     let value = rhai::serde::to_dynamic(event_value(event)).map_err(|e| {
         tracing::error!(error = %e, "cannot hand the event to the script");
-        "internal error: the event could not be handed to the script".to_owned()
+        RunFailure {
+            message: "internal error: the event could not be handed to the script".into(),
+            retryable: false,
+        }
     })?;
     RUN.with(|r| {
         *r.borrow_mut() = Some(RunCtx {
@@ -378,6 +439,7 @@ pub(crate) fn run(
             started: Instant::now(),
             lookup_spent: Duration::ZERO,
             secrets: event.secret_values(),
+            transient_lookup_failure: false,
         });
     });
     let mut scope = Scope::new();
@@ -387,7 +449,10 @@ pub(crate) fn run(
     let secrets = ctx.as_ref().map(|c| c.secrets.clone()).unwrap_or_default();
     match result {
         Ok(()) => Ok(ctx.map(|c| c.actions).unwrap_or_default()),
-        Err(e) => Err(mask_text(&describe(&e, limits), &secrets)),
+        Err(e) => Err(RunFailure {
+            message: mask_text(&describe(&e, limits), &secrets),
+            retryable: ctx.is_some_and(|c| c.transient_lookup_failure),
+        }),
     }
 }
 

@@ -43,20 +43,71 @@ impl Method {
     }
 }
 
+/// Why a lookup failed: a message fit for the operator, and whether trying again soon may
+/// help (a timeout, a refused connection, a 5xx, a 429) or not (a 404, an answer that is
+/// not JSON).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LookupError {
+    /// What happened.
+    pub message: String,
+    /// Whether the same call may succeed in a moment.
+    pub transient: bool,
+}
+
+impl LookupError {
+    /// A failure that trying again will not fix.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        LookupError {
+            message: message.into(),
+            transient: false,
+        }
+    }
+
+    /// A failure that may pass.
+    pub fn transient(message: impl Into<String>) -> Self {
+        LookupError {
+            message: message.into(),
+            transient: true,
+        }
+    }
+}
+
+impl std::fmt::Display for LookupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// The named services scripts may call (`http::get("customers", "/cards/1")`). Their base
 /// URLs, credentials and timeouts come from configuration, so scripts hold no secrets.
 pub trait Lookup: Send + Sync {
     /// Whether `service` is configured.
     fn configured(&self, service: &str) -> bool;
 
-    /// Calls `service`; the answer's JSON body, or an error fit for the operator.
+    /// Calls `service`; the answer's JSON body, or why not.
     fn call(
         &self,
         service: &str,
         method: Method,
         path: &str,
         body: Option<Value>,
-    ) -> BoxFuture<'static, Result<Value, String>>;
+    ) -> BoxFuture<'static, Result<Value, LookupError>>;
+}
+
+/// Why a route run failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunFailure {
+    /// The script's message, or the limit it hit (secret values masked).
+    pub message: String,
+    /// A lookup failed in a way that may pass (a timeout, a 5xx): the route is worth
+    /// running again in a moment.
+    pub retryable: bool,
+}
+
+impl std::fmt::Display for RunFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// No services at all.
@@ -73,9 +124,9 @@ impl Lookup for NoLookups {
         _method: Method,
         _path: &str,
         _body: Option<Value>,
-    ) -> BoxFuture<'static, Result<Value, String>> {
+    ) -> BoxFuture<'static, Result<Value, LookupError>> {
         let msg = format!("service `{service}` is not configured");
-        Box::pin(async move { Err(msg) })
+        Box::pin(async move { Err(LookupError::permanent(msg)) })
     }
 }
 
@@ -88,7 +139,7 @@ pub fn run_script(
     lookups: Arc<dyn Lookup>,
     limits: &RunLimits,
     handle: tokio::runtime::Handle,
-) -> Result<Vec<ActionSpec>, String> {
+) -> Result<Vec<ActionSpec>, RunFailure> {
     api::run(engine, ast, script, event, lookups, limits, handle)
 }
 
@@ -173,6 +224,7 @@ mod tests {
             &limits,
             rt.handle().clone(),
         )
+        .map_err(|f| f.message)
     }
 
     #[test]
@@ -216,33 +268,77 @@ mod tests {
 
     #[test]
     fn the_deadline_excludes_time_spent_in_lookups_but_bounds_the_script() {
-        let cfg = RoutesConfig::default();
+        /// A service that answers after 300 ms, or fails transiently.
+        struct Slow;
+        impl Lookup for Slow {
+            fn configured(&self, _service: &str) -> bool {
+                true
+            }
+            fn call(
+                &self,
+                service: &str,
+                _method: Method,
+                _path: &str,
+                _body: Option<Value>,
+            ) -> BoxFuture<'static, Result<Value, LookupError>> {
+                let down = service == "down";
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    if down {
+                        Err(LookupError::transient("HTTP 503"))
+                    } else {
+                        Ok(serde_json::json!({"phone": "+48500100200"}))
+                    }
+                })
+            }
+        }
+        let cfg = RoutesConfig {
+            // High enough that only the deadline can stop the loop below.
+            max_operations: u64::MAX,
+            ..RoutesConfig::default()
+        };
         let engine = engine::build(&cfg);
-        let ast = engine.compile("let x = 0; loop { x += 1; }").unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // Lookups wait on timers: a runtime with a worker of its own drives them.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
         let limits = RunLimits {
-            deadline: Duration::from_millis(50),
+            deadline: Duration::from_millis(100),
             lookup_timeout: Duration::from_secs(1),
             lookup_budget: Duration::from_secs(1),
         };
-        let started = std::time::Instant::now();
-        let e = run_script(
-            &engine,
-            &ast,
-            "t",
-            &event(),
-            Arc::new(NoLookups),
-            &limits,
-            rt.handle().clone(),
+        let run = |src: &str| {
+            let ast = engine.compile(src).unwrap();
+            run_script(
+                &engine,
+                &ast,
+                "t",
+                &event(),
+                Arc::new(Slow),
+                &limits,
+                rt.handle().clone(),
+            )
+        };
+        // 300 ms in a lookup, beyond the 100 ms deadline: not counted.
+        let actions = run(
+            r#"let c = http::get("customers", "/c/1"); sms::send(#{to: c.phone, text: "hi"});"#,
         )
-        .unwrap_err();
-        assert!(
-            e.contains("deadline") || e.contains("too many operations"),
-            "{e}"
-        );
-        assert!(started.elapsed() < Duration::from_secs(5));
+        .unwrap();
+        assert_eq!(actions.len(), 1);
+        // The script's own time is.
+        let started = std::time::Instant::now();
+        let e = run("let x = 0; loop { x += 1; }").unwrap_err();
+        assert!(e.message.starts_with("deadline of 100ms exceeded"), "{e}");
+        assert!(!e.retryable);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // A lookup that failed in a way that may pass makes the run worth retrying, even
+        // when the script's own message is what surfaces.
+        let e = run(r#"let c = http::get("down", "/c/1");"#).unwrap_err();
+        assert!(e.message.contains("HTTP 503"), "{e}");
+        assert!(e.retryable);
+        let e = run(r#"throw "no such customer";"#).unwrap_err();
+        assert!(!e.retryable);
     }
 }

@@ -1,16 +1,22 @@
 //! The route workers: they take events from the inbox, run their script, and record what
 //! it decided: the actions and the routed event in one atomic write, or the event parked
-//! as failed. One failing script never blocks the others.
+//! as failed. One failing script never blocks the others. A run that failed because a
+//! lookup timed out or its service was unavailable is run again after a short wait
+//! (`routes.lookup_retries`) before the event is parked; the event stays in the inbox
+//! meanwhile, so a restart picks it up too.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use tokio::sync::mpsc;
 
-use super::{Lookup, RunLimits, scripts::Scripts};
+use super::{
+    Lookup, RunFailure, RunLimits,
+    scripts::{Resolved, Scripts},
+};
 use crate::{
     config::RoutesConfig,
     event::{EventId, EventStatus},
@@ -25,8 +31,11 @@ pub struct Router {
     lookups: Arc<dyn Lookup>,
     limits: RunLimits,
     workers: usize,
+    retry_waits: Vec<Duration>,
     metrics: Arc<Metrics>,
     in_flight: Mutex<HashSet<EventId>>,
+    /// Runs of an event that failed on a transient lookup failure, so far.
+    retried: Mutex<HashMap<EventId, usize>>,
 }
 
 impl Router {
@@ -48,8 +57,10 @@ impl Router {
                 lookup_budget: cfg.lookup_budget.get(),
             },
             workers: cfg.workers.max(1),
+            retry_waits: cfg.lookup_retries.iter().map(|d| d.get()).collect(),
             metrics,
             in_flight: Mutex::new(HashSet::new()),
+            retried: Mutex::new(HashMap::new()),
         })
     }
 
@@ -70,11 +81,17 @@ impl Router {
                 loop {
                     let next = rx.lock().await.recv().await;
                     let Some(id) = next else { break };
-                    me.route(id).await;
-                    if let Ok(mut f) = me.in_flight.lock() {
-                        f.remove(&id);
+                    match me.route(id).await {
+                        // Still in flight (so not dispatched again) until the wait is over.
+                        Some(wait) => {
+                            let me = me.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(wait).await;
+                                me.release(id);
+                            });
+                        }
+                        None => me.release(id),
                     }
-                    me.store.signal_inbox();
                 }
             }));
         }
@@ -103,29 +120,46 @@ impl Router {
         }
     }
 
-    /// Routes one event.
-    pub async fn route(&self, id: EventId) {
+    fn release(&self, id: EventId) {
+        if let Ok(mut f) = self.in_flight.lock() {
+            f.remove(&id);
+        }
+        self.store.signal_inbox();
+    }
+
+    /// Routes one event. Returns a wait when the run should be tried again after it.
+    pub async fn route(&self, id: EventId) -> Option<Duration> {
         let event = match self.store.event(id) {
             Ok(Some(e)) if e.status == EventStatus::Received => e,
             Ok(_) => {
                 let _ = self.store.inbox_remove(id);
-                return;
+                return None;
+            }
+            Err(e @ crate::Error::Corrupt { .. }) => {
+                // Trying again cannot help: take it out of the inbox (the record stays).
+                tracing::error!(event_id = %id, error = %e, "an unreadable event cannot be routed; it leaves the inbox");
+                let _ = self.store.inbox_remove(id);
+                return None;
             }
             Err(e) => {
-                tracing::error!(event_id = %id, error = %e, "cannot read an event to route");
-                return;
+                tracing::error!(event_id = %id, error = %e, "cannot read an event to route; trying again in a second");
+                return Some(Duration::from_secs(1));
             }
         };
         let started = std::time::Instant::now();
         let script = self.scripts.resolve(&event.provider, &event.event_type);
-        let outcome = match &script {
-            None => {
+        let script_name = script.name().map(str::to_owned);
+        let outcome = match script {
+            Resolved::Missing => {
                 tracing::warn!(provider = %event.provider, event_type = %event.event_type, "no route script for this event; nothing to do");
                 Ok(Vec::new())
             }
-            Some((name, ast)) => {
-                let (engine, ast, name) =
-                    (self.scripts.engine().clone(), ast.clone(), name.clone());
+            Resolved::Broken(e) => Err(RunFailure {
+                message: format!("the script does not compile and has no good version: {e}"),
+                retryable: false,
+            }),
+            Resolved::Script(name, ast) => {
+                let engine = self.scripts.engine().clone();
                 let (ev, lookups, limits) = (event.clone(), self.lookups.clone(), self.limits);
                 let handle = tokio::runtime::Handle::current();
                 tokio::task::spawn_blocking(move || {
@@ -134,11 +168,26 @@ impl Router {
                 .await
                 .unwrap_or_else(|e| {
                     tracing::error!(event_id = %id, error = %e, "a route run panicked");
-                    Err("internal error: the route run stopped (see the log)".into())
+                    Err(RunFailure {
+                        message: "internal error: the route run stopped (see the log)".into(),
+                        retryable: false,
+                    })
                 })
             }
         };
-        let script_name = script.map(|(n, _)| n);
+        let retries = self
+            .retried
+            .lock()
+            .map(|mut r| {
+                if outcome.as_ref().is_err_and(|f| f.retryable) {
+                    let n = r.entry(id).or_insert(0);
+                    *n += 1;
+                    *n
+                } else {
+                    r.remove(&id).unwrap_or(0)
+                }
+            })
+            .unwrap_or(usize::MAX);
         let label = |outcome: &str| crate::metrics::RouteLabels {
             provider: event.provider.clone(),
             event_type: event.event_type.clone(),
@@ -158,10 +207,24 @@ impl Router {
                     Err(e) => tracing::error!(event_id = %id, error = %e, "cannot record a route"),
                 }
             }
-            Err(error) => {
+            Err(failure) if failure.retryable && retries <= self.retry_waits.len() => {
+                let wait = self.retry_waits[retries - 1];
+                self.metrics.routes.get_or_create(&label("retry")).inc();
+                tracing::warn!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = script_name.as_deref().unwrap_or("none"), error = %failure, retry_in = ?wait, "route failed on a lookup; running it again soon");
+                return Some(wait);
+            }
+            Err(failure) => {
+                if failure.retryable {
+                    if let Ok(mut r) = self.retried.lock() {
+                        r.remove(&id);
+                    }
+                }
                 self.metrics.routes.get_or_create(&label("failed")).inc();
-                tracing::warn!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = script_name.as_deref().unwrap_or("none"), error = %error, "route failed; the event is parked for replay");
-                if let Err(e) = self.store.route_failed(&event, script_name, error) {
+                tracing::warn!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = script_name.as_deref().unwrap_or("none"), error = %failure, "route failed; the event is parked for replay");
+                if let Err(e) = self
+                    .store
+                    .route_failed(&event, script_name, failure.message)
+                {
                     tracing::error!(event_id = %id, error = %e, "cannot record a failed route");
                 }
             }
@@ -169,5 +232,6 @@ impl Router {
         self.metrics
             .route_seconds
             .observe(started.elapsed().as_secs_f64());
+        None
     }
 }

@@ -39,6 +39,28 @@ impl std::fmt::Display for CompileError {
     }
 }
 
+/// Which script handles an event.
+#[derive(Clone)]
+pub enum Resolved {
+    /// This one (its relative path and compiled form).
+    Script(String, Arc<AST>),
+    /// The most specific script that exists does not compile and has no good version.
+    Broken(CompileError),
+    /// No script exists for it.
+    Missing,
+}
+
+impl Resolved {
+    /// The script's relative path, if one exists.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Resolved::Script(n, _) => Some(n),
+            Resolved::Broken(e) => Some(&e.file),
+            Resolved::Missing => None,
+        }
+    }
+}
+
 /// Where scripts come from.
 #[derive(Clone, Debug)]
 pub enum Source {
@@ -236,16 +258,31 @@ impl Scripts {
         }
     }
 
-    /// The script for an event, most specific first.
-    pub fn resolve(&self, provider: &str, event_type: &str) -> Option<(String, Arc<AST>)> {
-        let st = self.state.read().ok()?;
-        [
+    /// The script for an event, most specific first. A script file that exists but has
+    /// never compiled is not skipped for a less specific one: the event must wait for it.
+    pub fn resolve(&self, provider: &str, event_type: &str) -> Resolved {
+        let Ok(st) = self.state.read() else {
+            return Resolved::Missing;
+        };
+        for name in [
             format!("{provider}/{event_type}.rhai"),
             format!("{provider}/_default.rhai"),
             "_default.rhai".to_owned(),
-        ]
-        .into_iter()
-        .find_map(|n| st.asts.get(&n).map(|a| (n, a.clone())))
+        ] {
+            if let Some(ast) = st.asts.get(&name) {
+                return Resolved::Script(name, ast.clone());
+            }
+            if let Some(e) = st.errors.get(&name) {
+                return Resolved::Broken(e.clone());
+            }
+        }
+        Resolved::Missing
+    }
+
+    /// Whether `file` has a compiled version running (false for a script that has never
+    /// compiled).
+    pub fn runs(&self, file: &str) -> bool {
+        self.state.read().is_ok_and(|s| s.asts.contains_key(file))
     }
 
     /// Scripts that do not compile now.
@@ -279,9 +316,9 @@ mod tests {
         std::fs::write(dir.path().join("p/t.rhai"), "log::info(\"t\");").unwrap();
         let engine = Arc::new(crate::route::engine::build(&RoutesConfig::default()));
         let s = Scripts::load(engine, Source::Dir(dir.path().to_path_buf()));
-        assert_eq!(s.resolve("p", "t").unwrap().0, "p/t.rhai");
-        assert_eq!(s.resolve("p", "u").unwrap().0, "p/_default.rhai");
-        assert_eq!(s.resolve("q", "t").unwrap().0, "_default.rhai");
+        assert_eq!(s.resolve("p", "t").name().unwrap(), "p/t.rhai");
+        assert_eq!(s.resolve("p", "u").name().unwrap(), "p/_default.rhai");
+        assert_eq!(s.resolve("q", "t").name().unwrap(), "_default.rhai");
 
         std::fs::write(dir.path().join("p/t.rhai"), "log::info(\"t\"\n  let = ;").unwrap();
         let r = s.reload();
@@ -290,9 +327,8 @@ mod tests {
         assert_eq!(e.file, "p/t.rhai");
         assert_eq!(e.line, Some(2));
         assert!(e.column.is_some());
-        assert_eq!(
-            s.resolve("p", "t").unwrap().0,
-            "p/t.rhai",
+        assert!(
+            matches!(s.resolve("p", "t"), Resolved::Script(n, _) if n == "p/t.rhai"),
             "the last good version stays"
         );
         assert_eq!(s.errors().len(), 1);
@@ -302,6 +338,26 @@ mod tests {
         assert!(s.errors().is_empty());
         std::fs::remove_file(dir.path().join("p/t.rhai")).unwrap();
         assert_eq!(s.reload().removed, vec!["p/t.rhai".to_string()]);
-        assert_eq!(s.resolve("p", "t").unwrap().0, "p/_default.rhai");
+        assert_eq!(s.resolve("p", "t").name().unwrap(), "p/_default.rhai");
+    }
+
+    #[test]
+    fn a_script_that_never_compiled_holds_its_events_instead_of_falling_through() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("p")).unwrap();
+        std::fs::write(dir.path().join("_default.rhai"), "log::info(\"global\");").unwrap();
+        std::fs::write(dir.path().join("p/t.rhai"), "let = ;").unwrap();
+        let engine = Arc::new(crate::route::engine::build(&RoutesConfig::default()));
+        let s = Scripts::load(engine, Source::Dir(dir.path().to_path_buf()));
+        match s.resolve("p", "t") {
+            Resolved::Broken(e) => assert_eq!(e.file, "p/t.rhai"),
+            _ => panic!("a broken p/t.rhai must not fall through to _default.rhai"),
+        }
+        assert!(!s.runs("p/t.rhai"));
+        assert!(matches!(s.resolve("p", "u"), Resolved::Script(n, _) if n == "_default.rhai"));
+        std::fs::remove_file(dir.path().join("p/t.rhai")).unwrap();
+        s.reload();
+        assert!(s.errors().is_empty(), "a removed file's error goes with it");
+        assert!(matches!(s.resolve("p", "t"), Resolved::Script(n, _) if n == "_default.rhai"));
     }
 }

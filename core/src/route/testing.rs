@@ -1,8 +1,9 @@
 //! `switchboard test`: route scripts checked against test files that sit beside them
 //! (`routes/pomelo/tokenization_otp.test.toml`). Each case gives an event, the answers of
-//! the lookups the script may make, and the actions it must queue (or the error it must
+//! the lookups the script must make, and the actions it must queue (or the error it must
 //! fail with). Lookups are answered from the file; a lookup the file does not list fails
-//! the run.
+//! the run, a listed one the script does not make fails the case, and a listed `body`
+//! must be the one the script posts.
 //!
 //! ```toml
 //! [[case]]
@@ -23,7 +24,10 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Lookup, Method, RunLimits, scripts::Scripts};
+use super::{
+    Lookup, LookupError, Method, RunLimits,
+    scripts::{Resolved, Scripts},
+};
 use crate::{
     event::{Event, EventId, EventStatus},
     outbox::ActionSpec,
@@ -90,6 +94,9 @@ pub struct LookupStub {
     pub method: String,
     /// Path.
     pub path: String,
+    /// For `POST`: the body the script must send (not checked when absent).
+    #[serde(default)]
+    pub body: Option<Value>,
     /// The JSON answer.
     #[serde(default)]
     pub answer: Value,
@@ -106,7 +113,8 @@ fn get() -> String {
 struct Stubs {
     stubs: Vec<LookupStub>,
     services: Vec<String>,
-    made: Mutex<Vec<String>>,
+    /// Indexes of the stubs used.
+    used: Mutex<Vec<usize>>,
 }
 
 impl Lookup for Stubs {
@@ -120,30 +128,36 @@ impl Lookup for Stubs {
         service: &str,
         method: Method,
         path: &str,
-        _body: Option<Value>,
-    ) -> BoxFuture<'static, Result<Value, String>> {
-        let found = self
-            .stubs
-            .iter()
-            .find(|s| {
-                s.service == service
-                    && s.path == path
-                    && s.method.eq_ignore_ascii_case(method.as_str())
-            })
-            .cloned();
-        if let Ok(mut m) = self.made.lock() {
-            m.push(format!("{} {service}{path}", method.as_str()));
-        }
+        body: Option<Value>,
+    ) -> BoxFuture<'static, Result<Value, LookupError>> {
+        let found = self.stubs.iter().enumerate().find(|(_, s)| {
+            s.service == service && s.path == path && s.method.eq_ignore_ascii_case(method.as_str())
+        });
         let desc = format!("{} {service}{path}", method.as_str());
-        Box::pin(async move {
-            match found {
-                Some(LookupStub { fail: Some(f), .. }) => Err(f),
-                Some(s) => Ok(s.answer),
-                None => Err(format!(
-                    "unexpected lookup {desc} (the test file lists no answer for it)"
-                )),
+        let outcome = match found {
+            Some((i, stub)) => {
+                if let Ok(mut u) = self.used.lock() {
+                    u.push(i);
+                }
+                match (&stub.body, &body) {
+                    (Some(want), got) if got.as_ref() != Some(want) => {
+                        Err(LookupError::permanent(format!(
+                            "lookup {desc} posted {}, the test file expects {}",
+                            got.as_ref().map_or("no body".into(), |g| g.to_string()),
+                            want
+                        )))
+                    }
+                    _ => match &stub.fail {
+                        Some(f) => Err(LookupError::permanent(f.clone())),
+                        None => Ok(stub.answer.clone()),
+                    },
+                }
             }
-        })
+            None => Err(LookupError::permanent(format!(
+                "unexpected lookup {desc} (the test file lists no answer for it)"
+            ))),
+        };
+        Box::pin(async move { outcome })
     }
 }
 
@@ -243,32 +257,52 @@ fn run_case(
         route: None,
     };
     let resolved = scripts.resolve(&event.provider, &event.event_type);
-    let script = resolved.as_ref().map(|(n, _)| n.clone());
-    let Some((name, ast)) = resolved else {
-        return CaseResult {
-            file: file.to_path_buf(),
-            name: case.name,
-            script,
-            failure: Some(format!(
-                "no script for {}/{}",
-                event.provider, event.event_type
-            )),
-        };
+    let script = resolved.name().map(str::to_owned);
+    let (name, ast) = match resolved {
+        Resolved::Script(name, ast) => (name, ast),
+        Resolved::Broken(e) => {
+            return CaseResult {
+                file: file.to_path_buf(),
+                name: case.name,
+                script,
+                failure: Some(format!("the script does not compile: {e}")),
+            };
+        }
+        Resolved::Missing => {
+            return CaseResult {
+                file: file.to_path_buf(),
+                name: case.name,
+                script,
+                failure: Some(format!(
+                    "no script for {}/{}",
+                    event.provider, event.event_type
+                )),
+            };
+        }
     };
     let lookups = Arc::new(Stubs {
         stubs: case.lookup.clone(),
         services: case.services.clone(),
-        made: Mutex::new(Vec::new()),
+        used: Mutex::new(Vec::new()),
     });
     let outcome = super::run_script(
         scripts.engine(),
         &ast,
         &name,
         &event,
-        lookups,
+        lookups.clone(),
         limits,
         handle,
-    );
+    )
+    .map_err(|f| f.message);
+    let used = lookups.used.lock().map(|u| u.clone()).unwrap_or_default();
+    let unused: Vec<String> = case
+        .lookup
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !used.contains(i))
+        .map(|(_, s)| format!("{} {}{}", s.method.to_uppercase(), s.service, s.path))
+        .collect();
     let expected: Vec<ActionSpec> = case
         .expect
         .iter()
@@ -278,6 +312,10 @@ fn run_case(
         })
         .collect();
     let failure = match (outcome, &case.expect_error) {
+        _ if !unused.is_empty() => Some(format!(
+            "the script did not make the lookups the test file lists: {}",
+            unused.join(", ")
+        )),
         (Ok(actions), None) if actions == expected => None,
         (Ok(actions), None) => Some(format!(
             "actions differ\n  expected: {}\n  got:      {}",

@@ -59,14 +59,16 @@ pub struct RoutesView {
     pub source: String,
     /// The scripts running.
     pub scripts: Vec<String>,
-    /// Scripts that do not compile now (their last good version keeps running).
+    /// Scripts that do not compile now, each with whether its last good version runs.
     pub errors: Vec<CompileErrorView>,
 }
 
 /// Which events to replay.
 #[derive(Object, Debug, Clone)]
+#[oai(deny_unknown_fields)]
 pub struct EventSelector {
-    /// `failed`, `routed` or `quarantined`.
+    /// `failed` or `quarantined`. Routed events are replayed one by one
+    /// (`POST /admin/events/{id}/replay`): that sends their messages again.
     pub status: Status,
     /// Only this provider.
     pub provider: Option<String>,
@@ -77,8 +79,10 @@ pub struct EventSelector {
 
 /// Which deliveries to replay.
 #[derive(Object, Debug, Clone)]
+#[oai(deny_unknown_fields)]
 pub struct DeliverySelector {
-    /// `dead`, `retrying`, `pending` or `sent`.
+    /// `dead`, `retrying` or `pending`. Sent deliveries are sent again one by one
+    /// (`POST /admin/deliveries/{id}/replay`).
     pub status: Delivery,
     /// Only this channel.
     pub channel: Option<String>,
@@ -86,14 +90,16 @@ pub struct DeliverySelector {
     pub provider: Option<String>,
 }
 
-/// A bulk replay: the events to route again and the deliveries to send again.
+/// A bulk replay: the events to route again and the deliveries to send again (at least
+/// one of the two).
 #[derive(Object, Debug, Clone)]
+#[oai(deny_unknown_fields)]
 pub struct ReplayRequest {
     /// Events whose route runs again.
     pub events: Option<EventSelector>,
     /// Deliveries attempted again now.
     pub deliveries: Option<DeliverySelector>,
-    /// At most this many of each (default 1000, at most 10000).
+    /// At most this many of each, 1 to 10000 (default 1000).
     pub limit: Option<u32>,
 }
 
@@ -180,7 +186,19 @@ pub struct AdminApi {
 }
 
 /// Most items a bulk replay touches.
+const PAGE_SIZE: &str = "`limit` must be 1 to 500.";
+
+/// A page size: 50 by default, 1 to 500 when given.
+fn page_size(limit: Option<u32>) -> Option<usize> {
+    match limit {
+        None => Some(50),
+        Some(l @ 1..=500) => Some(l as usize),
+        Some(_) => None,
+    }
+}
+
 const BULK_MAX: usize = 10_000;
+const BULK_MAX_U32: u32 = BULK_MAX as u32;
 
 impl AdminApi {
     /// The API; without a token it refuses everything.
@@ -207,7 +225,9 @@ impl AdminApi {
                 return ListAnswer::BadRequest(body("bad_request", "`before` is not an event id"));
             }
         };
-        let limit = limit.unwrap_or(50).clamp(1, 500) as usize;
+        let Some(limit) = page_size(limit) else {
+            return ListAnswer::BadRequest(body("bad_request", PAGE_SIZE));
+        };
         match store.events(&filter, before, limit) {
             Ok(page) => ListAnswer::Page(Json(EventPage {
                 items: page
@@ -233,7 +253,13 @@ impl AdminApi {
         let reparsed = match e.status {
             EventStatus::Received => return Ok(ReplayOutcome::Waiting),
             EventStatus::Quarantined => {
-                match reparse(&e.provider, &e.event_type, &e.body, &ctx.limits) {
+                match reparse(
+                    &e.provider,
+                    &e.event_type,
+                    &e.body,
+                    &ctx.limits,
+                    &ctx.verestro_keys,
+                ) {
                     Ok(r) => Some((r.event_type, r.data, r.flags)),
                     Err(reason) => return Ok(ReplayOutcome::Unparseable(reason)),
                 }
@@ -447,7 +473,9 @@ impl AdminApi {
             channel: channel.0,
             provider: provider.0,
         };
-        let limit = limit.0.unwrap_or(50).clamp(1, 500) as usize;
+        let Some(limit) = page_size(limit.0) else {
+            return DeliveriesAnswer::BadRequest(body("bad_request", PAGE_SIZE));
+        };
         match store.actions(&filter, before, limit) {
             Ok((items, next)) => DeliveriesAnswer::Page(Json(DeliveryPage {
                 items: items.into_iter().map(|a| action(a, self.reveal)).collect(),
@@ -536,19 +564,54 @@ impl AdminApi {
         if !self.authorized(&token) {
             return bulk_bad_request(poem_openapi::error::AuthorizationError.into());
         }
-        let limit = request.limit.unwrap_or(1000).clamp(1, BULK_MAX as u32) as usize;
+        if request.events.is_none() && request.deliveries.is_none() {
+            return BulkReplayAnswer::BadRequest(body(
+                "bad_request",
+                "Say what to replay: `events`, `deliveries` or both.",
+            ));
+        }
+        let limit = match request.limit {
+            None => 1000,
+            Some(l @ 1..=BULK_MAX_U32) => l as usize,
+            Some(_) => {
+                return BulkReplayAnswer::BadRequest(body(
+                    "bad_request",
+                    "`limit` must be 1 to 10000.",
+                ));
+            }
+        };
         let mut summary = ReplaySummary {
             events: 0,
             deliveries: 0,
             still_unparseable: 0,
         };
+        // Checked before anything is replayed, so that a refusal changes nothing.
+        if request
+            .events
+            .as_ref()
+            .is_some_and(|sel| !matches!(sel.status, Status::Failed | Status::Quarantined))
+        {
+            return BulkReplayAnswer::BadRequest(body(
+                "bad_request",
+                "Only `failed` and `quarantined` events are replayed in bulk: received ones are \
+                 already waiting for their route, and routing a routed event again sends its \
+                 messages again (replay those one by one).",
+            ));
+        }
+        if request.deliveries.as_ref().is_some_and(|sel| {
+            !matches!(
+                sel.status,
+                Delivery::Dead | Delivery::Retrying | Delivery::Pending
+            )
+        }) {
+            return BulkReplayAnswer::BadRequest(body(
+                "bad_request",
+                "Only `dead`, `retrying` and `pending` deliveries are replayed in bulk: a sent \
+                 one would be sent twice, an expired one is no longer valid (replay those one \
+                 by one if you must).",
+            ));
+        }
         if let Some(sel) = &request.events {
-            if sel.status == Status::Received {
-                return BulkReplayAnswer::BadRequest(body(
-                    "bad_request",
-                    "Received events are already waiting for their route.",
-                ));
-            }
             let filter = EventFilter {
                 provider: sel.provider.clone(),
                 event_type: sel.event_type.clone(),
@@ -646,7 +709,15 @@ impl AdminApi {
         RoutesAnswer::Routes(Json(RoutesView {
             source,
             scripts: ctx.scripts.names(),
-            errors: ctx.scripts.errors().into_iter().map(Into::into).collect(),
+            errors: ctx
+                .scripts
+                .errors()
+                .into_iter()
+                .map(|e| {
+                    let running = ctx.scripts.runs(&e.file);
+                    CompileErrorView::new(e, running)
+                })
+                .collect(),
         }))
     }
 }

@@ -62,6 +62,8 @@ pub enum Delivery {
     Sent,
     /// Failed for good; replayable.
     Dead,
+    /// Not sent: its `valid_for` ran out first (an OTP nobody can use any more).
+    Expired,
 }
 
 impl From<Delivery> for DeliveryStatus {
@@ -72,6 +74,7 @@ impl From<Delivery> for DeliveryStatus {
             Delivery::Retrying => DeliveryStatus::Retrying,
             Delivery::Sent => DeliveryStatus::Sent,
             Delivery::Dead => DeliveryStatus::Dead,
+            Delivery::Expired => DeliveryStatus::Expired,
         }
     }
 }
@@ -84,11 +87,12 @@ impl From<DeliveryStatus> for Delivery {
             DeliveryStatus::Retrying => Delivery::Retrying,
             DeliveryStatus::Sent => Delivery::Sent,
             DeliveryStatus::Dead => Delivery::Dead,
+            DeliveryStatus::Expired => Delivery::Expired,
         }
     }
 }
 
-/// The last run of an event's route.
+/// The route of an event: its last run, and the actions of every run.
 #[derive(Object, Debug, Clone)]
 #[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub struct RouteView {
@@ -100,7 +104,7 @@ pub struct RouteView {
     pub runs: u32,
     /// Why it failed.
     pub error: Option<String>,
-    /// Ids of the actions it queued.
+    /// Ids of the actions its runs queued, oldest first (a replay adds to them).
     pub actions: Vec<String>,
 }
 
@@ -153,8 +157,8 @@ pub struct AttemptView {
     pub started_at: String,
     /// When it ended.
     pub finished_at: Option<String>,
-    /// `in_flight`, `sent`, `failed`, `rejected` (permanent) or `interrupted` (the process
-    /// stopped during it; it was resumed).
+    /// `in_flight`, `sent`, `failed`, `rejected` (permanent), `interrupted` (the process
+    /// stopped during it; it was resumed) or `expired` (not attempted: no longer valid).
     pub outcome: String,
     /// Why it failed.
     pub error: Option<String>,
@@ -200,15 +204,20 @@ pub struct CompileErrorView {
     pub column: Option<u64>,
     /// What is wrong.
     pub message: String,
+    /// Whether a last good version runs meanwhile. If not, the events it would handle are
+    /// parked as `failed` (replay them once it compiles).
+    pub running: bool,
 }
 
-impl From<CompileError> for CompileErrorView {
-    fn from(e: CompileError) -> Self {
+impl CompileErrorView {
+    /// The error, and whether a good version of its script runs.
+    pub fn new(e: CompileError, running: bool) -> Self {
         CompileErrorView {
             file: e.file,
             line: e.line.map(|l| l as u64),
             column: e.column.map(|c| c as u64),
             message: e.message,
+            running,
         }
     }
 }
@@ -220,6 +229,7 @@ fn outcome(o: AttemptOutcome) -> &'static str {
         AttemptOutcome::Failed => "failed",
         AttemptOutcome::Rejected => "rejected",
         AttemptOutcome::Interrupted => "interrupted",
+        AttemptOutcome::Expired => "expired",
     }
 }
 

@@ -232,7 +232,10 @@ impl Smtp {
                 tokio::spawn(close(conn));
                 Err(e.into())
             }
-            Err(_) => Err(Failure::Io(format!("no answer within {:?}", self.timeout))),
+            Err(_) => Err(Failure::Timeout(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
         }
     }
 
@@ -245,9 +248,8 @@ impl Smtp {
     ) -> std::result::Result<Response, Failure> {
         if let Some(conn) = self.checkout() {
             match self.transact(conn, envelope, body).await {
-                // The server answered: that is the outcome, whatever it is.
                 Ok(resp) => return Ok(resp),
-                Err(e) if e.answered() => return Err(e),
+                Err(e) if !e.reconnect() => return Err(e),
                 // The connection died while idle (the server timed it out, a proxy dropped
                 // it): try once more on a new one.
                 Err(e) => {
@@ -257,7 +259,7 @@ impl Smtp {
         }
         let conn = tokio::time::timeout(self.timeout, self.connect())
             .await
-            .map_err(|_| Failure::Io(format!("cannot connect within {:?}", self.timeout)))??;
+            .map_err(|_| Failure::Timeout(format!("cannot connect within {:?}", self.timeout)))??;
         self.transact(conn, envelope, body).await
     }
 }
@@ -273,12 +275,20 @@ async fn close(mut conn: AsyncSmtpConnection) {
 enum Failure {
     Smtp(SmtpError),
     Io(String),
+    /// The server did not answer in time: it may still accept the message.
+    Timeout(String),
 }
 
 impl Failure {
-    /// The server answered with a 4xx or 5xx code: the outcome, not a broken connection.
-    fn answered(&self) -> bool {
-        matches!(self, Failure::Smtp(e) if e.is_permanent() || e.is_transient())
+    /// Whether sending again on a new connection, at once, is safe: only when the old
+    /// connection broke without an answer. Not after an SMTP reply (that is the outcome),
+    /// nor after a timeout (a slow server may still take the first copy).
+    fn reconnect(&self) -> bool {
+        match self {
+            Failure::Smtp(e) => !(e.is_permanent() || e.is_transient()),
+            Failure::Io(_) => true,
+            Failure::Timeout(_) => false,
+        }
     }
 
     fn permanent(&self) -> bool {
@@ -290,7 +300,7 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Smtp(e) => e.fmt(f),
-            Failure::Io(e) => f.write_str(e),
+            Failure::Io(e) | Failure::Timeout(e) => f.write_str(e),
         }
     }
 }

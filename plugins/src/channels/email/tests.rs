@@ -17,6 +17,7 @@ fn action(payload: serde_json::Value) -> Action {
         received_at: chrono::Utc::now(),
         due_ms: None,
         secrets: vec![],
+        schedule_from: 0,
     }
 }
 

@@ -30,6 +30,9 @@ impl Channel for Http {
             ) else {
                 return SendResult::Permanent("no `service` or `path`".into());
             };
+            if let Err(e) = self.services.check(service, path) {
+                return SendResult::Permanent(e);
+            }
             let mut extra = HeaderMap::new();
             if let Ok(v) = HeaderValue::from_str(&action.id.to_string()) {
                 extra.insert("idempotency-key", v);
@@ -41,7 +44,6 @@ impl Channel for Http {
                 .await
             {
                 Ok(reply) => classify(reply.status, &reply.headers),
-                Err(e) if !self.services.has(service) => SendResult::Permanent(e),
                 Err(e) => SendResult::Retry {
                     error: e,
                     after: None,

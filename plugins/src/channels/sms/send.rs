@@ -33,13 +33,35 @@ fn json_str(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
 
-/// The JSON template with its placeholders filled in.
+/// The JSON template with its placeholders filled in, in one pass: a value that itself
+/// contains `{{from}}` (a merchant's name, say) stays text.
 pub fn render(template: &str, to: &str, text: &str, from: &str, id: &str) -> String {
-    template
-        .replace("{{to}}", &json_str(to))
-        .replace("{{text}}", &json_str(text))
-        .replace("{{from}}", &json_str(from))
-        .replace("{{id}}", &json_str(id))
+    let mut out = String::with_capacity(template.len() + text.len() + 64);
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        let value = [
+            ("{{to}}", to),
+            ("{{text}}", text),
+            ("{{from}}", from),
+            ("{{id}}", id),
+        ]
+        .into_iter()
+        .find(|(name, _)| after.starts_with(name));
+        match value {
+            Some((name, v)) => {
+                out.push_str(&json_str(v));
+                rest = &after[name.len()..];
+            }
+            None => {
+                out.push_str("{{");
+                rest = &after[2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 impl Gateway {
@@ -109,9 +131,10 @@ impl Channel for Gateway {
             }
             let id = action.id.to_string();
             let mut extra = HeaderMap::new();
+            // For gateways that de-duplicate on it. Twilio's Messages API does not: a
+            // message resumed after a crash may be sent twice (at least once).
             if let Ok(v) = HeaderValue::from_str(&id) {
-                extra.insert("idempotency-key", v.clone());
-                extra.insert("i-twilio-idempotency-token", v);
+                extra.insert("idempotency-key", v);
             }
             let req = match self.kind {
                 SmsKind::Twilio => self

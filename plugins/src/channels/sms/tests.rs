@@ -11,6 +11,19 @@ fn templates_escape_what_they_fill_in() {
     );
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["msg"], "say \"hi\"\n");
+    // A value holding a placeholder stays text: each is filled in once, in one pass.
+    let body = render(
+        r#"{"to": {{to}}, "msg": {{text}}, "from": {{from}}, "ref": {{id}}, "x": "{{y}}"}"#,
+        "+48500",
+        "pay at Shop {{from}} {{id}}",
+        "Bank",
+        "id1",
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["msg"], "pay at Shop {{from}} {{id}}");
+    assert_eq!(v["from"], "Bank");
+    assert_eq!(v["ref"], "id1");
+    assert_eq!(v["x"], "{{y}}");
 }
 
 #[test]

@@ -160,6 +160,11 @@ struct Headers {
 }
 
 impl VerestroApi {
+    /// The decryption keys (shared), e.g. to decrypt a quarantined body on replay.
+    pub fn keys(&self) -> Keys {
+        self.inner.keys.clone()
+    }
+
     /// The API with these keys and pins.
     pub fn new(cfg: VerestroConfig, keys: Keys, pins: Pins) -> Self {
         VerestroApi {
@@ -254,19 +259,6 @@ impl VerestroApi {
             meta.insert("client_subject".into(), peer.subject.clone());
             meta.insert("client_sha256".into(), peer.sha256.clone());
         }
-        let plaintext =
-            match self.plaintext(endpoint, headers.encrypted.as_deref(), &raw, &mut meta) {
-                Ok(p) => p,
-                Err(code) => {
-                    tracing::info!(
-                        provider = NAME,
-                        endpoint,
-                        detail = code.as_str(),
-                        "request refused"
-                    );
-                    return Answer::stored(&detail(422, code));
-                }
-            };
         if let Some(pk) = &headers.public_key {
             // Kept with the event for answers that carry data (ours do not).
             meta.insert("public_key".into(), pk.clone());
@@ -274,39 +266,75 @@ impl VerestroApi {
                 meta.insert("public_key_unusable".into(), "true".into());
             }
         }
-        let (content, response) = match parse_json_lenient::<T>(&plaintext, &ctx.limits) {
-            Ok(parsed) => {
-                let mut flags = parsed.flags;
-                flags.extend(parsed.value.remarks(endpoint));
-                (
-                    Content::Parsed {
-                        data: parsed.data,
-                        flags,
-                    },
-                    StoredResponse::empty(204),
-                )
-            }
-            Err(reason) => (
-                Content::Quarantined { reason },
-                detail(422, ErrorCode::InvalidPayload),
-            ),
-        };
+        // A body that cannot be decrypted (or is plaintext where encryption is required)
+        // came over the authenticated connection all the same, and Verestro never sends it
+        // again after our 422: it is kept in quarantine, as it arrived, to be replayed once
+        // the key (or the policy) is fixed.
+        let (body, content, response) =
+            match self.plaintext(endpoint, headers.encrypted.as_deref(), &raw, &mut meta) {
+                Ok(plaintext) => match parse_json_lenient::<T>(&plaintext, &ctx.limits) {
+                    Ok(parsed) => {
+                        let mut flags = parsed.flags;
+                        flags.extend(parsed.value.remarks(endpoint));
+                        (
+                            plaintext,
+                            Content::Parsed {
+                                data: parsed.data,
+                                flags,
+                            },
+                            StoredResponse::empty(204),
+                        )
+                    }
+                    Err(reason) => (
+                        plaintext,
+                        Content::Quarantined { reason },
+                        detail(422, ErrorCode::InvalidPayload),
+                    ),
+                },
+                Err(code) => {
+                    tracing::info!(
+                        provider = NAME,
+                        endpoint,
+                        detail = code.as_str(),
+                        "request refused; its body is kept in quarantine"
+                    );
+                    meta.insert("refused".into(), code.as_str().into());
+                    (
+                        raw,
+                        Content::Quarantined {
+                            reason: refusal_reason(code),
+                        },
+                        detail(422, code),
+                    )
+                }
+            };
         let response = match seal(response, headers.public_key.as_deref()) {
             Ok(r) => r,
             Err(code) => return Answer::stored(&detail(422, code)),
         };
         let path = format!("{}/notifications/{endpoint}", self.inner.cfg.path_prefix);
         let (key, on_conflict) = match headers.idempotency_key.as_deref().map(str::trim) {
-            Some(k) if !k.is_empty() && k.len() <= 200 => {
-                meta.insert("idempotency_key".into(), k.to_owned());
+            Some(k) if !k.is_empty() => {
+                // An overlong key still identifies its request: by its hash.
+                let k = if k.len() <= 200 {
+                    k.to_owned()
+                } else {
+                    format!("sha256:{}", fingerprint(k.as_bytes()))
+                };
+                meta.insert("idempotency_key".into(), k.clone());
                 (
                     format!("key:{k}"),
                     OnConflict::Reject(detail(422, ErrorCode::IdempotencyKeyReused)),
                 )
             }
-            // No key (card lock/unlock document none): endpoint + body hash.
+            // No key (card lock/unlock document none): endpoint + body hash, and for a
+            // refused body the refusal too (the same bytes sent with and without
+            // `Encrypted-Request` are different requests).
             _ => (
-                format!("{path}#{}", fingerprint(&plaintext)),
+                match meta.get("refused") {
+                    Some(code) => format!("{path}#{code}#{}", fingerprint(&body)),
+                    None => format!("{path}#{}", fingerprint(&body)),
+                },
                 OnConflict::KeepAndFlag,
             ),
         };
@@ -315,7 +343,7 @@ impl VerestroApi {
             endpoint: path,
             event_type: endpoint.into(),
             key,
-            body: plaintext,
+            body,
             content,
             on_conflict,
             meta,
@@ -329,8 +357,22 @@ impl VerestroApi {
     }
 }
 
+/// Why an authenticated body was refused, for the quarantine.
+fn refusal_reason(code: ErrorCode) -> String {
+    let why = match code {
+        ErrorCode::CantDecryptPayload => {
+            "no active key decrypts the token, or its algorithm or headers are refused"
+        }
+        ErrorCode::EncryptionRequired => {
+            "plaintext on an endpoint where `require_encryption` asks for JWE"
+        }
+        _ => "the encrypted envelope or its token is malformed",
+    };
+    format!("{}: {why}", code.as_str())
+}
+
 /// The JWE token of an `{"payload": "<JWE>"}` body.
-fn envelope(raw: &[u8]) -> Option<String> {
+pub fn envelope(raw: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(raw).ok()?;
     let obj = v.as_object()?;
     if obj.len() != 1 {

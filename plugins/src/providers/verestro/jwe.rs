@@ -51,9 +51,10 @@ struct Key {
     public_pem: String,
 }
 
-/// The active decryption keys, newest first.
+/// The active decryption keys, newest first. Cheap to clone (shared).
+#[derive(Clone)]
 pub struct Keys {
-    keys: Vec<Key>,
+    keys: std::sync::Arc<Vec<Key>>,
     max_len: usize,
 }
 
@@ -102,7 +103,7 @@ impl Keys {
             });
         }
         Ok(Keys {
-            keys,
+            keys: std::sync::Arc::new(keys),
             max_len: cfg.max_token_length.as_usize(),
         })
     }
@@ -110,7 +111,7 @@ impl Keys {
     /// No keys: every encrypted request is refused.
     pub fn none() -> Self {
         Keys {
-            keys: Vec::new(),
+            keys: std::sync::Arc::new(Vec::new()),
             max_len: 0,
         }
     }
@@ -176,11 +177,14 @@ pub fn policy(token: &str, max_len: usize) -> Result<Map<String, Value>, JweErro
     if parts.len() != 5 || parts[0].is_empty() || parts[3].is_empty() {
         return Err(JweError::Invalid);
     }
-    if parts[1..]
-        .iter()
-        .any(|p| URL_SAFE_NO_PAD.decode(p).is_err())
-    {
-        return Err(JweError::Invalid);
+    let mut decoded = Vec::with_capacity(4);
+    for p in &parts[1..] {
+        decoded.push(URL_SAFE_NO_PAD.decode(p).map_err(|_| JweError::Invalid)?);
+    }
+    // A256GCM: a 96-bit IV and a full 128-bit tag. A shorter tag would make forgery a
+    // matter of a few hundred tries; an empty IV makes OpenSSL panic.
+    if decoded[0].is_empty() || decoded[1].len() != 12 || decoded[3].len() != 16 {
+        return Err(JweError::CantDecrypt);
     }
     let header = URL_SAFE_NO_PAD
         .decode(parts[0])
@@ -290,6 +294,26 @@ mod tests {
             Err(JweError::Invalid)
         );
         assert!(generate(1024).is_err());
+
+        // The IV and the tag must have A256GCM's sizes: an empty IV used to make OpenSSL
+        // panic, a truncated tag made forgeries cheap.
+        let token = encrypt(&new_public, b"{\"amount\":1000}").unwrap();
+        let parts: Vec<&str> = token.split('.').collect();
+        let with = |i: usize, v: &str| {
+            let mut p = parts.clone();
+            p[i] = v;
+            p.join(".")
+        };
+        let tag = URL_SAFE_NO_PAD.decode(parts[4]).unwrap();
+        for bad in [
+            with(2, ""),
+            with(2, &URL_SAFE_NO_PAD.encode([0u8; 8])),
+            with(4, &URL_SAFE_NO_PAD.encode(&tag[..12])),
+            with(4, &URL_SAFE_NO_PAD.encode(&tag[..1])),
+            with(1, ""),
+        ] {
+            assert_eq!(keys.decrypt(&bad), Err(JweError::CantDecrypt), "{bad}");
+        }
     }
 
     #[test]

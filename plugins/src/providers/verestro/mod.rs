@@ -126,13 +126,28 @@ fn parse<T: poem_openapi::types::ParseFromJSON + poem_openapi::types::ToJSON + m
     })
 }
 
-/// Parses a stored (decrypted) body again as the endpoint it arrived on (the event type).
+/// Parses a stored body again as the endpoint it arrived on (the event type). A body kept
+/// as it arrived because it could not be decrypted then is decrypted with today's keys.
 pub fn reparse(
     endpoint: &str,
     body: &[u8],
     limits: &crate::http::Limits,
+    keys: &jwe::Keys,
 ) -> Result<super::Reparsed, String> {
     use model::*;
+    let decrypted;
+    let body = match api::envelope(body) {
+        Some(token) => {
+            decrypted = keys.decrypt(&token).map_err(|e| match e {
+                jwe::JweError::Invalid => "the encrypted token is malformed".to_owned(),
+                jwe::JweError::CantDecrypt => {
+                    "no active key decrypts the token (or its algorithm is refused)".to_owned()
+                }
+            })?;
+            decrypted.plaintext.as_slice()
+        }
+        None => body,
+    };
     match endpoint {
         "otp" => parse::<OtpNotification>(endpoint, body, limits),
         "verificationInProgress" | "verificationAccepted" | "verificationRejected" => {
