@@ -474,6 +474,31 @@ async fn a_permanent_failure_ends_dead_and_an_admin_replay_delivers_it() {
     assert_eq!(dead["attempts"][0]["outcome"], "rejected");
     assert!(s.logs().contains("delivery dead"));
 
+    // A replay before the cause is fixed gets a whole new schedule, not one last try.
+    let r = c
+        .post(s.url(&format!("/admin/deliveries/{email_id}/replay")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let dead = until(
+        &c,
+        &s,
+        &format!("/admin/deliveries/{email_id}"),
+        "dead again after a full schedule",
+        |a| a["status"] == "dead" && a["attempts"].as_array().is_some_and(|t| t.len() == 8),
+    )
+    .await;
+    assert!(
+        dead["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["outcome"] == "failed"),
+        "{dead}"
+    );
+
     // The causes are fixed; the operator replays: one through the API, the rest in bulk
     // through the CLI.
     std::fs::remove_file(&hold).unwrap();
@@ -584,4 +609,133 @@ async fn a_process_killed_mid_delivery_completes_every_action_after_restart() {
         s.logs()
             .contains("resuming deliveries interrupted by a stop")
     );
+}
+
+#[tokio::test]
+async fn an_otp_past_its_valid_for_is_never_sent_late() {
+    let dir = Dir::new();
+    let hold = dir.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let sink = SmtpSink::start(dir.path(), &["--hold-file", hold.to_str().unwrap()]);
+    crate::routes::write(
+        dir.path(),
+        "pomelo/tokenization_otp.rhai",
+        r#"email::send(#{ to: "jan@example.com", subject: "Code", text: `Code ${event.data.otp}`, valid_for: "1500ms" });"#,
+    );
+    // A schedule that would go on retrying well past the message's validity.
+    let tail = format!(
+        "{}{}[delivery]\nschedule = [{}]\njitter = 0.0\n",
+        smtp(sink.port),
+        crate::routes::routes_config(dir.path(), "1s"),
+        vec!["\"300ms\""; 12].join(", ")
+    );
+    let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
+    let c = client();
+    assert_eq!(
+        pomelo_request(&c, &s, &pomelo_otp("555111", "EMAIL"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let a = the_action(&c, &s, "pomelo").await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    let expired = until_status(&c, &s, &id, "expired").await;
+    let attempts = expired["attempts"].as_array().unwrap();
+    let outcomes: Vec<&str> = attempts
+        .iter()
+        .map(|t| t["outcome"].as_str().unwrap())
+        .collect();
+    assert!(outcomes.len() >= 3, "tried while valid: {outcomes:?}");
+    assert!(
+        outcomes[..outcomes.len() - 1]
+            .iter()
+            .all(|o| *o == "failed"),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes.last(), Some(&"expired"));
+    assert!(
+        attempts.last().unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("valid for 1500ms"),
+        "{expired}"
+    );
+    assert!(outcomes.len() < 12, "expired before the schedule ran out");
+    // The SMTP server recovers: the stale code is still not sent.
+    std::fs::remove_file(&hold).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(sink.mails().is_empty(), "an expired OTP is never sent");
+    assert_eq!(
+        admin(&c, &s, &format!("/admin/deliveries/{id}")).await["status"],
+        "expired"
+    );
+}
+
+#[tokio::test]
+async fn a_lookup_that_fails_for_a_moment_is_retried_and_one_that_is_refused_is_not() {
+    let dir = Dir::new();
+    let sink = SmtpSink::start(dir.path(), &[]);
+    let customers = Recorder::start().await;
+    customers.plan("/cards/card_gone/", vec![Reply::status(404)]);
+    customers.plan(
+        "/cards/",
+        vec![
+            Reply::status(503),
+            Reply::status(503),
+            Reply::json(json!({"phone": "+48500100200", "email": "jan@example.com"})),
+        ],
+    );
+    let tail = format!(
+        "{}{}[routes]\nlookup_retries = [\"200ms\", \"300ms\", \"300ms\"]\n",
+        smtp(sink.port),
+        service("customers", &customers, ""),
+    );
+    let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
+    let c = client();
+    assert_eq!(
+        pomelo_request(&c, &s, &pomelo_otp("246810", "EMAIL"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    // Two 503s, then the answer: the email goes out once.
+    let mails = sink.wait_for(1, Duration::from_secs(20)).await;
+    assert!(mails[0].data.contains("246810"));
+    assert_eq!(customers.to("/cards/card_123456789/holder").len(), 3);
+    let e = routed_event(&c, &s, "pomelo").await;
+    assert_eq!(e["status"], "routed", "{e}");
+    assert_eq!(e["actions"].as_array().unwrap().len(), 1, "{e}");
+
+    // A 404 will not change by waiting: the event fails at once, to be replayed.
+    let body = serde_json::to_vec(&json!({
+        "token": {"origin": "APPLE_PAY", "card_id": "card_gone", "user_id": "user_1"},
+        "otp": "135790", "to": "m***@example.com", "contact_method": "EMAIL",
+    }))
+    .unwrap();
+    assert_eq!(
+        pomelo_request(&c, &s, &body).send().await.unwrap().status(),
+        204
+    );
+    let failed = until(
+        &c,
+        &s,
+        "/admin/events?status=failed",
+        "the event failed",
+        |p| p["items"].as_array().is_some_and(|a| a.len() == 1),
+    )
+    .await;
+    let error = failed["items"][0]["route"]["error"].as_str().unwrap_or("");
+    assert!(error.contains("HTTP 404"), "{failed}");
+    assert_eq!(failed["items"][0]["route"]["runs"], 1, "{failed}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        customers.to("/cards/card_gone/holder").len(),
+        1,
+        "no retry of a refused lookup"
+    );
+    assert_eq!(sink.mails().len(), 1);
 }

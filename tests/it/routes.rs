@@ -8,13 +8,13 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-fn write(dir: &Path, name: &str, text: &str) {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) {
     let p = dir.join("routes").join(name);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, text).unwrap();
 }
 
-fn routes_config(dir: &Path, reload: &str) -> String {
+pub(crate) fn routes_config(dir: &Path, reload: &str) -> String {
     format!(
         "[routes]\ndir = \"{}\"\nreload_interval = \"{reload}\"\n",
         dir.join("routes").display()
@@ -501,5 +501,80 @@ fn init_writes_a_working_installation() {
     assert_eq!(
         std::fs::read(dir.path().join("secrets/admin-token")).unwrap(),
         before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_broken_from_the_start_fails_its_events_until_fixed_and_replayed() {
+    let dir = Dir::new();
+    // A catch-all that would happily take the event if the broken script were skipped.
+    write(dir.path(), "_default.rhai", "log::info(\"catch-all\");");
+    write(
+        dir.path(),
+        "pomelo/tokenization_otp.rhai",
+        "log::info(\"fixed\"\nlet = ;\n",
+    );
+    let tail = routes_config(dir.path(), "100ms");
+    let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
+    let c = client();
+    assert_eq!(
+        pomelo_request(&c, &s, &pomelo_body("424242"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204,
+        "the event is stored and answered whatever its route"
+    );
+    let failed = until(
+        &c,
+        &s,
+        "/admin/events?status=failed",
+        "the event failed",
+        |p| p["items"].as_array().is_some_and(|a| a.len() == 1),
+    )
+    .await;
+    let e = &failed["items"][0];
+    let error = e["route"]["error"].as_str().unwrap();
+    assert!(error.contains("pomelo/tokenization_otp.rhai"), "{e}");
+    assert!(error.contains("compile"), "{e}");
+    assert!(
+        e["actions"].as_array().is_none_or(|a| a.is_empty()),
+        "the catch-all did not run: {e}"
+    );
+    // Still ready (notifications are accepted and kept), but it says what is wrong.
+    let ready = c.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert!(
+        ready["checks"].to_string().contains("no good version"),
+        "{ready}"
+    );
+
+    // Fixed, then replayed: the event is routed by its own script.
+    write(
+        dir.path(),
+        "pomelo/tokenization_otp.rhai",
+        "log::info(\"fixed\");",
+    );
+    until(&c, &s, "/admin/routes", "the fix loaded", |r| {
+        r["errors"].as_array().is_some_and(|e| e.is_empty())
+    })
+    .await;
+    let id = e["id"].as_str().unwrap();
+    let r = c
+        .post(s.url(&format!("/admin/events/{id}/replay")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let routed = until(&c, &s, &format!("/admin/events/{id}"), "routed", |e| {
+        e["status"] == "routed"
+    })
+    .await;
+    assert_eq!(
+        routed["actions"][0]["payload"]["message"], "fixed",
+        "{routed}"
     );
 }

@@ -605,3 +605,84 @@ async fn the_onboarding_commands_end_with_a_simulated_otp_stored() {
     assert_eq!(evs.len(), 4);
     assert!(evs.iter().all(|e| e["meta"]["jwe_alg"] == "RSA-OAEP-256"));
 }
+
+#[tokio::test]
+async fn a_body_no_key_decrypts_is_kept_and_replayed_once_the_key_is_configured() {
+    let dir = Dir::new();
+    let pki = Pki::new(dir.path());
+    // Verestro encrypts to a key the operator has not configured yet.
+    switchboard(
+        &pki.dir,
+        &[
+            "keys",
+            "generate",
+            "--bits",
+            "2048",
+            "--out",
+            "jwe-next.pem",
+        ],
+    );
+    let s = verestro_server(dir.clone(), &pki, "", "");
+    let token = pki.jwe(&pki.path("jwe-next.pem.pub"), &otp_body("606060"), &[]);
+    let r = pki
+        .provider()
+        .post(s.verestro_url("/notifications/otp"))
+        .header("encrypted-request", "true")
+        .header("x-idempotency-key", key())
+        .body(envelope(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(detail(r).await, (422, "CANT_DECRYPT_PAYLOAD".into()));
+    let c = client();
+    let q = admin(&c, &s, "/admin/quarantine").await;
+    let items = q["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{q}");
+    let id = items[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(items[0]["meta"]["refused"], "CANT_DECRYPT_PAYLOAD");
+    assert!(
+        items[0]["quarantineReason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("CANT_DECRYPT_PAYLOAD"),
+        "{q}"
+    );
+    assert!(!s.logs().contains("606060"));
+    assert_eq!(s.terminate().code(), Some(0));
+
+    // The key is added; the kept body is replayed and decrypts.
+    let mut tail = pki.config("");
+    tail.push_str(&format!(
+        "\n[[providers.verestro.jwe_keys]]\nprivate_key = \"file:{}\"\n",
+        pki.path("jwe-next.pem")
+    ));
+    let s = Server::start_in(dir, &[("tail", &tail)]);
+    let r = c
+        .post(s.url(&format!("/admin/events/{id}/replay")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let e = until(&c, &s, &format!("/admin/events/{id}"), "routed", |e| {
+        e["status"] != "quarantined" && e["status"] != "received"
+    })
+    .await;
+    assert_eq!(e["type"], "otp", "{e}");
+    assert_eq!(e["data"]["merchantName"], "merchant test", "{e}");
+    assert_eq!(e["data"]["otp"], "******", "{e}");
+    // No customers service: the route logs the message it could not send.
+    assert_eq!(e["status"], "routed", "{e}");
+    assert!(
+        e["actions"][0]["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is your code to pay 10.00 PLN"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("606060"), "{e}");
+    assert!(
+        !s.logs().contains("606060"),
+        "the OTP never reaches the log"
+    );
+}

@@ -263,8 +263,9 @@ pub mod http_api {
 
     /// One path segment made safe from whatever the event holds:
     /// `` http::get("customers", `/cards/${http::escape(d.token.card_id)}/holder`) ``.
-    pub fn escape(segment: &str) -> String {
-        super::escape_segment(segment)
+    /// Numbers and other values are escaped as the text they print as.
+    pub fn escape(segment: Dynamic) -> String {
+        super::escape_segment(&segment.to_string())
     }
 
     /// Whether `service` is configured.
@@ -498,5 +499,14 @@ mod tests {
         assert_eq!(keep_last("+48500100200", 3), "*********200");
         assert_eq!(mask_api::phone("+48500100200"), "+********200");
         assert_eq!(mask_api::email("jan@example.com"), "j***@example.com");
+    }
+
+    #[test]
+    fn escaped_segments_cannot_change_the_path() {
+        assert_eq!(http_api::escape("card_1-a~".into()), "card_1-a~");
+        assert_eq!(http_api::escape("../admin".into()), "%2E%2E%2Fadmin");
+        assert_eq!(http_api::escape("a b?c#d".into()), "a%20b%3Fc%23d");
+        assert_eq!(http_api::escape("é".into()), "%C3%A9");
+        assert_eq!(http_api::escape(Dynamic::from_int(1337)), "1337");
     }
 }

@@ -312,9 +312,14 @@ fn run_case(
         })
         .collect();
     let failure = match (outcome, &case.expect_error) {
-        _ if !unused.is_empty() => Some(format!(
-            "the script did not make the lookups the test file lists: {}",
-            unused.join(", ")
+        (outcome, _) if !unused.is_empty() => Some(format!(
+            "the script did not make the lookups the test file lists: {}{}",
+            unused.join(", "),
+            // Usually because it called something else first: say what.
+            match outcome {
+                Err(e) => format!("\n  the script failed: {e}"),
+                Ok(_) => String::new(),
+            }
         )),
         (Ok(actions), None) if actions == expected => None,
         (Ok(actions), None) => Some(format!(
