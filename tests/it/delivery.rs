@@ -627,7 +627,7 @@ async fn an_otp_past_its_valid_for_is_never_sent_late() {
         "{}{}[delivery]\nschedule = [{}]\njitter = 0.0\n",
         smtp(sink.port),
         crate::routes::routes_config(dir.path(), "1s"),
-        vec!["\"300ms\""; 12].join(", ")
+        ["\"300ms\""; 12].join(", ")
     );
     let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
     let c = client();

@@ -185,7 +185,7 @@ pub struct AdminApi {
     reveal: bool,
 }
 
-/// Most items a bulk replay touches.
+/// The answer to a page size out of range.
 const PAGE_SIZE: &str = "`limit` must be 1 to 500.";
 
 /// A page size: 50 by default, 1 to 500 when given.
@@ -197,6 +197,7 @@ fn page_size(limit: Option<u32>) -> Option<usize> {
     }
 }
 
+/// Most items of each kind a bulk replay touches.
 const BULK_MAX: usize = 10_000;
 const BULK_MAX_U32: u32 = BULK_MAX as u32;
 
