@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use crate::{
     config::DeliveryConfig,
     metrics::{ChannelLabels, DeliveryLabels, Metrics},
-    outbox::{Action, ActionId, SendResult},
+    outbox::{Action, ActionId, Due, SendResult},
     store::{Store, now_ms},
 };
 
@@ -109,8 +109,8 @@ impl Deliverer {
                         tracing::error!(error = %e, "cannot read the outbox");
                         Vec::new()
                     });
-                    for id in due {
-                        self.clone().dispatch(name, id);
+                    for d in due {
+                        self.clone().dispatch(name, d);
                     }
                 }
                 if let Ok(Some(at)) = self.store.next_due(name) {
@@ -137,7 +137,8 @@ impl Deliverer {
             .unwrap_or(usize::MAX)
     }
 
-    fn dispatch(self: Arc<Self>, channel: &str, id: ActionId) {
+    fn dispatch(self: Arc<Self>, channel: &str, due: Due) {
+        let id = due.id;
         let fresh = self
             .in_flight
             .lock()
@@ -154,7 +155,18 @@ impl Deliverer {
         }
         let channel = channel.to_owned();
         tokio::spawn(async move {
-            self.attempt(id).await;
+            if !self.attempt(id).await {
+                // Nothing was due behind this entry: drop it if it is stale.
+                match self.store.drop_stale_due(&channel, due) {
+                    Ok(true) => {
+                        tracing::warn!(action_id = %id, channel = %channel, "a schedule entry with no action behind it was removed");
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(action_id = %id, error = %e, "cannot clean the outbox schedule");
+                    }
+                }
+            }
             if let Ok(mut f) = self.in_flight.lock() {
                 f.actions.remove(&id);
                 if let Some(n) = f.per_channel.get_mut(&channel) {
@@ -165,20 +177,22 @@ impl Deliverer {
         });
     }
 
-    async fn attempt(&self, id: ActionId) {
+    /// Attempts the action, if it is still due. Returns whether an action stood behind the
+    /// schedule entry (`false`: the entry may be stale).
+    async fn attempt(&self, id: ActionId) -> bool {
         let (channel_name, expired) = match self.store.action(id) {
             Ok(Some(a)) => (
                 a.channel.clone(),
                 a.expires_at().is_some_and(|at| chrono::Utc::now() >= at),
             ),
-            Ok(None) => return,
+            Ok(None) => return false,
             Err(e) => {
                 tracing::error!(action_id = %id, error = %e, "cannot read an action");
-                return;
+                return false;
             }
         };
         let Some(channel) = self.channels.get(&channel_name) else {
-            return;
+            return false;
         };
         if expired {
             match self.store.expire_action(id) {
@@ -191,18 +205,19 @@ impl Deliverer {
                         })
                         .inc();
                     tracing::warn!(action_id = %id, event_id = %a.event_id, channel = %channel_name, "not sent: the message is no longer valid");
+                    return true;
                 }
-                Ok(None) => {}
+                Ok(None) => return false,
                 Err(e) => tracing::error!(action_id = %id, error = %e, "cannot expire an action"),
             }
-            return;
+            return true;
         }
         let (action, seq) = match self.store.start_attempt(id) {
             Ok(Some(x)) => x,
-            Ok(None) => return,
+            Ok(None) => return false,
             Err(e) => {
                 tracing::error!(action_id = %id, error = %e, "cannot start a delivery");
-                return;
+                return true;
             }
         };
         // Nothing leaves before the `sending` mark (and so the routed event and its actions,
@@ -257,6 +272,7 @@ impl Deliverer {
         if let Err(e) = self.store.finish_attempt(action, &result, retry_at) {
             tracing::error!(action_id = %id, error = %e, "cannot record a delivery attempt");
         }
+        true
     }
 }
 

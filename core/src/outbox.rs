@@ -250,11 +250,20 @@ fn due_prefix(channel: &str) -> Vec<u8> {
     k
 }
 
-fn due_key(channel: &str, due_ms: u64, id: &ActionId) -> Vec<u8> {
+pub(crate) fn due_key(channel: &str, due_ms: u64, id: &ActionId) -> Vec<u8> {
     let mut k = due_prefix(channel);
     k.extend_from_slice(&due_ms.to_be_bytes());
     k.extend_from_slice(id.0.as_bytes());
     k
+}
+
+/// A schedule entry: the action, and when it is due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Due {
+    /// The action.
+    pub id: ActionId,
+    /// When, in milliseconds since the epoch.
+    pub at_ms: u64,
 }
 
 /// The actions an event's earlier route runs queued.
@@ -291,10 +300,20 @@ impl Store {
         self.outbox.notified().await;
     }
 
-    /// Up to `limit` events waiting for their route, oldest first.
-    pub fn inbox(&self, limit: usize) -> Result<Vec<EventId>> {
+    /// Up to `limit` events waiting for their route, oldest first, after `after` if given
+    /// (a page of a scan).
+    pub fn inbox(&self, after: Option<EventId>, limit: usize) -> Result<Vec<EventId>> {
+        let start = match after {
+            // Strictly after: the key of `after` followed by a zero byte.
+            Some(id) => {
+                let mut k = key(INBOX, id.as_bytes());
+                k.push(0);
+                k
+            }
+            None => vec![INBOX],
+        };
         let mut out = Vec::new();
-        for entry in self.tree.scan_prefix([INBOX]).take(limit) {
+        for entry in self.tree.range(start..vec![INBOX + 1]).take(limit) {
             let (k, _) = entry?;
             if let Some(id) = EventId::from_slice(&k[1..]) {
                 out.push(id);
@@ -471,17 +490,43 @@ impl Store {
     }
 
     /// Up to `limit` actions of `channel` due at `now_ms`, earliest first.
-    pub fn due(&self, channel: &str, now_ms: u64, limit: usize) -> Result<Vec<ActionId>> {
+    pub fn due(&self, channel: &str, now_ms: u64, limit: usize) -> Result<Vec<Due>> {
         let prefix = due_prefix(channel);
         let end = due_key(channel, now_ms.saturating_add(1), &ActionId(Uuid::nil()));
         let mut out = Vec::new();
         for entry in self.tree.range(prefix.clone()..end).take(limit) {
             let (k, _) = entry?;
-            if let Some(id) = k.get(prefix.len() + 8..).and_then(ActionId::from_slice) {
-                out.push(id);
+            let at_ms = k
+                .get(prefix.len()..prefix.len() + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            let id = k.get(prefix.len() + 8..).and_then(ActionId::from_slice);
+            match (at_ms, id) {
+                (Some(at_ms), Some(id)) => out.push(Due { id, at_ms }),
+                // Not a key this code writes: it would be returned on every pass.
+                _ => {
+                    self.tree.remove(&k)?;
+                }
             }
         }
         Ok(out)
+    }
+
+    /// Removes a schedule entry that no action stands behind any more: its action is gone
+    /// or unreadable (the sweeper, a damaged record), or is scheduled at another time.
+    /// Left in place, it would be returned as due on every pass and take a slot.
+    pub fn drop_stale_due(&self, channel: &str, due: Due) -> Result<bool> {
+        let _outbox = self.outbox_lock();
+        let current = match self.action(due.id) {
+            Ok(Some(a)) => a.channel == channel && a.due_ms == Some(due.at_ms),
+            Ok(None) | Err(crate::Error::Corrupt { .. }) => false,
+            Err(e) => return Err(e),
+        };
+        if current {
+            return Ok(false);
+        }
+        self.tree.remove(due_key(channel, due.at_ms, &due.id))?;
+        Ok(true)
     }
 
     /// When the earliest scheduled action of `channel` is due.
@@ -569,6 +614,7 @@ impl Store {
     /// scheduled again now. Returns how many.
     pub fn resume_interrupted(&self) -> Result<usize> {
         let _outbox = self.outbox_lock();
+        self.migrate_due_keys()?;
         let ids: Vec<ActionId> = self
             .tree
             .scan_prefix([SENDING])
@@ -601,14 +647,49 @@ impl Store {
         Ok(ids.len())
     }
 
+    /// Moves schedule entries of the format before due queues were kept per channel
+    /// (`s{ms}{id}`: its second byte is the top byte of a millisecond time, zero, where a
+    /// channel name would start) to their action's channel. Runs under the outbox lock.
+    fn migrate_due_keys(&self) -> Result<usize> {
+        let mut moved = 0;
+        for entry in self.tree.scan_prefix([DUE, 0]) {
+            let (k, _) = entry?;
+            let mut batch = sled::Batch::default();
+            batch.remove(k.clone());
+            let at = k
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            let id = k.get(9..).and_then(ActionId::from_slice);
+            if let (Some(at), Some(id)) = (at, id) {
+                if let Ok(Some(a)) = self.action(id) {
+                    if a.due_ms == Some(at) {
+                        batch.insert(due_key(&a.channel, at, &id), &[]);
+                        moved += 1;
+                    }
+                }
+            }
+            batch_write(self, batch)?;
+        }
+        if moved > 0 {
+            tracing::info!(
+                actions = moved,
+                "schedule entries moved to their channel's queue"
+            );
+        }
+        Ok(moved)
+    }
+
     /// Schedules an action again now (an operator's replay), whatever its status except
-    /// `sending`. Returns the action, or `None` if there is no such action.
+    /// `sending` and `expired` (those are returned unchanged: one is being sent, the other
+    /// is no longer worth sending). Returns the action, or `None` if there is no such
+    /// action.
     pub fn replay_action(&self, id: ActionId) -> Result<Option<Action>> {
         let _outbox = self.outbox_lock();
         let Some(mut a) = self.action(id)? else {
             return Ok(None);
         };
-        if a.status == DeliveryStatus::Sending {
+        if matches!(a.status, DeliveryStatus::Sending | DeliveryStatus::Expired) {
             return Ok(Some(a));
         }
         let mut batch = sled::Batch::default();
@@ -629,6 +710,7 @@ impl Store {
 
     /// Removes an event's actions (the sweeper, with the event).
     pub(crate) fn remove_actions(&self, event: &Event) -> Result<()> {
+        let _outbox = self.outbox_lock();
         for id in event.route.iter().flat_map(|r| r.actions.iter()) {
             if let Some(a) = self.action(*id)? {
                 if let Some(due) = a.due_ms {
@@ -673,17 +755,80 @@ impl Store {
             .unwrap_or("")
             .to_owned();
         a.status = DeliveryStatus::Expired;
+        // An attempt cut short by a stop may have reached the receiver: do not claim
+        // that nothing went out.
+        let interrupted = a
+            .attempts
+            .iter()
+            .any(|t| t.outcome == AttemptOutcome::Interrupted);
+        let verb = if interrupted {
+            "not sent again (an interrupted attempt may have reached the receiver)"
+        } else {
+            "not sent"
+        };
         a.attempts.push(Attempt {
             started_at: now,
             finished_at: Some(now),
             outcome: AttemptOutcome::Expired,
             error: Some(format!(
-                "not sent: it was valid for {valid_for} after the event arrived"
+                "{verb}: it was valid for {valid_for} after the event arrived"
             )),
             detail: None,
         });
         batch.insert(key(ACTION, id.0.as_bytes()), encode(&a));
         batch_write(self, batch)?;
         Ok(Some(a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+
+    #[tokio::test]
+    async fn a_schedule_entry_with_no_action_behind_it_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig {
+            path: dir.path().to_path_buf(),
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        let orphan = ActionId(Uuid::now_v7());
+        store
+            .tree
+            .insert(due_key("email", 5, &orphan), &[])
+            .unwrap();
+        let due = store.due("email", 10, 8).unwrap();
+        assert_eq!(
+            due,
+            vec![Due {
+                id: orphan,
+                at_ms: 5
+            }]
+        );
+        assert!(store.due("sms", 10, 8).unwrap().is_empty(), "per channel");
+        assert!(store.drop_stale_due("email", due[0]).unwrap());
+        assert!(store.due("email", 10, 8).unwrap().is_empty());
+        assert_eq!(store.next_due("email").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_inbox_is_read_in_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig {
+            path: dir.path().to_path_buf(),
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        let ids: Vec<EventId> = (0..5).map(|_| EventId::new()).collect();
+        for id in &ids {
+            store.tree.insert(key(INBOX, id.as_bytes()), &[]).unwrap();
+        }
+        let first = store.inbox(None, 3).unwrap();
+        assert_eq!(first, ids[..3]);
+        let rest = store.inbox(first.last().copied(), 3).unwrap();
+        assert_eq!(rest, ids[3..]);
+        assert!(store.inbox(rest.last().copied(), 3).unwrap().is_empty());
     }
 }

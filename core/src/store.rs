@@ -871,6 +871,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn schedule_entries_of_the_old_format_move_to_their_channel() {
+        use crate::outbox::{ActionSpec, Due, due_key};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&cfg(dir.path())).unwrap();
+        let e = event(EventStatus::Received);
+        store.claim("k", "f").unwrap();
+        let r = StoredResponse::empty(204);
+        store
+            .commit("k", "f", &e, true, &r, Duration::from_secs(60))
+            .unwrap();
+        let spec = ActionSpec {
+            channel: "email".into(),
+            payload: serde_json::json!({"to": "a@example.com", "subject": "s", "text": "t"}),
+        };
+        let (_, actions) = store.route_done(&e, None, vec![spec]).unwrap();
+        let a = &actions[0];
+        let at = a.due_ms.unwrap();
+        // As the schedule entry was written before queues were kept per channel.
+        store.tree.remove(due_key("email", at, &a.id)).unwrap();
+        let mut old = vec![DUE];
+        old.extend(at.to_be_bytes());
+        old.extend(a.id.0.as_bytes());
+        store.tree.insert(old, &[]).unwrap();
+        let later = at + 1;
+        assert!(store.due("email", later, 8).unwrap().is_empty());
+        store.resume_interrupted().unwrap();
+        assert_eq!(
+            store.due("email", later, 8).unwrap(),
+            vec![Due {
+                id: a.id,
+                at_ms: at
+            }]
+        );
+        assert!(store.tree.scan_prefix([DUE, 0]).next().is_none());
+    }
+
+    #[tokio::test]
     async fn concurrent_writers_share_flushes() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&cfg(dir.path())).unwrap();

@@ -9,8 +9,8 @@
 //!   verified is handed to every request of the connection as [`ConnectionInfo`].
 //! - A client that does not finish its headers within `header_read_timeout` is cut off,
 //!   and so is a new connection (HTTP/1.1 or HTTP/2) that has not started a request by
-//!   then; after its first request, a connection with no request running that receives
-//!   nothing for `idle_timeout` is closed ([`IdleIo`]). hyper has no such limit for
+//!   then; after its first request, a connection that runs no request for `idle_timeout`
+//!   is closed ([`IdleIo`]), whatever bytes (HTTP/2 PINGs, say) it sends meanwhile. hyper has no such limit for
 //!   HTTP/2, so idle HTTP/2 connections could otherwise hold every connection slot.
 //! - On shutdown: stop accepting, let requests in flight finish (bounded by the grace
 //!   period), then return so that the caller can flush the store.
@@ -307,8 +307,9 @@ impl Drop for Running {
 }
 
 /// The connection's stream, ending it (as if the client had closed it) once it has been
-/// idle too long: no request running and nothing received for `first` before the first
-/// request, for `idle` after.
+/// idle too long: no request running for `first` since it opened (before its first
+/// request) or for `idle` since its last request began or ended. Bytes that start no
+/// request do not count.
 struct IdleIo<I> {
     inner: I,
     activity: Arc<Activity>,
@@ -323,15 +324,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for IdleIo<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                if buf.filled().len() > before {
-                    this.activity.touch();
-                }
-                Poll::Ready(r)
-            }
+            // Bytes alone do not count as activity: an HTTP/2 client sending PINGs, or
+            // a trickle of bytes, and never a request, would otherwise hold its slot.
+            Poll::Ready(r) => Poll::Ready(r),
             Poll::Pending => {
                 if let Ok(mut r) = this.activity.reader.lock() {
                     *r = Some(cx.waker().clone());

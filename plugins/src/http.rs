@@ -228,9 +228,16 @@ fn depth_exceeds(bytes: &[u8], limit: usize, json5: bool) -> bool {
                 (false, c) if c == q => at = At::Code,
                 _ => {}
             },
+            // As json5's grammar: a line comment ends at LF, CR, U+2028 or U+2029.
             At::LineComment => {
+                let separator = b == 0xE2
+                    && next == Some(0x80)
+                    && matches!(bytes.get(i + 2), Some(0xA8 | 0xA9));
                 if b == b'\n' || b == b'\r' {
                     at = At::Code;
+                } else if separator {
+                    at = At::Code;
+                    i += 2;
                 }
             }
             At::BlockComment => {
@@ -410,9 +417,33 @@ mod tests {
             "{// '\n 'x': ",
             "{/* \" ' */ 'x': ",
             "{/* \n\" */ \"x\": ",
+            // U+2028 and U+2029 end a line comment too.
+            "{// \"\u{2028} 'x': ",
+            "{// \"\u{2029} 'x': ",
         ] {
             assert!(json5_depth_exceeds(&deep(prefix), 32), "{prefix:?}");
         }
+        // Through the parser: refused for depth, on a small stack, not a crash.
+        let crafted = deep("{// \"\u{2028} 'x': ");
+        let refused = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let limits = Limits {
+                    body: 1 << 20,
+                    json_depth: 32,
+                };
+                parse_json_lenient::<crate::providers::pomelo::model::TokenizationOtp>(
+                    &crafted, &limits,
+                )
+                .err()
+            })
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+        assert!(
+            refused.is_some_and(|e| e.contains("deeper")),
+            "refused for its depth"
+        );
         // Comments themselves are skipped: brackets in them do not count.
         assert!(!json5_depth_exceeds(b"{// [[[[[[\n 'a': 1 /* {{{{{ */}", 2));
         // What passes the scan is safe to parse on a small stack.

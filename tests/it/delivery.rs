@@ -667,6 +667,17 @@ async fn an_otp_past_its_valid_for_is_never_sent_late() {
     std::fs::remove_file(&hold).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(sink.mails().is_empty(), "an expired OTP is never sent");
+    // Nor does a replay send it.
+    let r = c
+        .post(s.url(&format!("/admin/deliveries/{id}/replay")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(r.text().await.unwrap().contains("never sent late"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sink.mails().is_empty());
     assert_eq!(
         admin(&c, &s, &format!("/admin/deliveries/{id}")).await["status"],
         "expired"
@@ -738,4 +749,50 @@ async fn a_lookup_that_fails_for_a_moment_is_retried_and_one_that_is_refused_is_
         "no retry of a refused lookup"
     );
     assert_eq!(sink.mails().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_waiting_out_lookup_retries_do_not_hold_up_newer_ones() {
+    let customers = Recorder::start().await;
+    customers.plan("/cards/", vec![Reply::status(503)]);
+    let compliance = Recorder::start().await;
+    let tail = format!(
+        "{}{}[routes]\nlookup_retries = [\"60s\"]\n",
+        service("customers", &customers, ""),
+        service("compliance", &compliance, ""),
+    );
+    let s = Server::start(&[("tail", &tail)]);
+    let c = client();
+    // More events than the router reads from the inbox at once (256), each waiting a
+    // minute for its lookup to be tried again.
+    let waiting = 300;
+    for n in 0..waiting {
+        let r = pomelo_request(&c, &s, &pomelo_otp(&format!("{n:06}"), "SMS"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while customers.to("/cards/card_123456789/holder").len() < waiting {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "every event had its first run"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A newer event that needs no lookup is routed and delivered at once.
+    assert_eq!(
+        vasp_request(&c, &s, &fixture("verifyvasp_tx_report.json"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    compliance
+        .wait_for("/travel-rule/tx_report", 1, Duration::from_secs(10))
+        .await;
+    let received = events(&c, &s, "provider=pomelo&status=received").await;
+    assert!(!received.is_empty(), "the Pomelo events still wait");
 }

@@ -182,6 +182,35 @@ async fn idle_connections_are_closed_http2_included() {
         took >= Duration::from_millis(2800) && took < Duration::from_secs(12),
         "a new connection gets header_read_timeout to start a request: {took:?}"
     );
+    // Sending bytes is not starting a request: PINGs every 300 ms do not keep it open.
+    let pinger = TcpStream::connect(s.addr).await.unwrap();
+    let (mut rd, mut wr) = pinger.into_split();
+    wr.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let pings = tokio::spawn(async move {
+        let ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00pingpong";
+        while wr.write_all(ping).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), rd.read(&mut buf))
+            .await
+            .expect("the server closes the connection")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let took = started.elapsed();
+    pings.abort();
+    assert!(
+        took >= Duration::from_millis(2800) && took < Duration::from_secs(12),
+        "PINGs are not requests: {took:?}"
+    );
     // HTTP/1.1 keep-alive: one request answered, then the connection idles.
     let mut h1 = TcpStream::connect(s.addr).await.unwrap();
     h1.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -24,6 +24,9 @@ use crate::{
     store::Store,
 };
 
+/// Inbox entries read at a time.
+const INBOX_PAGE: usize = 256;
+
 /// Routes the events of the inbox.
 pub struct Router {
     store: Store,
@@ -95,14 +98,20 @@ impl Router {
                 }
             }));
         }
+        // The inbox is read a page at a time from a cursor, so that events still in
+        // flight (waiting out a lookup retry, say) never hide the ones behind them; past
+        // the end, the next pass starts from the beginning again.
+        let mut cursor: Option<EventId> = None;
         loop {
-            let ids = match self.store.inbox(256) {
+            let ids = match self.store.inbox(cursor, INBOX_PAGE) {
                 Ok(ids) => ids,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the inbox");
                     Vec::new()
                 }
             };
+            let at_end = ids.len() < INBOX_PAGE;
+            cursor = if at_end { None } else { ids.last().copied() };
             for id in ids {
                 let fresh = self
                     .in_flight
@@ -112,6 +121,9 @@ impl Router {
                 if fresh && tx.send(id).await.is_err() {
                     return;
                 }
+            }
+            if !at_end {
+                continue;
             }
             tokio::select! {
                 () = self.store.inbox_signalled() => {}
@@ -133,6 +145,9 @@ impl Router {
             Ok(Some(e)) if e.status == EventStatus::Received => e,
             Ok(_) => {
                 let _ = self.store.inbox_remove(id);
+                if let Ok(mut r) = self.retried.lock() {
+                    r.remove(&id);
+                }
                 return None;
             }
             Err(e @ crate::Error::Corrupt { .. }) => {

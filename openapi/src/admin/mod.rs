@@ -160,7 +160,7 @@ answers!(ReplayEventAnswer, replay_event_bad_request = "replay_event_bad_request
     422 Unparseable : "A quarantined event whose body still does not parse (the message says why).");
 answers!(ReplayDeliveryAnswer, replay_delivery_bad_request = "replay_delivery_bad_request", ok = 202 Replayed(Box<ActionView>) : "Scheduled again now.",
     404 NotFound : "No action has this id.",
-    409 Conflict : "The action is being sent right now.");
+    409 Conflict : "The action is being sent right now, or it expired (its `valid_for` ran out: it is never sent late).");
 answers!(BulkReplayAnswer, bulk_bad_request = "bulk_bad_request", ok = 202 Replayed(ReplaySummary) : "What was replayed.");
 answers!(RoutesAnswer, routes_bad_request = "routes_bad_request", ok = 200 Routes(RoutesView) : "The route scripts and their compile errors.");
 
@@ -540,6 +540,12 @@ impl AdminApi {
             Ok(Some(a)) if a.status == DeliveryStatus::Sending => ReplayDeliveryAnswer::Conflict(
                 body("conflict", "The action is being sent right now."),
             ),
+            Ok(Some(a)) if a.status == DeliveryStatus::Expired => {
+                ReplayDeliveryAnswer::Conflict(body(
+                    "conflict",
+                    "The message expired (its `valid_for` ran out): it is never sent late.",
+                ))
+            }
             Ok(Some(a)) => {
                 tracing::info!(action_id = %id, channel = %a.channel, "delivery replayed by an operator");
                 ReplayDeliveryAnswer::Replayed(Json(Box::new(action(a, self.reveal))))
@@ -608,8 +614,8 @@ impl AdminApi {
             return BulkReplayAnswer::BadRequest(body(
                 "bad_request",
                 "Only `dead`, `retrying` and `pending` deliveries are replayed in bulk: a sent \
-                 one would be sent twice, an expired one is no longer valid (replay those one \
-                 by one if you must).",
+                 one would be sent twice (replay those one by one), an expired one is never \
+                 sent late.",
             ));
         }
         if let Some(sel) = &request.events {
