@@ -100,8 +100,8 @@ pub struct ServerConfig {
     /// Time a client has to send a request's headers before the connection is closed; on a
     /// new connection (HTTP/1.1 or HTTP/2), the time it has to start its first request.
     pub header_read_timeout: HumanDuration,
-    /// Time a connection may stay open with no request running and nothing received,
-    /// after its first request.
+    /// Time a connection may stay open with no request running, after its first request
+    /// (bytes that start no request, such as HTTP/2 PINGs, do not count).
     pub idle_timeout: HumanDuration,
     /// Time a request may take from headers to answer (a slow body included); past it the
     /// client gets `408`.
