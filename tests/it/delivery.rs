@@ -68,14 +68,7 @@ async fn an_otp_email_reaches_a_real_smtp_server() {
     );
     let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
     let c = client();
-    assert_eq!(
-        pomelo_request(&c, &s, &pomelo_otp("739201", "EMAIL"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    accepted_pomelo(&c, &s, &pomelo_otp("739201", "EMAIL")).await;
     let mails = sink.wait_for(1, Duration::from_secs(20)).await;
     let m = &mails[0];
     assert_eq!(m.to, vec!["jan@example.com".to_string()]);
@@ -152,14 +145,7 @@ async fn smtp_encrypted_with_auth(mode: &str) {
     );
     let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
     let c = client();
-    assert_eq!(
-        pomelo_request(&c, &s, &pomelo_otp("428104", "EMAIL"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    accepted_pomelo(&c, &s, &pomelo_otp("428104", "EMAIL")).await;
     let mails = sink.wait_for(1, Duration::from_secs(20)).await;
     assert!(mails[0].data.contains("428104"));
     assert!(mails[0].tls, "the session was encrypted: {:?}", mails[0]);
@@ -247,14 +233,7 @@ async fn sms_gateways_and_http_deliveries_carry_their_auth_and_a_stable_idempote
         &[("SWITCHBOARD_TEST_TWILIO", "tw-auth-token")],
     );
     let c = client();
-    assert_eq!(
-        pomelo_request(&c, &s, &pomelo_otp("552611", "SMS"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    accepted_pomelo(&c, &s, &pomelo_otp("552611", "SMS")).await;
     let sms = &gateway
         .wait_for(
             "/2010-04-01/Accounts/AC123/Messages.json",
@@ -272,14 +251,7 @@ async fn sms_gateways_and_http_deliveries_carry_their_auth_and_a_stable_idempote
     let a = the_action(&c, &s, "pomelo").await;
     assert_eq!(sms.headers["idempotency-key"], a["id"].as_str().unwrap());
 
-    assert_eq!(
-        vasp_request(&c, &s, &fixture("verifyvasp_tx_report.json"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    accepted_vasp(&c, &s, &fixture("verifyvasp_tx_report.json")).await;
     let call = &compliance
         .wait_for("/travel-rule/tx_report", 1, Duration::from_secs(20))
         .await[0];
@@ -310,14 +282,7 @@ async fn a_json_sms_gateway_gets_its_template_and_headers() {
         &[("SWITCHBOARD_TEST_SMS_KEY", "sms-key-1")],
     );
     let c = client();
-    assert_eq!(
-        pomelo_request(&c, &s, &pomelo_otp("900112", "SMS"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    accepted_pomelo(&c, &s, &pomelo_otp("900112", "SMS")).await;
     let call = &gateway
         .wait_for("/v1/messages", 1, Duration::from_secs(20))
         .await[0];
@@ -341,22 +306,8 @@ async fn servers_that_refuse_then_recover_get_their_deliveries_on_retry() {
     );
     let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
     let c = client();
-    assert_eq!(
-        pomelo_request(&c, &s, &pomelo_otp("310000", "EMAIL"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
-    assert_eq!(
-        vasp_request(&c, &s, &fixture("verifyvasp_error_report.json"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    accepted_pomelo(&c, &s, &pomelo_otp("310000", "EMAIL")).await;
+    accepted_vasp(&c, &s, &fixture("verifyvasp_error_report.json")).await;
     until_routed(&c, &s).await;
     // Nothing listens yet: the first attempts fail.
     let failed = until(&c, &s, "/admin/deliveries", "two failed attempts", |p| {
@@ -446,22 +397,8 @@ async fn a_permanent_failure_ends_dead_and_an_admin_replay_delivers_it() {
     );
     let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
     let c = client();
-    assert_eq!(
-        pomelo_request(&c, &s, &pomelo_otp("871230", "EMAIL"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
-    assert_eq!(
-        vasp_request(&c, &s, &fixture("verifyvasp_tx_report.json"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    accepted_pomelo(&c, &s, &pomelo_otp("871230", "EMAIL")).await;
+    accepted_vasp(&c, &s, &fixture("verifyvasp_tx_report.json")).await;
     // The email is refused on every attempt of the schedule (1 + 3), then dead.
     let email = the_action(&c, &s, "pomelo").await;
     let email_id = email["id"].as_str().unwrap().to_owned();
@@ -631,14 +568,7 @@ async fn an_otp_past_its_valid_for_is_never_sent_late() {
     );
     let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
     let c = client();
-    assert_eq!(
-        pomelo_request(&c, &s, &pomelo_otp("555111", "EMAIL"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    accepted_pomelo(&c, &s, &pomelo_otp("555111", "EMAIL")).await;
     let a = the_action(&c, &s, "pomelo").await;
     let id = a["id"].as_str().unwrap().to_owned();
     let expired = until_status(&c, &s, &id, "expired").await;
@@ -705,14 +635,7 @@ async fn a_lookup_that_fails_for_a_moment_is_retried_and_one_that_is_refused_is_
     );
     let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
     let c = client();
-    assert_eq!(
-        pomelo_request(&c, &s, &pomelo_otp("246810", "EMAIL"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    accepted_pomelo(&c, &s, &pomelo_otp("246810", "EMAIL")).await;
     // Two 503s, then the answer: the email goes out once.
     let mails = sink.wait_for(1, Duration::from_secs(20)).await;
     assert!(mails[0].data.contains("246810"));
@@ -782,14 +705,7 @@ async fn events_waiting_out_lookup_retries_do_not_hold_up_newer_ones() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A newer event that needs no lookup is routed and delivered at once.
-    assert_eq!(
-        vasp_request(&c, &s, &fixture("verifyvasp_tx_report.json"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    accepted_vasp(&c, &s, &fixture("verifyvasp_tx_report.json")).await;
     compliance
         .wait_for("/travel-rule/tx_report", 1, Duration::from_secs(10))
         .await;

@@ -98,23 +98,9 @@ async fn runaway_scripts_fail_within_their_limits_while_other_events_are_deliver
         ("TX_REPORT", 2),
         ("ERROR_REPORT", 3),
     ] {
-        assert_eq!(
-            vasp_request(&c, &s, &vasp(t, n))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        accepted_vasp(&c, &s, &vasp(t, n)).await;
     }
-    assert_eq!(
-        pomelo_request(&c, &s, &pomelo_body("123123"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    accepted_pomelo(&c, &s, &pomelo_body("123123")).await;
     until_routed(&c, &s).await;
     let error_of = |t: &str| {
         let t = t.to_owned();
@@ -266,14 +252,7 @@ async fn edits_take_effect_without_a_restart_and_broken_ones_keep_the_last_good_
     );
     assert!(s.logs().contains("does not compile"));
     // ...and the last good version keeps running.
-    assert_eq!(
-        pomelo_request(&c, &s, &pomelo_body("999001"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    accepted_pomelo(&c, &s, &pomelo_body("999001")).await;
     assert_eq!(newest_message(&c, &s).await, "v2");
     write(
         dir.path(),

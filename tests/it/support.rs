@@ -439,3 +439,15 @@ pub async fn routed_event(c: &reqwest::Client, s: &Server, provider: &str) -> se
     )
     .await
 }
+
+/// Sends a signed Pomelo notification and checks it was accepted (204).
+pub async fn accepted_pomelo(c: &reqwest::Client, s: &Server, body: &[u8]) {
+    let r = pomelo_request(c, s, body).send().await.unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap_or_default());
+}
+
+/// Sends a VerifyVASP callback and checks it was accepted (200).
+pub async fn accepted_vasp(c: &reqwest::Client, s: &Server, body: &[u8]) {
+    let r = vasp_request(c, s, body).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+}

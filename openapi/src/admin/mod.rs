@@ -516,8 +516,10 @@ impl AdminApi {
 
     /// Replay a delivery
     ///
-    /// Sends the action again now, whatever its status (a dead one after its cause is
-    /// fixed, or a sent one on purpose). HTTP deliveries keep their `Idempotency-Key`.
+    /// Sends the action again now, with a new retry schedule: a dead one after its cause
+    /// is fixed, or a sent one on purpose. Not one being sent, nor an expired one (its
+    /// `valid_for` ran out: it is never sent late). HTTP deliveries keep their
+    /// `Idempotency-Key`.
     #[oai(
         path = "/admin/deliveries/:id/replay",
         method = "post",
