@@ -206,7 +206,7 @@ fn urlencode(s: &str) -> String {
 }
 
 fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    out!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -236,7 +236,7 @@ pub async fn events(cmd: EventsCommand, conn: Conn) -> anyhow::Result<()> {
                 .await?;
             for e in page["items"].as_array().into_iter().flatten() {
                 let error = e["route"]["error"].as_str().unwrap_or("");
-                println!(
+                out!(
                     "{}  {:<12} {:<11} {:<30} {}  {error}",
                     s(e, "id"),
                     s(e, "status"),
@@ -258,7 +258,7 @@ pub async fn events(cmd: EventsCommand, conn: Conn) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            println!(
+            out!(
                 "event {} is back in the inbox ({})",
                 s(&e, "id"),
                 s(&e, "type")
@@ -275,9 +275,10 @@ pub async fn events(cmd: EventsCommand, conn: Conn) -> anyhow::Result<()> {
             let r = c
                 .call(reqwest::Method::POST, "/admin/replay", Some(body))
                 .await?;
-            println!(
+            out!(
                 "{} event(s) replayed, {} quarantined event(s) still unparseable",
-                r["events"], r["still_unparseable"]
+                r["events"],
+                r["still_unparseable"]
             );
         }
         EventsCommand::Replay { .. } => bail!("give an event id or --status"),
@@ -317,7 +318,7 @@ pub async fn deliveries(cmd: DeliveriesCommand, conn: Conn) -> anyhow::Result<()
                     .and_then(|v| v.last())
                     .and_then(|l| l["error"].as_str())
                     .unwrap_or("");
-                println!(
+                out!(
                     "{}  {:<9} {:<6} event {}  attempts {attempts}  {last}",
                     s(a, "id"),
                     s(a, "status"),
@@ -342,7 +343,7 @@ pub async fn deliveries(cmd: DeliveriesCommand, conn: Conn) -> anyhow::Result<()
                     None,
                 )
                 .await?;
-            println!(
+            out!(
                 "delivery {} ({}) scheduled again",
                 s(&a, "id"),
                 s(&a, "channel")
@@ -359,7 +360,7 @@ pub async fn deliveries(cmd: DeliveriesCommand, conn: Conn) -> anyhow::Result<()
             let r = c
                 .call(reqwest::Method::POST, "/admin/replay", Some(body))
                 .await?;
-            println!("{} delivery(ies) scheduled again", r["deliveries"]);
+            out!("{} delivery(ies) scheduled again", r["deliveries"]);
         }
         DeliveriesCommand::Replay { .. } => bail!("give an action id or --status"),
     }

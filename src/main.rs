@@ -3,6 +3,35 @@
 //! to exit codes (0 success, 1 failure, 2 usage).
 #![forbid(unsafe_code)]
 
+/// `println!`, except that a closed stdout (`switchboard openapi | head`) ends the
+/// process quietly instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            crate::stdout_failed(&e);
+        }
+    }};
+}
+
+/// A line for whoever started the server: a closed stdout must not stop a server.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `print!`, with [`out!`]'s handling of a closed stdout.
+macro_rules! out_part {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            crate::stdout_failed(&e);
+        }
+    }};
+}
+
 mod admin_cli;
 mod logging;
 mod pki;
@@ -120,6 +149,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// Nobody reads our output any more (a closed pipe): stop, as other command-line tools do.
+/// Any other failure to write is reported.
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to stdout: {e}");
+    std::process::exit(1);
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -138,8 +177,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             let config = Config::load(config.as_deref())?;
             let spec = app::spec(&config);
             match format {
-                Format::Json => print!("{}", app::spec_json(&spec)),
-                Format::Yaml => print!("{}", app::spec_yaml(&spec)),
+                Format::Json => out_part!("{}", app::spec_json(&spec)),
+                Format::Yaml => out_part!("{}", app::spec_yaml(&spec)),
             }
             Ok(())
         }
@@ -161,7 +200,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = App::build(config)?;
     if let Some(dev) = app.dev.as_ref().filter(|d| d.generated) {
         // Printed to the terminal once, never to the log.
-        println!("{}", dev.banner());
+        say!("{}", dev.banner());
     }
     app.report();
     let listeners = app.bind().await?;
@@ -169,12 +208,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let main = switchboard_openapi::config::MAIN_LISTENER;
     for b in listeners.iter().filter(|b| &*b.listener.name != main) {
         tracing::info!(listener = %b.listener.name, url = %b.url, "listening");
-        println!("switchboard listener {} on {}", b.listener.name, b.url);
+        say!("switchboard listener {} on {}", b.listener.name, b.url);
     }
     for b in listeners.iter().filter(|b| &*b.listener.name == main) {
         tracing::info!(listener = %b.listener.name, url = %b.url, "listening");
-        println!("switchboard listening on {}", b.url);
-        println!("  docs: {}/docs", b.url);
+        say!("switchboard listening on {}", b.url);
+        say!("  docs: {}/docs", b.url);
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
@@ -229,16 +268,16 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         t.resolve()
             .map_err(|m| anyhow::anyhow!(at(&format!("admin.token: {m}"))))?;
     }
-    println!("{}: OK", path.display());
-    println!("  listen       {}", config.server.listen);
-    println!("  data         {}", config.store.path.display());
+    out!("{}: OK", path.display());
+    out!("  listen       {}", config.server.listen);
+    out!("  data         {}", config.store.path.display());
     for (name, t) in &tls {
         let mode = if t.client_ca.is_some() {
             "mutual TLS"
         } else {
             "TLS"
         };
-        println!(
+        out!(
             "  listener     {name}: {mode}, certificate {}",
             t.cert.display()
         );
@@ -251,27 +290,27 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
                 .iter()
                 .any(|(n, t)| n == listener && t.client_ca.is_some());
             if mutual {
-                println!(
+                out!(
                     "  {:<12} {} paths on listener {listener} (mutual TLS; {} JWE key(s))",
                     p.name,
                     paths.len(),
                     p.credentials
                 );
             } else {
-                println!(
+                out!(
                     "  {:<12} not on a mutual-TLS listener: every request will be refused with 401",
                     p.name
                 );
             }
         } else if p.credentials == 0 {
-            println!(
+            out!(
                 "  {:<12} {} (no secret configured: {})",
                 p.name,
                 paths.join(", "),
                 unconfigured(&config)
             );
         } else {
-            println!(
+            out!(
                 "  {:<12} {} ({} credential(s))",
                 p.name,
                 paths.join(", "),
@@ -280,7 +319,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     if config.admin.token.is_none() {
-        println!(
+        out!(
             "  admin        no token configured: {}",
             unconfigured(&config)
         );

@@ -106,9 +106,9 @@ pub enum KeysCommand {
 }
 
 fn print_identity(what: &str, path: &Path, issued: &pki::Issued) {
-    println!("{what} written to {}", path.display());
-    println!("  subject  {}", issued.identity.subject);
-    println!("  sha256   {}", issued.identity.sha256);
+    out!("{what} written to {}", path.display());
+    out!("  subject  {}", issued.identity.subject);
+    out!("  sha256   {}", issued.identity.sha256);
 }
 
 /// Runs `switchboard ca ...`.
@@ -121,9 +121,9 @@ pub fn ca(cmd: CaCommand) -> anyhow::Result<()> {
             force,
         } => {
             let (cert, key) = pki::ca_init(&dir, &name, days, force)?;
-            println!("CA certificate written to {}", cert.display());
-            println!("CA key written to {} (mode 0600)", key.display());
-            println!("Use the certificate as `tls.client_ca` of a mutual-TLS listener.");
+            out!("CA certificate written to {}", cert.display());
+            out!("CA key written to {} (mode 0600)", key.display());
+            out!("Use the certificate as `tls.client_ca` of a mutual-TLS listener.");
         }
         CaCommand::SignCsr {
             csr,
@@ -137,7 +137,7 @@ pub fn ca(cmd: CaCommand) -> anyhow::Result<()> {
             let issued = pki::sign_csr(&ca, &pem, days)?;
             pki::write_pair(&out, &issued.cert_pem, None)?;
             print_identity("Client certificate", &out, &issued);
-            println!(
+            out!(
                 "Send it back to the provider; pin it with `pin_sha256` or `pin_subject` if you like."
             );
         }
@@ -153,7 +153,7 @@ pub fn ca(cmd: CaCommand) -> anyhow::Result<()> {
             let key = issued.key_pem.clone().unwrap_or_default();
             pki::write_pair(&out_cert, &issued.cert_pem, Some((&out_key, &key)))?;
             print_identity("Client certificate", &out_cert, &issued);
-            println!("Key written to {} (mode 0600)", out_key.display());
+            out!("Key written to {} (mode 0600)", out_key.display());
         }
     }
     Ok(())
@@ -175,7 +175,7 @@ pub fn tls(cmd: TlsCommand) -> anyhow::Result<()> {
             let key = issued.key_pem.clone().unwrap_or_default();
             pki::write_pair(&out_cert, &issued.cert_pem, Some((&out_key, &key)))?;
             print_identity("Server certificate", &out_cert, &issued);
-            println!("Key written to {} (mode 0600)", out_key.display());
+            out!("Key written to {} (mode 0600)", out_key.display());
         }
     }
     Ok(())
@@ -195,12 +195,12 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
             let public_path = PathBuf::from(format!("{}.pub", out.display()));
             std::fs::write(&public_path, public)
                 .with_context(|| format!("cannot write {}", public_path.display()))?;
-            println!(
+            out!(
                 "RSA-{bits} private key written to {} (mode 0600)",
                 out.display()
             );
-            println!("public key written to {}", public_path.display());
-            println!(
+            out!("public key written to {}", public_path.display());
+            out!(
                 "Configure it as [[providers.verestro.jwe_keys]] private_key = \"file:{}\"",
                 out.display()
             );

@@ -36,17 +36,17 @@ pub fn test(dir: Option<PathBuf>, config: Option<&Path>) -> anyhow::Result<()> {
     );
     let mut failed = 0;
     for e in scripts.errors() {
-        println!("FAIL {e}");
+        out!("FAIL {e}");
         failed += 1;
     }
     for r in &results {
         let file = r.file.strip_prefix(&dir).unwrap_or(&r.file).display();
         let script = r.script.as_deref().unwrap_or("-");
         match &r.failure {
-            None => println!("PASS {file}: {} ({script})", r.name),
+            None => out!("PASS {file}: {} ({script})", r.name),
             Some(why) => {
                 failed += 1;
-                println!(
+                out!(
                     "FAIL {file}: {} ({script})\n  {}",
                     r.name,
                     why.replace('\n', "\n  ")
@@ -54,7 +54,7 @@ pub fn test(dir: Option<PathBuf>, config: Option<&Path>) -> anyhow::Result<()> {
             }
         }
     }
-    println!(
+    out!(
         "\n{} passed, {failed} failed",
         results.len() + scripts.errors().len() - failed
     );
@@ -129,7 +129,7 @@ private_key = "file:data/keys/jwe.pem"
 
 fn write_new(path: &Path, contents: &[u8], private: bool, force: bool) -> anyhow::Result<bool> {
     if path.exists() && !force {
-        println!("  kept     {}", path.display());
+        out!("  kept     {}", path.display());
         return Ok(false);
     }
     if let Some(d) = path.parent() {
@@ -141,7 +141,7 @@ fn write_new(path: &Path, contents: &[u8], private: bool, force: bool) -> anyhow
         std::fs::write(path, contents)
     }
     .with_context(|| format!("cannot write {}", path.display()))?;
-    println!("  wrote    {}", path.display());
+    out!("  wrote    {}", path.display());
     Ok(true)
 }
 
@@ -149,7 +149,7 @@ fn write_new(path: &Path, contents: &[u8], private: bool, force: bool) -> anyhow
 /// admin token, a CA, a server certificate for localhost and a JWE key. Existing files are
 /// kept unless `force`.
 pub fn init(dir: &Path, force: bool) -> anyhow::Result<()> {
-    println!("Initialising {}", dir.display());
+    out!("Initialising {}", dir.display());
     write_new(
         &dir.join("switchboard.toml"),
         CONFIG.as_bytes(),
@@ -174,7 +174,7 @@ pub fn init(dir: &Path, force: bool) -> anyhow::Result<()> {
     let ca = dir.join("data/ca");
     if force || !ca.join(pki::CA_CERT).exists() {
         pki::ca_init(&ca, "switchboard CA", 3650, force)?;
-        println!("  wrote    {}/{{ca.crt, ca.key}}", ca.display());
+        out!("  wrote    {}/{{ca.crt, ca.key}}", ca.display());
         let issued = pki::server_cert(
             &pki::load_ca(&ca)?,
             &["localhost".into()],
@@ -189,12 +189,12 @@ pub fn init(dir: &Path, force: bool) -> anyhow::Result<()> {
                 issued.key_pem.as_deref().unwrap_or(""),
             )),
         )?;
-        println!(
+        out!(
             "  wrote    {}/data/tls/{{server.crt, server.key}}",
             dir.display()
         );
     } else {
-        println!("  kept     {}", ca.display());
+        out!("  kept     {}", ca.display());
     }
     let key = dir.join("data/keys/jwe.pem");
     if force || !key.exists() {
@@ -207,9 +207,9 @@ pub fn init(dir: &Path, force: bool) -> anyhow::Result<()> {
             true,
         )?;
     } else {
-        println!("  kept     {}", key.display());
+        out!("  kept     {}", key.display());
     }
-    println!(
+    out!(
         "\nNext: cd {} && switchboard check --config switchboard.toml && switchboard test && switchboard serve --config switchboard.toml",
         dir.display()
     );

@@ -370,11 +370,11 @@ async fn send(client: &reqwest::Client, req: &Request, copies: usize) -> anyhow:
     for t in tasks {
         match t.await? {
             Ok((status, text)) => {
-                println!("POST {} -> {} {}", req.url, status.as_u16(), text);
+                out!("POST {} -> {} {}", req.url, status.as_u16(), text);
                 failed |= !status.is_success();
             }
             Err(e) => {
-                println!("POST {} -> failed: {e}", req.url);
+                out!("POST {} -> failed: {e}", req.url);
                 failed = true;
             }
         }

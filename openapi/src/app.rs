@@ -168,9 +168,9 @@ pub struct AdminCtx {
     pub scripts: Arc<Scripts>,
     /// Body and JSON limits.
     pub limits: Limits,
-    /// Verestro's decryption keys: a body quarantined because it could not be decrypted
-    /// is decrypted on replay.
-    pub verestro_keys: switchboard_plugins::providers::verestro::jwe::Keys,
+    /// Verestro's keys and encryption policy: a body quarantined because it could not be
+    /// decrypted is decrypted on replay; plaintext where encryption is required stays out.
+    pub verestro: switchboard_plugins::providers::verestro::Replay,
 }
 
 /// Where route scripts come from: the configured directory if it exists, otherwise the
@@ -254,7 +254,7 @@ impl App {
         let admin_ctx = AdminCtx {
             scripts: scripts.clone(),
             limits,
-            verestro_keys: verestro_api.keys(),
+            verestro: verestro_api.replay(),
         };
 
         let svc = service((

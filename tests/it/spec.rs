@@ -170,3 +170,23 @@ async fn the_docs_page_needs_no_internet() {
         "the docs show the served spec"
     );
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_command_quietly() {
+    use std::io::Read;
+    // `switchboard openapi | head -c 64`: the pipe closes after a few bytes.
+    let mut child = std::process::Command::new(BIN)
+        .args(["openapi", "--format", "yaml"])
+        .env_remove("SWITCHBOARD_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 64];
+    child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+    // stdout is dropped (closed) here, before the spec is written out.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

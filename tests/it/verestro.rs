@@ -686,3 +686,44 @@ async fn a_body_no_key_decrypts_is_kept_and_replayed_once_the_key_is_configured(
         "the OTP never reaches the log"
     );
 }
+
+#[tokio::test]
+async fn plaintext_refused_by_the_encryption_policy_is_replayed_only_once_the_policy_allows_it() {
+    let dir = Dir::new();
+    let pki = Pki::new(dir.path());
+    let s = verestro_server(dir.clone(), &pki, "require_encryption = [\"otp\"]", "");
+    let r = pki
+        .provider()
+        .post(s.verestro_url("/notifications/otp"))
+        .header("x-idempotency-key", key())
+        .body(otp_body("515151"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(detail(r).await, (422, "ENCRYPTION_REQUIRED".into()));
+    let c = client();
+    let q = admin(&c, &s, "/admin/quarantine").await;
+    let id = q["items"][0]["id"].as_str().unwrap().to_owned();
+    // The policy still holds: a replay does not route the plaintext.
+    let replay = |s: &Server| {
+        c.post(s.url(&format!("/admin/events/{id}/replay")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    let r = replay(&s).await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("ENCRYPTION_REQUIRED"));
+    assert_eq!(
+        admin(&c, &s, &format!("/admin/events/{id}")).await["status"],
+        "quarantined"
+    );
+    assert_eq!(s.terminate().code(), Some(0));
+    // The operator takes `otp` off the list: now the replay routes it.
+    let s = verestro_server(dir, &pki, "", "");
+    assert_eq!(replay(&s).await.unwrap().status(), 202);
+    let e = until(&c, &s, &format!("/admin/events/{id}"), "routed", |e| {
+        e["status"] == "routed"
+    })
+    .await;
+    assert_eq!(e["data"]["merchantName"], "merchant test", "{e}");
+}

@@ -259,7 +259,7 @@ impl AdminApi {
                     &e.event_type,
                     &e.body,
                     &ctx.limits,
-                    &ctx.verestro_keys,
+                    &ctx.verestro,
                 ) {
                     Ok(r) => Some((r.event_type, r.data, r.flags)),
                     Err(reason) => return Ok(ReplayOutcome::Unparseable(reason)),

@@ -79,12 +79,12 @@ pub fn reparse(
     event_type: &str,
     body: &[u8],
     limits: &crate::http::Limits,
-    verestro_keys: &verestro::jwe::Keys,
+    verestro: &verestro::Replay,
 ) -> Result<Reparsed, String> {
     match provider {
         pomelo::NAME => pomelo::reparse(body, limits),
         verifyvasp::NAME => verifyvasp::reparse(body, limits),
-        verestro::NAME => verestro::reparse(event_type, body, limits, verestro_keys),
+        verestro::NAME => verestro::reparse(event_type, body, limits, verestro),
         other => Err(format!("unknown provider `{other}`")),
     }
 }

@@ -160,9 +160,12 @@ struct Headers {
 }
 
 impl VerestroApi {
-    /// The decryption keys (shared), e.g. to decrypt a quarantined body on replay.
-    pub fn keys(&self) -> Keys {
-        self.inner.keys.clone()
+    /// What a replay of a stored body needs: today's keys and encryption policy.
+    pub fn replay(&self) -> super::Replay {
+        super::Replay {
+            keys: self.inner.keys.clone(),
+            require_encryption: self.inner.cfg.require_encryption.clone(),
+        }
     }
 
     /// The API with these keys and pins.

@@ -55,8 +55,11 @@ impl Default for VerestroConfig {
 impl VerestroConfig {
     /// Whether plaintext is refused on endpoint `name`.
     pub fn requires_encryption(&self, name: &str) -> bool {
-        self.require_encryption
-            .iter()
-            .any(|e| e == "*" || e == name)
+        encryption_required(&self.require_encryption, name)
     }
+}
+
+/// Whether endpoint `name` is in a `require_encryption` list (`*`: every endpoint).
+pub fn encryption_required(list: &[String], name: &str) -> bool {
+    list.iter().any(|e| e == "*" || e == name)
 }

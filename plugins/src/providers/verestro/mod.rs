@@ -126,25 +126,43 @@ fn parse<T: poem_openapi::types::ParseFromJSON + poem_openapi::types::ToJSON + m
     })
 }
 
+/// What replaying a stored body needs: the keys and the encryption policy configured now.
+#[derive(Clone)]
+pub struct Replay {
+    /// The decryption keys.
+    pub keys: jwe::Keys,
+    /// `require_encryption` as configured.
+    pub require_encryption: Vec<String>,
+}
+
 /// Parses a stored body again as the endpoint it arrived on (the event type). A body kept
-/// as it arrived because it could not be decrypted then is decrypted with today's keys.
+/// as it arrived because it could not be decrypted then is decrypted with today's keys; a
+/// plaintext body on an endpoint that requires encryption stays refused (take the
+/// endpoint off `require_encryption` to accept it).
 pub fn reparse(
     endpoint: &str,
     body: &[u8],
     limits: &crate::http::Limits,
-    keys: &jwe::Keys,
+    replay: &Replay,
 ) -> Result<super::Reparsed, String> {
     use model::*;
     let decrypted;
     let body = match api::envelope(body) {
         Some(token) => {
-            decrypted = keys.decrypt(&token).map_err(|e| match e {
+            decrypted = replay.keys.decrypt(&token).map_err(|e| match e {
                 jwe::JweError::Invalid => "the encrypted token is malformed".to_owned(),
                 jwe::JweError::CantDecrypt => {
                     "no active key decrypts the token (or its algorithm is refused)".to_owned()
                 }
             })?;
             decrypted.plaintext.as_slice()
+        }
+        None if config::encryption_required(&replay.require_encryption, endpoint) => {
+            return Err(
+                "ENCRYPTION_REQUIRED: plaintext on an endpoint where `require_encryption` asks \
+                 for JWE (take the endpoint off the list to accept this body)"
+                    .into(),
+            );
         }
         None => body,
     };
