@@ -278,7 +278,7 @@ pub async fn events(cmd: EventsCommand, conn: Conn) -> anyhow::Result<()> {
             out!(
                 "{} event(s) replayed, {} quarantined event(s) still unparseable",
                 r["events"],
-                r["still_unparseable"]
+                r["stillUnparseable"]
             );
         }
         EventsCommand::Replay { .. } => bail!("give an event id or --status"),

@@ -210,7 +210,8 @@ pub fn init(dir: &Path, force: bool) -> anyhow::Result<()> {
         out!("  kept     {}", key.display());
     }
     out!(
-        "\nNext: cd {} && switchboard check --config switchboard.toml && switchboard test && switchboard serve --config switchboard.toml",
+        "\nNext: cd {} && switchboard check --config switchboard.toml && switchboard test && switchboard serve --config switchboard.toml\n\
+         Then, beside it: switchboard events list --config switchboard.toml (the admin commands read the URL and token from it; or export SWITCHBOARD_CONFIG)",
         dir.display()
     );
     Ok(())

@@ -66,6 +66,41 @@ pub fn mask_values(value: &Value, values: &[String]) -> Value {
     }
 }
 
+/// All but the last `n` characters replaced by `*`.
+pub fn keep_last(s: &str, n: usize) -> String {
+    let count = s.chars().count();
+    s.chars()
+        .enumerate()
+        .map(|(i, c)| if i + n < count { '*' } else { c })
+        .collect()
+}
+
+/// A phone number with its last three digits: `+48500100200` → `+********200`.
+pub fn phone(s: &str) -> String {
+    match s.strip_prefix('+') {
+        Some(rest) => format!("+{}", keep_last(rest, 3)),
+        None => keep_last(s, 3),
+    }
+}
+
+/// An email address with the first letter and the domain: `jan@example.com` →
+/// `j***@example.com`.
+pub fn email(s: &str) -> String {
+    match s.split_once('@') {
+        Some((user, domain)) => {
+            let first: String = user.chars().take(1).collect();
+            format!("{first}***@{domain}")
+        }
+        None => keep_last(s, 0),
+    }
+}
+
+/// `text` on one line: line breaks written as `\n`, so that a message cannot split (or
+/// forge) a log line.
+pub fn one_line(text: &str) -> String {
+    text.replace('\r', "\\r").replace('\n', "\\n")
+}
+
 /// Replaces every occurrence of each of `values` in `text` with [`MASK`].
 pub fn mask_text(text: &str, values: &[String]) -> String {
     let mut out = text.to_owned();

@@ -366,40 +366,22 @@ pub mod fmt_api {
     }
 }
 
-/// `s` with all but its last `n` characters replaced by `*`.
-pub fn keep_last(s: &str, n: usize) -> String {
-    let count = s.chars().count();
-    s.chars()
-        .enumerate()
-        .map(|(i, c)| if i + n < count { '*' } else { c })
-        .collect()
-}
-
 /// `mask::...`.
 #[export_module]
 pub mod mask_api {
     /// `+48500100200` → `+********200`.
     pub fn phone(s: &str) -> String {
-        match s.strip_prefix('+') {
-            Some(rest) => format!("+{}", super::keep_last(rest, 3)),
-            None => super::keep_last(s, 3),
-        }
+        crate::mask::phone(s)
     }
 
     /// `jan.kowalski@example.com` → `j***@example.com`.
     pub fn email(s: &str) -> String {
-        match s.split_once('@') {
-            Some((user, domain)) => {
-                let first: String = user.chars().take(1).collect();
-                format!("{first}***@{domain}")
-            }
-            None => super::keep_last(s, 0),
-        }
+        crate::mask::email(s)
     }
 
     /// All but the last `n` characters replaced by `*`.
     pub fn keep_last(s: &str, n: rhai::INT) -> String {
-        super::keep_last(s, usize::try_from(n).unwrap_or(0))
+        crate::mask::keep_last(s, usize::try_from(n).unwrap_or(0))
     }
 }
 
@@ -496,7 +478,7 @@ mod tests {
 
     #[test]
     fn masks_keep_what_helps_recognise() {
-        assert_eq!(keep_last("+48500100200", 3), "*********200");
+        assert_eq!(crate::mask::keep_last("+48500100200", 3), "*********200");
         assert_eq!(mask_api::phone("+48500100200"), "+********200");
         assert_eq!(mask_api::email("jan@example.com"), "j***@example.com");
     }

@@ -225,13 +225,14 @@ pub fn run_all(
             }
         };
         for case in tf.cases {
-            results.push(run_case(&file, case, scripts, limits, handle.clone()));
+            results.push(run_case(dir, &file, case, scripts, limits, handle.clone()));
         }
     }
     results
 }
 
 fn run_case(
+    dir: &Path,
     file: &Path,
     case: Case,
     scripts: &Scripts,
@@ -274,8 +275,12 @@ fn run_case(
                 name: case.name,
                 script,
                 failure: Some(format!(
-                    "no script for {}/{}",
-                    event.provider, event.event_type
+                    "no script for {p}/{t}: none of {p}/{t}.rhai, {p}/_default.rhai and \
+                     _default.rhai is in {dir} (give `switchboard test` the routes folder \
+                     itself, not a provider's folder)",
+                    p = event.provider,
+                    t = event.event_type,
+                    dir = dir.display()
                 )),
             };
         }

@@ -105,6 +105,7 @@ pub struct ReplayRequest {
 
 /// What a bulk replay did.
 #[derive(Object, Debug, Clone)]
+#[oai(rename_all = "camelCase")]
 pub struct ReplaySummary {
     /// Events put back in the inbox.
     pub events: u32,

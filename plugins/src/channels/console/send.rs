@@ -1,6 +1,7 @@
 use futures_util::future::BoxFuture;
 use switchboard_core::{
     delivery::Channel,
+    mask,
     outbox::{Action, SendResult},
 };
 
@@ -20,12 +21,19 @@ impl Channel for Console {
                 .unwrap_or("")
                 .to_owned()
         };
+        // The recipient is shown as much as helps recognise it; the text on one line.
+        let to = field("to");
+        let to = if self.channel == "sms" {
+            mask::phone(&to)
+        } else {
+            mask::email(&to)
+        };
         tracing::info!(
             channel = self.channel,
             action_id = %action.id,
-            to = %field("to"),
-            subject = %field("subject"),
-            text = %field("text"),
+            to = %to,
+            subject = %mask::one_line(&field("subject")),
+            text = %mask::one_line(&field("text")),
             "console delivery (configure channels.{} to send for real)",
             self.channel
         );
@@ -43,7 +51,7 @@ pub struct Log;
 impl Channel for Log {
     fn send<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, SendResult> {
         let shown = action.masked_payload();
-        let message = shown.get("message").and_then(|v| v.as_str()).unwrap_or("");
+        let message = mask::one_line(shown.get("message").and_then(|v| v.as_str()).unwrap_or(""));
         let (provider, event_id) = (&action.provider, action.event_id);
         if shown.get("level").and_then(|v| v.as_str()) == Some("warn") {
             tracing::warn!(%provider, %event_id, "{message}");
