@@ -405,6 +405,7 @@ async fn engine_only(o: &Options) -> anyhow::Result<Result> {
                 let data: serde_json::Value = serde_json::from_slice(&p.body)?;
                 let t = Instant::now();
                 let sub = Submission {
+                    answer_within: None,
                     provider: "pomelo".into(),
                     endpoint: PATH.into(),
                     event_type: "tokenization_otp".into(),

@@ -76,6 +76,10 @@ pub struct Submission {
     pub secret_paths: Vec<String>,
     /// The answer for a newly stored event (also replayed to its duplicates).
     pub response: StoredResponse,
+    /// The provider's own deadline for an answer, if it has one (VerifyVASP: 1 s): a
+    /// concurrent duplicate then waits for the first request at most this long, when
+    /// that is shorter than `store.duplicate_wait`.
+    pub answer_within: Option<Duration>,
 }
 
 /// What happened to a submission.
@@ -181,7 +185,10 @@ impl Inner {
         let fp = fingerprint(&sub.body);
         let mut key = format!("{}:{}", sub.provider, sub.key);
         let mut conflict_of = None;
-        let deadline = tokio::time::Instant::now() + self.duplicate_wait;
+        let wait = sub
+            .answer_within
+            .map_or(self.duplicate_wait, |w| w.min(self.duplicate_wait));
+        let deadline = tokio::time::Instant::now() + wait;
         let provider = Metrics::provider(&sub.provider);
         loop {
             let settled = self.settled.notified();
@@ -395,6 +402,7 @@ mod tests {
             meta: BTreeMap::new(),
             secret_paths: vec![],
             response: StoredResponse::json(200, &json!({"result": true})),
+            answer_within: None,
         }
     }
 
@@ -448,6 +456,26 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::InFlight), "{err}");
         assert!(started.elapsed() >= Duration::from_millis(200));
+        // A provider with its own, shorter deadline gets its answer (a retry-later) sooner:
+        // the wait ends at its deadline, not at `duplicate_wait`.
+        let patient = Ingestor::new(
+            store.clone(),
+            Metrics::shared(),
+            &StoreConfig {
+                duplicate_wait: crate::units::HumanDuration::secs(30),
+                ..cfg.clone()
+            },
+        );
+        let mut hurried = sub("k", "{}", OnConflict::KeepAndFlag);
+        hurried.answer_within = Some(Duration::from_millis(50));
+        let started = std::time::Instant::now();
+        let err = patient.submit(hurried).await.unwrap_err();
+        assert!(matches!(err, Error::InFlight), "{err}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(50) && took < Duration::from_secs(15),
+            "{took:?}"
+        );
         // Once the first gives up, the duplicate's retry takes over and is stored.
         store.release("test:k").unwrap();
         let r = ing

@@ -173,6 +173,7 @@ impl PomeloApi {
             ),
         };
         let submission = Submission {
+            answer_within: None,
             provider: NAME.into(),
             endpoint: self.path.clone(),
             event_type: super::EVENT_TYPE.into(),

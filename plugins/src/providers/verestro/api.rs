@@ -342,6 +342,7 @@ impl VerestroApi {
             ),
         };
         let submission = Submission {
+            answer_within: None,
             provider: NAME.into(),
             endpoint: path,
             event_type: endpoint.into(),

@@ -1,6 +1,6 @@
 //! VerifyVASP's callback as a poem-openapi operation.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use poem::web::Data;
 use poem_openapi::{ApiResponse, OpenApi, SecurityScheme, auth::Bearer, payload::Json};
@@ -22,6 +22,11 @@ use crate::{
     },
     providers::ProviderTag,
 };
+
+/// The enclave expects an answer within a second: a concurrent duplicate waits for the
+/// first request at most this long (then it is told to retry), whatever
+/// `store.duplicate_wait` says.
+const ANSWER_WITHIN: Duration = Duration::from_millis(900);
 
 /// `Authorization: Bearer <VEGA_VERIFICATION_AUTHORIZATION_TOKEN>`, compared in constant
 /// time with the configured token.
@@ -139,6 +144,8 @@ impl VerifyVaspApi {
             meta: BTreeMap::new(),
             secret_paths: Vec::new(),
             response: received(),
+            // The enclave wants its answer within a second.
+            answer_within: Some(ANSWER_WITHIN),
         };
         match ctx.ingest.submit(submission).await {
             Ok(receipt) => Answer::stored(&receipt.response),
