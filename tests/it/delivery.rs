@@ -712,3 +712,73 @@ async fn events_waiting_out_lookup_retries_do_not_hold_up_newer_ones() {
     let received = events(&c, &s, "provider=pomelo&status=received").await;
     assert!(!received.is_empty(), "the Pomelo events still wait");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_mid_route_routes_each_event_once_after_restart() {
+    let dir = Dir::new();
+    let sink = SmtpSink::start(dir.path(), &[]);
+    let customers = Recorder::start().await;
+    // The lookup never answers: every route run is in the middle of its script.
+    customers.plan("/cards/", vec![Reply::hang()]);
+    let tail = format!(
+        "{}{}[routes]\nlookup_timeout = \"60s\"\nlookup_budget = \"60s\"\n",
+        smtp(sink.port),
+        service("customers", &customers, "timeout = \"60s\""),
+    );
+    let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
+    let c = client();
+    let otps: Vec<String> = (0..3).map(|i| format!("81818{i}")).collect();
+    for otp in &otps {
+        accepted_pomelo(&c, &s, &pomelo_otp(otp, "EMAIL")).await;
+    }
+    customers
+        .wait_for("/cards/card_123456789/holder", 3, Duration::from_secs(20))
+        .await;
+    // Killed while the three scripts wait on their lookups.
+    s.kill9();
+    customers.plan(
+        "/cards/",
+        vec![Reply::json(
+            json!({"phone": "+48500100200", "email": "jan@example.com"}),
+        )],
+    );
+    let s = Server::start_in(dir, &[("tail", &tail)]);
+    let mails = sink.wait_for(3, Duration::from_secs(30)).await;
+    for otp in &otps {
+        assert_eq!(
+            mails
+                .iter()
+                .filter(|m| m.data.contains(otp.as_str()))
+                .count(),
+            1,
+            "{otp}"
+        );
+    }
+    let page = until(&c, &s, "/admin/events?provider=pomelo", "3 routed", |p| {
+        p["items"]
+            .as_array()
+            .is_some_and(|a| a.len() == 3 && a.iter().all(|e| e["status"] == "routed"))
+    })
+    .await;
+    for e in page["items"].as_array().unwrap() {
+        let id = e["id"].as_str().unwrap();
+        let full = admin(&c, &s, &format!("/admin/events/{id}")).await;
+        assert_eq!(full["actions"].as_array().unwrap().len(), 1, "{full}");
+    }
+    let sent = until(&c, &s, "/admin/deliveries?status=sent", "3 sent", |p| {
+        p["items"].as_array().is_some_and(|a| a.len() == 3)
+    })
+    .await;
+    assert_eq!(sent["items"].as_array().unwrap().len(), 3);
+    // Nothing more arrives later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.mails().len(), 3);
+    assert_eq!(
+        admin(&c, &s, "/admin/deliveries").await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "one action per event, none left over from the killed runs"
+    );
+}

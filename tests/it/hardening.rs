@@ -268,6 +268,16 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
 
 #[tokio::test]
 async fn sigterm_lets_the_request_in_flight_finish() {
+    a_stop_lets_the_request_in_flight_finish("-TERM").await;
+}
+
+#[tokio::test]
+async fn ctrl_c_lets_the_request_in_flight_finish() {
+    a_stop_lets_the_request_in_flight_finish("-INT").await;
+}
+
+/// Stops the server with `signal` (`-TERM`, `-INT`: Ctrl-C) while a request is in flight.
+async fn a_stop_lets_the_request_in_flight_finish(signal: &str) {
     let mut s = Server::start(&[]);
     let body = pomelo_body("424242");
     let ts = now().to_string();
@@ -289,7 +299,7 @@ async fn sigterm_lets_the_request_in_flight_finish() {
     }
     let pid = s.pid();
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+        .args([signal, &pid.to_string()])
         .status()
         .unwrap();
     assert!(status.success());

@@ -32,6 +32,25 @@ async fn a_signed_otp_is_stored_once_and_answered_204() {
         metric(&c, &s, "switchboard_duplicates_total{provider=\"pomelo\"}").await,
         1.0
     );
+    // Both requests are counted by provider, endpoint and status; the stored one timed.
+    assert_eq!(
+        metric(
+            &c,
+            &s,
+            "switchboard_requests_total{provider=\"pomelo\",endpoint=\"/pomelo/tokenization/otp\",status=\"204\"}"
+        )
+        .await,
+        2.0
+    );
+    assert!(
+        metric(
+            &c,
+            &s,
+            "switchboard_ingest_duration_seconds_count{provider=\"pomelo\"}"
+        )
+        .await
+            >= 1.0
+    );
 }
 
 #[tokio::test]

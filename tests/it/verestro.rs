@@ -727,3 +727,32 @@ async fn plaintext_refused_by_the_encryption_policy_is_replayed_only_once_the_po
     .await;
     assert_eq!(e["data"]["merchantName"], "merchant test", "{e}");
 }
+
+#[tokio::test]
+async fn a_client_that_stalls_the_tls_handshake_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = Dir::new();
+    let pki = Pki::new(dir.path());
+    // The listener's handshake_timeout is 2 s (Pki::config).
+    let s = verestro_server(dir, &pki, "", "");
+    let addr = s.listeners["verestro"].clone();
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Half a TLS record header, then nothing.
+    stalled.write_all(&[0x16, 0x03]).await.unwrap();
+    let started = Instant::now();
+    // Meanwhile the listener keeps serving: a proper client gets through.
+    let r = pki
+        .provider()
+        .get(s.verestro_url("/public-key"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(20), stalled.read(&mut buf))
+        .await
+        .expect("the server closes the connection");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+}
