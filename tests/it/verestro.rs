@@ -735,7 +735,7 @@ async fn a_client_that_stalls_the_tls_handshake_is_cut_off() {
     let pki = Pki::new(dir.path());
     // The listener's handshake_timeout is 2 s (Pki::config).
     let s = verestro_server(dir, &pki, "", "");
-    let addr = s.listeners["verestro"].clone();
+    let addr = s.listeners["verestro"];
     let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
     // Half a TLS record header, then nothing.
     stalled.write_all(&[0x16, 0x03]).await.unwrap();
