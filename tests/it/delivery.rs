@@ -782,3 +782,47 @@ async fn a_process_killed_mid_route_routes_each_event_once_after_restart() {
         "one action per event, none left over from the killed runs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_channel_keeps_to_its_concurrency_and_a_stuck_one_holds_up_no_other() {
+    let gateway = Recorder::start().await;
+    // The SMS gateway takes every message and never answers.
+    gateway.plan("/v1/messages", vec![Reply::hang()]);
+    let customers = customers().await;
+    let compliance = Recorder::start().await;
+    let tail = format!(
+        "[channels.sms]\nkind = \"json\"\nurl = \"{}/v1/messages\"\nconcurrency = 2\ntimeout = \"60s\"\n{}{}",
+        gateway.url(),
+        service("customers", &customers, ""),
+        service("compliance", &compliance, ""),
+    );
+    let s = Server::start(&[("tail", &tail)]);
+    let c = client();
+    for n in 0..5 {
+        accepted_pomelo(&c, &s, &pomelo_otp(&format!("70000{n}"), "SMS")).await;
+    }
+    gateway
+        .wait_for("/v1/messages", 2, Duration::from_secs(20))
+        .await;
+    // The HTTP channel is not held up by the stuck SMS gateway.
+    accepted_vasp(&c, &s, &fixture("verifyvasp_tx_report.json")).await;
+    compliance
+        .wait_for("/travel-rule/tx_report", 1, Duration::from_secs(20))
+        .await;
+    until(
+        &c,
+        &s,
+        "/admin/deliveries?channel=sms",
+        "5 SMS queued",
+        |p| p["items"].as_array().is_some_and(|a| a.len() == 5),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        gateway.to("/v1/messages").len(),
+        2,
+        "no more than `concurrency` messages at once"
+    );
+    let sending = admin(&c, &s, "/admin/deliveries?channel=sms&status=sending").await;
+    assert_eq!(sending["items"].as_array().unwrap().len(), 2, "{sending}");
+}
