@@ -22,10 +22,10 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
-    task::{Context, Poll, Waker},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -249,36 +249,39 @@ async fn http<I>(
     }
 }
 
-/// What a connection is doing: requests running, requests seen, when it last did
-/// anything, and who to wake when its last request ends.
+/// What a connection is doing: requests running, whether it has had one, and when one
+/// last began or ended (milliseconds since the connection opened). Atomics only: it is
+/// touched twice per request.
 struct Activity {
+    opened: Instant,
     running: AtomicUsize,
-    seen: AtomicUsize,
-    last: Mutex<Instant>,
-    reader: Mutex<Option<Waker>>,
+    seen: AtomicBool,
+    last_ms: AtomicU64,
 }
 
 impl Activity {
     fn new() -> Self {
         Activity {
+            opened: Instant::now(),
             running: AtomicUsize::new(0),
-            seen: AtomicUsize::new(0),
-            last: Mutex::new(Instant::now()),
-            reader: Mutex::new(None),
+            seen: AtomicBool::new(false),
+            last_ms: AtomicU64::new(0),
         }
     }
 
     fn touch(&self) {
-        if let Ok(mut l) = self.last.lock() {
-            *l = Instant::now();
-        }
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
     }
 
-    fn last(&self) -> Instant {
-        self.last
-            .lock()
-            .map(|l| *l)
-            .unwrap_or_else(|_| Instant::now())
+    /// When the connection stops being worth keeping, if no request begins meanwhile.
+    fn deadline(&self, first: Duration, idle: Duration) -> Instant {
+        let limit = if self.seen.load(Ordering::Relaxed) {
+            idle
+        } else {
+            first
+        };
+        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + limit
     }
 }
 
@@ -287,8 +290,8 @@ struct Running(Arc<Activity>);
 
 impl Running {
     fn start(a: Arc<Activity>) -> Self {
-        a.running.fetch_add(1, Ordering::SeqCst);
-        a.seen.fetch_add(1, Ordering::SeqCst);
+        a.running.fetch_add(1, Ordering::Relaxed);
+        a.seen.store(true, Ordering::Relaxed);
         a.touch();
         Running(a)
     }
@@ -297,12 +300,7 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.0.touch();
-        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
-            // The reader waits with no timer while a request runs: let it set one.
-            if let Some(w) = self.0.reader.lock().ok().and_then(|mut r| r.take()) {
-                w.wake();
-            }
-        }
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -310,6 +308,10 @@ impl Drop for Running {
 /// idle too long: no request running for `first` since it opened (before its first
 /// request) or for `idle` since its last request began or ended. Bytes that start no
 /// request do not count.
+///
+/// The timer is moved later only when it fires (then it looks at what happened
+/// meanwhile), and earlier only when a shorter limit applies, so a busy connection costs
+/// two atomic updates per request and no timer work.
 struct IdleIo<I> {
     inner: I,
     activity: Arc<Activity>,
@@ -325,33 +327,34 @@ impl<I: AsyncRead + Unpin> AsyncRead for IdleIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            // Bytes alone do not count as activity: an HTTP/2 client sending PINGs, or
-            // a trickle of bytes, and never a request, would otherwise hold its slot.
-            Poll::Ready(r) => Poll::Ready(r),
-            Poll::Pending => {
-                if let Ok(mut r) = this.activity.reader.lock() {
-                    *r = Some(cx.waker().clone());
-                }
-                if this.activity.running.load(Ordering::SeqCst) > 0 {
-                    return Poll::Pending;
-                }
-                let limit = if this.activity.seen.load(Ordering::SeqCst) == 0 {
-                    this.first
-                } else {
-                    this.idle
-                };
-                let deadline = this.activity.last() + limit;
-                if this.sleep.deadline() != deadline {
-                    this.sleep.as_mut().reset(deadline);
-                }
-                match this.sleep.as_mut().poll(cx) {
-                    // Idle too long: the end of the stream, as if the client had left.
-                    Poll::Ready(()) => Poll::Ready(Ok(())),
-                    Poll::Pending => Poll::Pending,
-                }
+        // Bytes alone do not count as activity: an HTTP/2 client sending PINGs, or a
+        // trickle of bytes, and never a request, would otherwise hold its slot.
+        if let Poll::Ready(r) = Pin::new(&mut this.inner).poll_read(cx, buf) {
+            return Poll::Ready(r);
+        }
+        if this.activity.running.load(Ordering::Relaxed) == 0 {
+            // A limit shorter than the one armed (idle after a request, when `idle` is
+            // shorter than `first`) takes effect at once; a later one waits for the timer.
+            let deadline = this.activity.deadline(this.first, this.idle);
+            if deadline < this.sleep.deadline() {
+                this.sleep.as_mut().reset(deadline);
             }
         }
+        while this.sleep.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let deadline = if this.activity.running.load(Ordering::Relaxed) > 0 {
+                // A request is running (a slow body, a long answer): look again later.
+                now + this.idle
+            } else {
+                this.activity.deadline(this.first, this.idle)
+            };
+            if deadline <= now {
+                // Idle too long: the end of the stream, as if the client had left.
+                return Poll::Ready(Ok(()));
+            }
+            this.sleep.as_mut().reset(deadline);
+        }
+        Poll::Pending
     }
 }
 
