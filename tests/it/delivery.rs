@@ -197,10 +197,7 @@ async fn pooled_smtp_connections_are_reused_and_replaced_when_the_server_drops_t
         three[2].peer, first[0].peer,
         "a new connection carried the third"
     );
-    let page = until(&c, &s, "/admin/deliveries?status=sent", "3 sent", |p| {
-        p["items"].as_array().is_some_and(|a| a.len() == 3)
-    })
-    .await;
+    let page = until_items(&c, &s, "/admin/deliveries?status=sent", 3, "3 sent").await;
     for a in page["items"].as_array().unwrap() {
         assert_eq!(
             a["attempts"].as_array().unwrap().len(),
@@ -347,10 +344,7 @@ async fn servers_that_refuse_then_recover_get_their_deliveries_on_retry() {
         calls[0].headers["idempotency-key"], calls[1].headers["idempotency-key"],
         "the same key on every attempt"
     );
-    let page = until(&c, &s, "/admin/deliveries?status=sent", "both sent", |p| {
-        p["items"].as_array().is_some_and(|a| a.len() == 2)
-    })
-    .await;
+    let page = until_items(&c, &s, "/admin/deliveries?status=sent", 2, "both sent").await;
     for d in page["items"].as_array().unwrap() {
         let outcomes: Vec<&str> = d["attempts"]
             .as_array()
@@ -472,10 +466,7 @@ async fn a_permanent_failure_ends_dead_and_an_admin_replay_delivers_it() {
     compliance
         .wait_for("/travel-rule/tx_report", 2, Duration::from_secs(20))
         .await;
-    until(&c, &s, "/admin/deliveries?status=sent", "both sent", |p| {
-        p["items"].as_array().is_some_and(|a| a.len() == 2)
-    })
-    .await;
+    until_items(&c, &s, "/admin/deliveries?status=sent", 2, "both sent").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,14 +493,7 @@ async fn a_process_killed_mid_delivery_completes_every_action_after_restart() {
     let first = compliance
         .wait_for("/travel-rule/tx_report", 5, Duration::from_secs(20))
         .await;
-    until(
-        &c,
-        &s,
-        "/admin/deliveries?status=sending",
-        "5 sending",
-        |p| p["items"].as_array().is_some_and(|a| a.len() == 5),
-    )
-    .await;
+    until_items(&c, &s, "/admin/deliveries?status=sending", 5, "5 sending").await;
     // ...when the process dies.
     s.kill9();
     compliance.plan("/travel-rule/", vec![Reply::status(200)]);
@@ -517,10 +501,7 @@ async fn a_process_killed_mid_delivery_completes_every_action_after_restart() {
     let all = compliance
         .wait_for("/travel-rule/tx_report", 10, Duration::from_secs(30))
         .await;
-    let page = until(&c, &s, "/admin/deliveries?status=sent", "5 sent", |p| {
-        p["items"].as_array().is_some_and(|a| a.len() == 5)
-    })
-    .await;
+    let page = until_items(&c, &s, "/admin/deliveries?status=sent", 5, "5 sent").await;
     for d in page["items"].as_array().unwrap() {
         let outcomes: Vec<&str> = d["attempts"]
             .as_array()
@@ -654,14 +635,7 @@ async fn a_lookup_that_fails_for_a_moment_is_retried_and_one_that_is_refused_is_
         pomelo_request(&c, &s, &body).send().await.unwrap().status(),
         204
     );
-    let failed = until(
-        &c,
-        &s,
-        "/admin/events?status=failed",
-        "the event failed",
-        |p| p["items"].as_array().is_some_and(|a| a.len() == 1),
-    )
-    .await;
+    let failed = until_items(&c, &s, "/admin/events?status=failed", 1, "the event failed").await;
     let error = failed["items"][0]["route"]["error"].as_str().unwrap_or("");
     assert!(error.contains("HTTP 404"), "{failed}");
     assert_eq!(failed["items"][0]["route"]["runs"], 1, "{failed}");
@@ -765,10 +739,7 @@ async fn a_process_killed_mid_route_routes_each_event_once_after_restart() {
         let full = admin(&c, &s, &format!("/admin/events/{id}")).await;
         assert_eq!(full["actions"].as_array().unwrap().len(), 1, "{full}");
     }
-    let sent = until(&c, &s, "/admin/deliveries?status=sent", "3 sent", |p| {
-        p["items"].as_array().is_some_and(|a| a.len() == 3)
-    })
-    .await;
+    let sent = until_items(&c, &s, "/admin/deliveries?status=sent", 3, "3 sent").await;
     assert_eq!(sent["items"].as_array().unwrap().len(), 3);
     // Nothing more arrives later.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -809,14 +780,7 @@ async fn each_channel_keeps_to_its_concurrency_and_a_stuck_one_holds_up_no_other
     compliance
         .wait_for("/travel-rule/tx_report", 1, Duration::from_secs(20))
         .await;
-    until(
-        &c,
-        &s,
-        "/admin/deliveries?channel=sms",
-        "5 SMS queued",
-        |p| p["items"].as_array().is_some_and(|a| a.len() == 5),
-    )
-    .await;
+    until_items(&c, &s, "/admin/deliveries?channel=sms", 5, "5 SMS queued").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
         gateway.to("/v1/messages").len(),

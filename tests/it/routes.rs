@@ -505,14 +505,7 @@ async fn a_script_broken_from_the_start_fails_its_events_until_fixed_and_replaye
         204,
         "the event is stored and answered whatever its route"
     );
-    let failed = until(
-        &c,
-        &s,
-        "/admin/events?status=failed",
-        "the event failed",
-        |p| p["items"].as_array().is_some_and(|a| a.len() == 1),
-    )
-    .await;
+    let failed = until_items(&c, &s, "/admin/events?status=failed", 1, "the event failed").await;
     let e = &failed["items"][0];
     let error = e["route"]["error"].as_str().unwrap();
     assert!(error.contains("pomelo/tokenization_otp.rhai"), "{e}");

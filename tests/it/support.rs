@@ -451,3 +451,17 @@ pub async fn accepted_vasp(c: &reqwest::Client, s: &Server, body: &[u8]) {
     let r = vasp_request(c, s, body).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
 }
+
+/// Polls an admin listing until it holds exactly `n` items; the page.
+pub async fn until_items(
+    c: &reqwest::Client,
+    s: &Server,
+    path: &str,
+    n: usize,
+    what: &str,
+) -> serde_json::Value {
+    until(c, s, path, what, |p| {
+        p["items"].as_array().is_some_and(|a| a.len() == n)
+    })
+    .await
+}
