@@ -13,7 +13,11 @@ pub fn init(cfg: &LogConfig) {
     let builder = fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr (`serve 2>&1 | tee log` whose reader died) must not turn every
+        // log line into a panic in the task that logs it (the router, the deliverer):
+        // the lines are lost, the work goes on.
+        .log_internal_errors(false);
     match cfg.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -662,11 +662,16 @@ impl Store {
                 .map(u64::from_be_bytes);
             let id = k.get(9..).and_then(ActionId::from_slice);
             if let (Some(at), Some(id)) = (at, id) {
-                if let Ok(Some(a)) = self.action(id) {
-                    if a.due_ms == Some(at) {
+                match self.action(id) {
+                    Ok(Some(a)) if a.due_ms == Some(at) => {
                         batch.insert(due_key(&a.channel, at, &id), &[]);
                         moved += 1;
                     }
+                    // Gone, rescheduled or unreadable: the old entry stands for nothing.
+                    Ok(_) | Err(crate::Error::Corrupt { .. }) => {}
+                    // Not known now: keep the entry for the next start rather than lose
+                    // a delivery.
+                    Err(e) => return Err(e),
                 }
             }
             batch_write(self, batch)?;

@@ -10,25 +10,23 @@
 //! - A client that does not finish its headers within `header_read_timeout` is cut off,
 //!   and so is a new connection (HTTP/1.1 or HTTP/2) that has not started a request by
 //!   then; after its first request, a connection that runs no request for `idle_timeout`
-//!   is closed ([`IdleIo`]), whatever bytes (HTTP/2 PINGs, say) it sends meanwhile. hyper has no such limit for
-//!   HTTP/2, so idle HTTP/2 connections could otherwise hold every connection slot.
+//!   is closed ([`idle_watch`]), whatever bytes (HTTP/2 PINGs, say) it sends meanwhile. A
+//!   request runs until its answer is written out. hyper has no such limit for HTTP/2, so
+//!   idle HTTP/2 connections could otherwise hold every connection slot.
 //! - On shutdown: stop accepting, let requests in flight finish (bounded by the grace
 //!   period), then return so that the caller can flush the store.
 
 use std::{
     convert::Infallible,
-    future::Future,
-    io,
     net::SocketAddr,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -45,10 +43,10 @@ use poem::{
 };
 use switchboard_core::{metrics::Metrics, peer::ConnectionInfo};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::Semaphore,
-    time::{Instant, Sleep},
+    time::Instant,
 };
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -215,13 +213,7 @@ async fn http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let io = IdleIo {
-        inner: io,
-        activity: activity.clone(),
-        first: shared.first_request,
-        idle: shared.idle,
-        sleep: Box::pin(tokio::time::sleep(shared.first_request)),
-    };
+    let idle = idle_watch(activity.clone(), shared.first_request, shared.idle);
     let ep = shared.ep.clone();
     let local_addr = LocalAddr(shared.local.into());
     let remote_addr = RemoteAddr(remote.into());
@@ -233,19 +225,30 @@ async fn http<I>(
         let info = info.clone();
         let running = Running::start(activity.clone());
         async move {
-            let _running = running;
             let mut req: poem::Request = (req, local_addr, remote_addr, scheme).into();
             req.extensions_mut().insert(info);
             let resp: http_types::Response<_> = ep.get_response(req).await.into();
-            Ok::<_, Infallible>(resp)
+            // The request runs until its answer has been written out (or dropped): a
+            // long answer to a slow reader is not idleness.
+            Ok::<_, Infallible>(resp.map(move |body| {
+                body.map_frame(move |frame| {
+                    let _running = &running;
+                    frame
+                })
+            }))
         }
     });
     let conn = shared
         .builder
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+    tokio::select! {
+        r = watcher.watch(conn) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        () = idle => tracing::debug!(%remote, "idle connection closed"),
     }
 }
 
@@ -290,7 +293,7 @@ struct Running(Arc<Activity>);
 
 impl Running {
     fn start(a: Arc<Activity>) -> Self {
-        a.running.fetch_add(1, Ordering::Relaxed);
+        a.running.fetch_add(1, Ordering::AcqRel);
         a.seen.store(true, Ordering::Relaxed);
         a.touch();
         Running(a)
@@ -300,91 +303,36 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.0.touch();
-        self.0.running.fetch_sub(1, Ordering::Relaxed);
+        // Release: whoever sees the count drop also sees the time just written.
+        self.0.running.fetch_sub(1, Ordering::Release);
     }
 }
 
-/// The connection's stream, ending it (as if the client had closed it) once it has been
-/// idle too long: no request running for `first` since it opened (before its first
-/// request) or for `idle` since its last request began or ended. Bytes that start no
-/// request do not count.
-///
-/// The timer is moved later only when it fires (then it looks at what happened
-/// meanwhile), and earlier only when a shorter limit applies, so a busy connection costs
-/// two atomic updates per request and no timer work.
-struct IdleIo<I> {
-    inner: I,
-    activity: Arc<Activity>,
-    first: Duration,
-    idle: Duration,
-    sleep: Pin<Box<Sleep>>,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for IdleIo<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        // Bytes alone do not count as activity: an HTTP/2 client sending PINGs, or a
-        // trickle of bytes, and never a request, would otherwise hold its slot.
-        if let Poll::Ready(r) = Pin::new(&mut this.inner).poll_read(cx, buf) {
-            return Poll::Ready(r);
-        }
-        if this.activity.running.load(Ordering::Relaxed) == 0 {
-            // A limit shorter than the one armed (idle after a request, when `idle` is
-            // shorter than `first`) takes effect at once; a later one waits for the timer.
-            let deadline = this.activity.deadline(this.first, this.idle);
-            if deadline < this.sleep.deadline() {
-                this.sleep.as_mut().reset(deadline);
-            }
-        }
-        while this.sleep.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
-            let deadline = if this.activity.running.load(Ordering::Relaxed) > 0 {
-                // A request is running (a slow body, a long answer): look again later.
-                now + this.idle
-            } else {
-                this.activity.deadline(this.first, this.idle)
-            };
+/// Ends when the connection has been idle too long: no request running for `first`
+/// since it opened (before its first request), or for `idle` since its last request
+/// began or its answer was written out. It watches beside the connection, not inside its
+/// reads and writes: an HTTP/2 client that floods PINGs, or stops reading so that the
+/// server stops reading too, is cut all the same. Its timer moves only when it fires
+/// (at least every `min(first, idle)`), so a busy connection costs two atomic updates
+/// per request and no timer work.
+async fn idle_watch(activity: Arc<Activity>, first: Duration, idle: Duration) {
+    // It looks at least this often, so that a limit that became shorter meanwhile (`idle`
+    // after a first request, when it is shorter than `first`) is kept within one step.
+    let step = first.min(idle);
+    let mut next = Instant::now() + step;
+    loop {
+        tokio::time::sleep_until(next).await;
+        let now = Instant::now();
+        next = if activity.running.load(Ordering::Acquire) > 0 {
+            // A request is running (a slow body, a long answer): look again later.
+            now + step
+        } else {
+            let deadline = activity.deadline(first, idle);
             if deadline <= now {
-                // Idle too long: the end of the stream, as if the client had left.
-                return Poll::Ready(Ok(()));
+                return;
             }
-            this.sleep.as_mut().reset(deadline);
-        }
-        Poll::Pending
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for IdleIo<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+            deadline.min(now + step)
+        };
     }
 }
 

@@ -211,6 +211,22 @@ async fn idle_connections_are_closed_http2_included() {
         took >= Duration::from_millis(2800) && took < Duration::from_secs(12),
         "PINGs are not requests: {took:?}"
     );
+    // A client that floods PINGs and never reads: once the buffers fill, the server's
+    // HTTP/2 stops reading too, and the connection is still cut.
+    let mut flood = TcpStream::connect(s.addr).await.unwrap();
+    let started = Instant::now();
+    let mut frames =
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
+    for _ in 0..512 {
+        frames.extend_from_slice(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00floodfld");
+    }
+    let cut = tokio::time::timeout(Duration::from_secs(20), async {
+        while flood.write_all(&frames).await.is_ok() {}
+    })
+    .await;
+    // (h2 may also give up on it sooner, for the flood itself.)
+    assert!(cut.is_ok(), "the flooding connection is closed");
+    assert!(started.elapsed() < Duration::from_secs(12));
     // HTTP/1.1 keep-alive: one request answered, then the connection idles.
     let mut h1 = TcpStream::connect(s.addr).await.unwrap();
     h1.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -717,6 +717,38 @@ async fn plaintext_refused_by_the_encryption_policy_is_replayed_only_once_the_po
         admin(&c, &s, &format!("/admin/events/{id}")).await["status"],
         "quarantined"
     );
+    // A body that arrived encrypted but does not fit the schema is kept decrypted: its
+    // replay is judged on the schema, not refused as plaintext.
+    let token = pki.jwe(&pki.path("jwe.pem.pub"), br#"{"otp": 5}"#, &[]);
+    let r = pki
+        .provider()
+        .post(s.verestro_url("/notifications/otp"))
+        .header("encrypted-request", "true")
+        .header("x-idempotency-key", key())
+        .body(envelope(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(detail(r).await, (422, "INVALID_PAYLOAD".into()));
+    let q = admin(&c, &s, "/admin/quarantine").await;
+    let other = q["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] != id.as_str())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = c
+        .post(s.url(&format!("/admin/events/{other}/replay")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let why = r.text().await.unwrap();
+    assert!(!why.contains("ENCRYPTION_REQUIRED"), "{why}");
     assert_eq!(s.terminate().code(), Some(0));
     // The operator takes `otp` off the list: now the replay routes it.
     let s = verestro_server(dir, &pki, "", "");

@@ -261,6 +261,7 @@ impl AdminApi {
                     &e.body,
                     &ctx.limits,
                     &ctx.verestro,
+                    &e.meta,
                 ) {
                     Ok(r) => Some((r.event_type, r.data, r.flags)),
                     Err(reason) => return Ok(ReplayOutcome::Unparseable(reason)),

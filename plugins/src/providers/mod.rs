@@ -80,11 +80,12 @@ pub fn reparse(
     body: &[u8],
     limits: &crate::http::Limits,
     verestro: &verestro::Replay,
+    meta: &std::collections::BTreeMap<String, String>,
 ) -> Result<Reparsed, String> {
     match provider {
         pomelo::NAME => pomelo::reparse(body, limits),
         verifyvasp::NAME => verifyvasp::reparse(body, limits),
-        verestro::NAME => verestro::reparse(event_type, body, limits, verestro),
+        verestro::NAME => verestro::reparse(event_type, body, limits, verestro, meta),
         other => Err(format!("unknown provider `{other}`")),
     }
 }

@@ -23,11 +23,14 @@ impl Channel for Console {
         };
         // The recipient is shown as much as helps recognise it; the text on one line.
         let to = field("to");
-        let to = if self.channel == "sms" {
+        let to = mask::one_line(&if self.channel == "sms" {
             mask::phone(&to)
         } else {
-            mask::email(&to)
-        };
+            to.split(',')
+                .map(|a| mask::email(a.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
         tracing::info!(
             channel = self.channel,
             action_id = %action.id,

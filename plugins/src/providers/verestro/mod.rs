@@ -137,13 +137,15 @@ pub struct Replay {
 
 /// Parses a stored body again as the endpoint it arrived on (the event type). A body kept
 /// as it arrived because it could not be decrypted then is decrypted with today's keys; a
-/// plaintext body on an endpoint that requires encryption stays refused (take the
-/// endpoint off `require_encryption` to accept it).
+/// body refused as plaintext where encryption is required (`meta.refused`) stays refused
+/// while the endpoint is on `require_encryption`. (A body that arrived encrypted and
+/// failed the schema is stored decrypted: it is not plaintext from the network.)
 pub fn reparse(
     endpoint: &str,
     body: &[u8],
     limits: &crate::http::Limits,
     replay: &Replay,
+    meta: &std::collections::BTreeMap<String, String>,
 ) -> Result<super::Reparsed, String> {
     use model::*;
     let decrypted;
@@ -157,7 +159,9 @@ pub fn reparse(
             })?;
             decrypted.plaintext.as_slice()
         }
-        None if config::encryption_required(&replay.require_encryption, endpoint) => {
+        None if meta.get("refused").map(String::as_str) == Some("ENCRYPTION_REQUIRED")
+            && config::encryption_required(&replay.require_encryption, endpoint) =>
+        {
             return Err(
                 "ENCRYPTION_REQUIRED: plaintext on an endpoint where `require_encryption` asks \
                  for JWE (take the endpoint off the list to accept this body)"
