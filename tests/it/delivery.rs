@@ -406,12 +406,7 @@ async fn a_permanent_failure_ends_dead_and_an_admin_replay_delivers_it() {
     assert!(s.logs().contains("delivery dead"));
 
     // A replay before the cause is fixed gets a whole new schedule, not one last try.
-    let r = c
-        .post(s.url(&format!("/admin/deliveries/{email_id}/replay")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = admin_post(&c, &s, &format!("/admin/deliveries/{email_id}/replay")).await;
     assert_eq!(r.status(), 202);
     let dead = until(
         &c,
@@ -434,12 +429,7 @@ async fn a_permanent_failure_ends_dead_and_an_admin_replay_delivers_it() {
     // through the CLI.
     std::fs::remove_file(&hold).unwrap();
     compliance.plan("/travel-rule/", vec![Reply::status(204)]);
-    let r = c
-        .post(s.url(&format!("/admin/deliveries/{email_id}/replay")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = admin_post(&c, &s, &format!("/admin/deliveries/{email_id}/replay")).await;
     assert_eq!(r.status(), 202);
     sink.wait_for(1, Duration::from_secs(20)).await;
     until_status(&c, &s, &email_id, "sent").await;
@@ -579,12 +569,7 @@ async fn an_otp_past_its_valid_for_is_never_sent_late() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(sink.mails().is_empty(), "an expired OTP is never sent");
     // Nor does a replay send it.
-    let r = c
-        .post(s.url(&format!("/admin/deliveries/{id}/replay")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = admin_post(&c, &s, &format!("/admin/deliveries/{id}/replay")).await;
     assert_eq!(r.status(), 409);
     assert!(r.text().await.unwrap().contains("never sent late"));
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -534,12 +534,7 @@ async fn a_script_broken_from_the_start_fails_its_events_until_fixed_and_replaye
     })
     .await;
     let id = e["id"].as_str().unwrap();
-    let r = c
-        .post(s.url(&format!("/admin/events/{id}/replay")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = admin_post(&c, &s, &format!("/admin/events/{id}/replay")).await;
     assert_eq!(r.status(), 202);
     let routed = until(&c, &s, &format!("/admin/events/{id}"), "routed", |e| {
         e["status"] == "routed"

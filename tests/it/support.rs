@@ -465,3 +465,12 @@ pub async fn until_items(
     })
     .await
 }
+
+/// `POST` to an admin path with the admin token.
+pub async fn admin_post(c: &reqwest::Client, s: &Server, path: &str) -> reqwest::Response {
+    c.post(s.url(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+}

@@ -27,6 +27,18 @@ fn envelope(token: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"payload": token})).unwrap()
 }
 
+/// Posts `token` to the OTP endpoint as Verestro does: encrypted, with a fresh key.
+async fn send_encrypted_otp(pki: &Pki, s: &Server, token: &str) -> reqwest::Response {
+    pki.provider()
+        .post(s.verestro_url("/notifications/otp"))
+        .header("encrypted-request", "true")
+        .header("x-idempotency-key", key())
+        .body(envelope(token))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn only_the_providers_certificate_gets_through_the_handshake() {
     let dir = Dir::new();
@@ -624,15 +636,7 @@ async fn a_body_no_key_decrypts_is_kept_and_replayed_once_the_key_is_configured(
     );
     let s = verestro_server(dir.clone(), &pki, "", "");
     let token = pki.jwe(&pki.path("jwe-next.pem.pub"), &otp_body("606060"), &[]);
-    let r = pki
-        .provider()
-        .post(s.verestro_url("/notifications/otp"))
-        .header("encrypted-request", "true")
-        .header("x-idempotency-key", key())
-        .body(envelope(&token))
-        .send()
-        .await
-        .unwrap();
+    let r = send_encrypted_otp(&pki, &s, &token).await;
     assert_eq!(detail(r).await, (422, "CANT_DECRYPT_PAYLOAD".into()));
     let c = client();
     let q = admin(&c, &s, "/admin/quarantine").await;
@@ -657,12 +661,7 @@ async fn a_body_no_key_decrypts_is_kept_and_replayed_once_the_key_is_configured(
         pki.path("jwe-next.pem")
     ));
     let s = Server::start_in(dir, &[("tail", &tail)]);
-    let r = c
-        .post(s.url(&format!("/admin/events/{id}/replay")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = admin_post(&c, &s, &format!("/admin/events/{id}/replay")).await;
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
     let e = until(&c, &s, &format!("/admin/events/{id}"), "routed", |e| {
         e["status"] != "quarantined" && e["status"] != "received"
@@ -720,15 +719,7 @@ async fn plaintext_refused_by_the_encryption_policy_is_replayed_only_once_the_po
     // A body that arrived encrypted but does not fit the schema is kept decrypted: its
     // replay is judged on the schema, not refused as plaintext.
     let token = pki.jwe(&pki.path("jwe.pem.pub"), br#"{"otp": 5}"#, &[]);
-    let r = pki
-        .provider()
-        .post(s.verestro_url("/notifications/otp"))
-        .header("encrypted-request", "true")
-        .header("x-idempotency-key", key())
-        .body(envelope(&token))
-        .send()
-        .await
-        .unwrap();
+    let r = send_encrypted_otp(&pki, &s, &token).await;
     assert_eq!(detail(r).await, (422, "INVALID_PAYLOAD".into()));
     let q = admin(&c, &s, "/admin/quarantine").await;
     let other = q["items"]
@@ -740,12 +731,7 @@ async fn plaintext_refused_by_the_encryption_policy_is_replayed_only_once_the_po
         .as_str()
         .unwrap()
         .to_owned();
-    let r = c
-        .post(s.url(&format!("/admin/events/{other}/replay")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = admin_post(&c, &s, &format!("/admin/events/{other}/replay")).await;
     assert_eq!(r.status(), 422);
     let why = r.text().await.unwrap();
     assert!(!why.contains("ENCRYPTION_REQUIRED"), "{why}");
