@@ -126,6 +126,26 @@ fn issued(cert: rcgen::Certificate, key_pem: Option<String>) -> Issued {
     }
 }
 
+/// Makes `params` an end-entity certificate for `purpose` with `key_usages`, valid for
+/// `days`, and signs it, for `public_key`, with the CA.
+fn sign_leaf(
+    ca: &Ca,
+    mut params: CertificateParams,
+    key_usages: Vec<KeyUsagePurpose>,
+    purpose: ExtendedKeyUsagePurpose,
+    days: u32,
+    public_key: &impl rcgen::PublicKeyData,
+) -> Result<rcgen::Certificate> {
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = key_usages;
+    params.extended_key_usages = vec![purpose];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, days);
+    params
+        .signed_by(public_key, &ca.issuer)
+        .map_err(|e| err("signing", e))
+}
+
 /// Signs a provider's CSR into a client certificate valid for `days`. Only the CSR's
 /// subject, public key and alternative names are taken: the certificate is always an
 /// end-entity certificate for client authentication, whatever the CSR asks for.
@@ -139,17 +159,17 @@ pub fn sign_csr(ca: &Ca, csr_pem: &str, days: u32) -> Result<Issued> {
     let mut params = CertificateParams::default();
     params.distinguished_name = csr.params.distinguished_name.clone();
     params.subject_alt_names = csr.params.subject_alt_names.clone();
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.use_authority_key_identifier_extension = true;
-    validity(&mut params, days);
-    let cert = params
-        .signed_by(&csr.public_key, &ca.issuer)
-        .map_err(|e| err("signing", e))?;
+    let cert = sign_leaf(
+        ca,
+        params,
+        vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        days,
+        &csr.public_key,
+    )?;
     Ok(issued(cert, None))
 }
 
@@ -174,17 +194,17 @@ pub fn server_cert(ca: &Ca, dns: &[String], ips: &[IpAddr], days: u32) -> Result
         .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
     let cn = dns.first().cloned().unwrap_or_else(|| ips[0].to_string());
     params.distinguished_name.push(DnType::CommonName, cn);
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.use_authority_key_identifier_extension = true;
-    validity(&mut params, days);
-    let cert = params
-        .signed_by(&key, &ca.issuer)
-        .map_err(|e| err("signing", e))?;
+    let cert = sign_leaf(
+        ca,
+        params,
+        vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ],
+        ExtendedKeyUsagePurpose::ServerAuth,
+        days,
+        &key,
+    )?;
     Ok(issued(cert, Some(key.serialize_pem())))
 }
 
@@ -194,14 +214,14 @@ pub fn client_cert(ca: &Ca, cn: &str, days: u32) -> Result<Issued> {
     let key = KeyPair::generate().map_err(|e| err("key generation", e))?;
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::CommonName, cn);
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.use_authority_key_identifier_extension = true;
-    validity(&mut params, days);
-    let cert = params
-        .signed_by(&key, &ca.issuer)
-        .map_err(|e| err("signing", e))?;
+    let cert = sign_leaf(
+        ca,
+        params,
+        vec![KeyUsagePurpose::DigitalSignature],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        days,
+        &key,
+    )?;
     Ok(issued(cert, Some(key.serialize_pem())))
 }
 
