@@ -257,6 +257,20 @@ pub(crate) fn due_key(channel: &str, due_ms: u64, id: &ActionId) -> Vec<u8> {
     k
 }
 
+/// The due time in a schedule key whose time starts at byte `at`.
+fn due_ms_at(k: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(k.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The entry a schedule key whose time starts at byte `at` stands for: the inverse of
+/// [`due_key`].
+fn parse_due(k: &[u8], at: usize) -> Option<Due> {
+    Some(Due {
+        at_ms: due_ms_at(k, at)?,
+        id: ActionId::from_slice(k.get(at + 8..)?)?,
+    })
+}
+
 /// A schedule entry: the action, and when it is due.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Due {
@@ -496,15 +510,10 @@ impl Store {
         let mut out = Vec::new();
         for entry in self.tree.range(prefix.clone()..end).take(limit) {
             let (k, _) = entry?;
-            let at_ms = k
-                .get(prefix.len()..prefix.len() + 8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes);
-            let id = k.get(prefix.len() + 8..).and_then(ActionId::from_slice);
-            match (at_ms, id) {
-                (Some(at_ms), Some(id)) => out.push(Due { id, at_ms }),
+            match parse_due(&k, prefix.len()) {
+                Some(d) => out.push(d),
                 // Not a key this code writes: it would be returned on every pass.
-                _ => {
+                None => {
                     self.tree.remove(&k)?;
                 }
             }
@@ -537,11 +546,7 @@ impl Store {
             .scan_prefix(&prefix)
             .next()
             .transpose()?
-            .and_then(|(k, _)| {
-                k.get(prefix.len()..prefix.len() + 8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-            }))
+            .and_then(|(k, _)| due_ms_at(&k, prefix.len())))
     }
 
     /// Marks an action `sending` with a new attempt, taking it off the schedule. Returns
@@ -656,12 +661,8 @@ impl Store {
             let (k, _) = entry?;
             let mut batch = sled::Batch::default();
             batch.remove(k.clone());
-            let at = k
-                .get(1..9)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes);
-            let id = k.get(9..).and_then(ActionId::from_slice);
-            if let (Some(at), Some(id)) = (at, id) {
+            // The old format: the time right after the prefix byte.
+            if let Some(Due { id, at_ms: at }) = parse_due(&k, 1) {
                 match self.action(id) {
                     Ok(Some(a)) if a.due_ms == Some(at) => {
                         batch.insert(due_key(&a.channel, at, &id), &[]);

@@ -362,7 +362,7 @@ impl VerestroApi {
 }
 
 /// Why an authenticated body was refused, for the quarantine.
-fn refusal_reason(code: ErrorCode) -> String {
+pub(super) fn refusal_reason(code: ErrorCode) -> String {
     let why = match code {
         ErrorCode::CantDecryptPayload => {
             "no active key decrypts the token, or its algorithm or headers are refused"

@@ -162,11 +162,10 @@ pub fn reparse(
         None if meta.get("refused").map(String::as_str) == Some("ENCRYPTION_REQUIRED")
             && config::encryption_required(&replay.require_encryption, endpoint) =>
         {
-            return Err(
-                "ENCRYPTION_REQUIRED: plaintext on an endpoint where `require_encryption` asks \
-                 for JWE (take the endpoint off the list to accept this body)"
-                    .into(),
-            );
+            return Err(format!(
+                "{} (take the endpoint off the list to accept this body)",
+                api::refusal_reason(model::ErrorCode::EncryptionRequired)
+            ));
         }
         None => body,
     };
