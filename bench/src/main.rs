@@ -388,7 +388,7 @@ async fn engine_only(o: &Options) -> anyhow::Result<Result> {
         path: dir.path().to_path_buf(),
         ..StoreConfig::default()
     };
-    let ingest = Ingestor::new(Store::open(&cfg)?, Metrics::shared(), &cfg);
+    let ingest = Ingestor::new(Store::open_sled(&cfg)?, Metrics::shared(), &cfg);
     let secret = secret_bytes();
     let counter = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -406,6 +406,7 @@ async fn engine_only(o: &Options) -> anyhow::Result<Result> {
                 let t = Instant::now();
                 let sub = Submission {
                     answer_within: None,
+                    dedup_window: None,
                     provider: "pomelo".into(),
                     endpoint: PATH.into(),
                     event_type: "tokenization_otp".into(),
@@ -524,7 +525,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (addr_b, stop_b, app) = real_server(dir.path(), &secret).await?;
     let store = app.store.clone();
-    let flushes_before = store.flush_count();
+    let flushes_before = store.stats().flushes.unwrap_or(0);
     let b = closed_loop(
         "(b) signed Pomelo, unique bodies, durable",
         addr_b,
@@ -533,7 +534,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     b.print();
-    let flushes = store.flush_count() - flushes_before;
+    let flushes = store.stats().flushes.unwrap_or(0) - flushes_before;
 
     let storm: Vec<Prepared> = (0..8).map(|n| pomelo(&secret, 1_000_000_000 + n)).collect();
     let c = closed_loop(
@@ -560,7 +561,7 @@ async fn main() -> anyhow::Result<()> {
     b_half.print();
     stop_b.cancel();
 
-    let events = store.event_count();
+    let events = store.event_count().await?;
     println!();
     println!(
         "b/a throughput ratio:        {:.0}% (target >= 50%)",

@@ -22,6 +22,15 @@ use crate::{
     store::{Store, now_ms},
 };
 
+/// How long an action taken from the schedule stays this process's before another may
+/// send it (a backend shared by several processes; the embedded one ignores it): it
+/// covers the wait for a channel's room, and the attempt itself (whose `sending` mark
+/// then holds it).
+const DELIVERY_LEASE: Duration = Duration::from_secs(60);
+
+/// How often actions that another process left `sending` are looked for.
+const RESUME_EVERY: Duration = Duration::from_secs(10);
+
 /// A way out: email, SMS, HTTP, the log.
 pub trait Channel: Send + Sync {
     /// Performs one attempt.
@@ -91,12 +100,18 @@ impl Deliverer {
     /// Each channel has its own queue and takes from it only as many actions as it has
     /// room for, so a slow or failing channel never holds up another.
     pub async fn run(self: Arc<Self>) {
-        match self.store.resume_interrupted() {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(actions = n, "resuming deliveries interrupted by a stop"),
-            Err(e) => tracing::error!(error = %e, "cannot resume interrupted deliveries"),
-        }
+        let mut resumed_at: Option<std::time::Instant> = None;
         loop {
+            if resumed_at.is_none_or(|at| at.elapsed() >= RESUME_EVERY) {
+                match self.store.resume_interrupted().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::warn!(actions = n, "resuming deliveries interrupted by a stop")
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot resume interrupted deliveries"),
+                }
+                resumed_at = Some(std::time::Instant::now());
+            }
             let now = now_ms();
             let mut next = None::<u64>;
             for (name, channel) in &self.channels {
@@ -105,15 +120,19 @@ impl Deliverer {
                     .max(1)
                     .saturating_sub(self.running(name));
                 if room > 0 {
-                    let due = self.store.due(name, now, room).unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "cannot read the outbox");
-                        Vec::new()
-                    });
+                    let due = self
+                        .store
+                        .take_due(name, now, room, DELIVERY_LEASE)
+                        .await
+                        .unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "cannot read the outbox");
+                            Vec::new()
+                        });
                     for d in due {
                         self.clone().dispatch(name, d);
                     }
                 }
-                if let Ok(Some(at)) = self.store.next_due(name) {
+                if let Ok(Some(at)) = self.store.next_due(name).await {
                     next = Some(next.map_or(at, |n| n.min(at)));
                 }
             }
@@ -155,18 +174,7 @@ impl Deliverer {
         }
         let channel = channel.to_owned();
         tokio::spawn(async move {
-            if !self.attempt(id).await {
-                // Nothing was due behind this entry: drop it if it is stale.
-                match self.store.drop_stale_due(&channel, due) {
-                    Ok(true) => {
-                        tracing::warn!(action_id = %id, channel = %channel, "a schedule entry with no action behind it was removed");
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::error!(action_id = %id, error = %e, "cannot clean the outbox schedule");
-                    }
-                }
-            }
+            self.attempt(&channel, due).await;
             if let Ok(mut f) = self.in_flight.lock() {
                 f.actions.remove(&id);
                 if let Some(n) = f.per_channel.get_mut(&channel) {
@@ -177,62 +185,65 @@ impl Deliverer {
         });
     }
 
-    /// Attempts the action, if it is still due. Returns whether an action stood behind the
-    /// schedule entry (`false`: the entry may be stale).
-    async fn attempt(&self, id: ActionId) -> bool {
-        let (channel_name, expired) = match self.store.action(id) {
-            Ok(Some(a)) => (
-                a.channel.clone(),
-                a.expires_at().is_some_and(|at| chrono::Utc::now() >= at),
-            ),
-            Ok(None) => return false,
+    /// Attempts the action behind a schedule entry, if it is still due.
+    async fn attempt(&self, channel_name: &str, due: Due) {
+        let id = due.id;
+        let Some(channel) = self.channels.get(channel_name) else {
+            return;
+        };
+        let expired = match self.store.action(id).await {
+            Ok(Some(a)) => a.expires_at().is_some_and(|at| chrono::Utc::now() >= at),
+            // Gone or unreadable: starting the attempt drops the stale entry.
+            Ok(None) | Err(crate::Error::Corrupt { .. }) => false,
             Err(e) => {
                 tracing::error!(action_id = %id, error = %e, "cannot read an action");
-                return false;
+                return;
             }
         };
-        let Some(channel) = self.channels.get(&channel_name) else {
-            return false;
-        };
         if expired {
-            match self.store.expire_action(id) {
+            match self.store.expire_action(id).await {
                 Ok(Some(a)) => {
                     self.metrics
                         .deliveries
                         .get_or_create(&DeliveryLabels {
-                            channel: channel_name.clone(),
+                            channel: channel_name.to_owned(),
                             outcome: "expired".into(),
                         })
                         .inc();
                     tracing::warn!(action_id = %id, event_id = %a.event_id, channel = %channel_name, "not sent: the message is no longer valid");
-                    return true;
                 }
-                Ok(None) => return false,
+                Ok(None) => {}
                 Err(e) => tracing::error!(action_id = %id, error = %e, "cannot expire an action"),
             }
-            return true;
+            return;
         }
-        let (action, seq) = match self.store.start_attempt(id) {
-            Ok(Some(x)) => x,
-            Ok(None) => return false,
-            Err(e) => {
-                tracing::error!(action_id = %id, error = %e, "cannot start a delivery");
-                return true;
-            }
-        };
         // Nothing leaves before the `sending` mark (and so the routed event and its actions,
         // written before it) is on disk: a crash after a send must find the action again,
         // with the same id, or the message would go twice under two ids.
-        let result = match self.store.durable(seq).await {
-            Ok(()) => channel.send(&action).await,
-            Err(e) => {
+        let action = match self.store.start_attempt(channel_name, due).await {
+            Ok(Some(a)) => a,
+            Ok(None) => return,
+            Err(e @ crate::Error::Durability(_)) => {
+                // Marked `sending`, but not known to be on disk: not sent, tried again.
                 tracing::error!(action_id = %id, error = %e, "the store cannot flush; not sending");
-                SendResult::Retry {
-                    error: "not sent: the store could not record the attempt on disk".into(),
-                    after: None,
+                if let Ok(Some(a)) = self.store.action(id).await {
+                    let result = SendResult::Retry {
+                        error: "not sent: the store could not record the attempt on disk".into(),
+                        after: None,
+                    };
+                    let retry_at = next_attempt(&self.cfg, a.failures() + 1, None, now_ms());
+                    if let Err(e) = self.store.finish_attempt(a, &result, retry_at).await {
+                        tracing::error!(action_id = %id, error = %e, "cannot record a delivery attempt");
+                    }
                 }
+                return;
+            }
+            Err(e) => {
+                tracing::error!(action_id = %id, error = %e, "cannot start a delivery");
+                return;
             }
         };
+        let result = channel.send(&action).await;
         let failures = action.failures() + usize::from(!matches!(result, SendResult::Sent(_)));
         let retry_at = match &result {
             SendResult::Retry { after, .. } => next_attempt(&self.cfg, failures, *after, now_ms()),
@@ -247,7 +258,7 @@ impl Deliverer {
         self.metrics
             .deliveries
             .get_or_create(&DeliveryLabels {
-                channel: channel_name.clone(),
+                channel: channel_name.to_owned(),
                 outcome: outcome.into(),
             })
             .inc();
@@ -257,7 +268,7 @@ impl Deliverer {
                 self.metrics
                     .delivered_seconds
                     .get_or_create(&ChannelLabels {
-                        channel: channel_name.clone(),
+                        channel: channel_name.to_owned(),
                     })
                     .observe(took.num_microseconds().unwrap_or(0) as f64 / 1e6);
                 tracing::info!(action_id = %id, event_id = %action.event_id, channel = %channel_name, "delivered");
@@ -269,10 +280,9 @@ impl Deliverer {
                 tracing::error!(action_id = %id, event_id = %action.event_id, channel = %channel_name, attempt = failures, error = %error, "delivery dead; replay it once the cause is fixed");
             }
         }
-        if let Err(e) = self.store.finish_attempt(action, &result, retry_at) {
+        if let Err(e) = self.store.finish_attempt(action, &result, retry_at).await {
             tracing::error!(action_id = %id, error = %e, "cannot record a delivery attempt");
         }
-        true
     }
 }
 

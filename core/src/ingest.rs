@@ -15,17 +15,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
-use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
-
 use crate::{
     Error, Result,
     config::StoreConfig,
     event::{Event, EventId, EventStatus},
     metrics::{EventLabels, Metrics},
-    store::{Claim, Store, StoredResponse},
+    store::{Claim, ClaimRequest, OwnedClaim, Store, StoredResponse},
 };
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// What the body turned out to be.
 #[derive(Clone, Debug)]
@@ -80,6 +78,11 @@ pub struct Submission {
     /// concurrent duplicate then waits for the first request at most this long, when
     /// that is shorter than `store.duplicate_wait`.
     pub answer_within: Option<Duration>,
+    /// How long a repeat of this notification is answered as a duplicate; `None`: as long
+    /// as the event is kept (`store.retention`). For providers whose bodies carry no id
+    /// (Pomelo), so that a genuine identical notification after the provider's retry
+    /// horizon is a new event.
+    pub dedup_window: Option<Duration>,
 }
 
 /// What happened to a submission.
@@ -121,28 +124,7 @@ pub struct Ingestor {
 struct Inner {
     store: Store,
     metrics: Arc<Metrics>,
-    retention: Duration,
     duplicate_wait: Duration,
-    /// Woken whenever a claim finishes or is released.
-    settled: Notify,
-}
-
-/// Releases a claim whose owner did not reach its commit (an error, a panic).
-struct ClaimGuard<'a> {
-    inner: &'a Inner,
-    key: &'a str,
-    armed: bool,
-}
-
-impl Drop for ClaimGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            if let Err(e) = self.inner.store.release(self.key) {
-                tracing::error!(error = %e, "could not release an idempotency claim");
-            }
-            self.inner.settled.notify_waiters();
-        }
-    }
 }
 
 impl Ingestor {
@@ -152,9 +134,7 @@ impl Ingestor {
             inner: Arc::new(Inner {
                 store,
                 metrics,
-                retention: cfg.retention.get(),
                 duplicate_wait: cfg.duplicate_wait.get(),
-                settled: Notify::new(),
             }),
         }
     }
@@ -188,29 +168,29 @@ impl Inner {
         let wait = sub
             .answer_within
             .map_or(self.duplicate_wait, |w| w.min(self.duplicate_wait));
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = Instant::now() + wait;
         let provider = Metrics::provider(&sub.provider);
         loop {
-            let settled = self.settled.notified();
-            tokio::pin!(settled);
-            settled.as_mut().enable();
-            match self.store.claim(&key, &fp)? {
-                Claim::Owned {
-                    event_id,
-                    taken_over,
-                } => {
-                    let receipt = self
-                        .store_new(&sub, &key, &fp, event_id, taken_over, conflict_of)
-                        .await?;
+            let claim = self
+                .store
+                .claim(&ClaimRequest {
+                    key: &key,
+                    fingerprint: &fp,
+                    wait: deadline.saturating_duration_since(Instant::now()),
+                    dedup_window: sub.dedup_window,
+                })
+                .await;
+            match claim {
+                Ok(Claim::Owned(claim)) => {
+                    let receipt = self.store_new(&sub, &key, &fp, claim, conflict_of).await?;
                     self.metrics.ingest_took(&sub.provider, started.elapsed());
                     return Ok(receipt);
                 }
-                Claim::Done {
+                Ok(Claim::Done {
                     fingerprint,
                     event_id,
                     response,
-                } if fingerprint == fp => {
-                    self.store.durable_visible().await?;
+                }) if fingerprint == fp => {
                     self.metrics.duplicates.get_or_create(&provider).inc();
                     tracing::debug!(provider = %sub.provider, event_id = ?event_id.map(|i| i.to_string()), "duplicate answered from the first request");
                     return Ok(Receipt {
@@ -218,7 +198,7 @@ impl Inner {
                         outcome: Outcome::Duplicate(event_id),
                     });
                 }
-                Claim::Done { event_id, .. } => {
+                Ok(Claim::Done { event_id, .. }) => {
                     self.metrics.conflicts.get_or_create(&provider).inc();
                     match &sub.on_conflict {
                         OnConflict::Reject(response) => {
@@ -235,12 +215,11 @@ impl Inner {
                         }
                     }
                 }
-                Claim::Pending => {
-                    if tokio::time::timeout_at(deadline, settled).await.is_err() {
-                        tracing::warn!(provider = %sub.provider, "duplicate gave up waiting for the first request");
-                        return Err(Error::InFlight);
-                    }
+                Err(Error::InFlight) => {
+                    tracing::warn!(provider = %sub.provider, "duplicate gave up waiting for the first request");
+                    return Err(Error::InFlight);
                 }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -250,15 +229,9 @@ impl Inner {
         sub: &Submission,
         key: &str,
         fp: &str,
-        event_id: EventId,
-        taken_over: bool,
+        claim: OwnedClaim,
         conflict_of: Option<EventId>,
     ) -> Result<Receipt> {
-        let mut guard = ClaimGuard {
-            inner: self,
-            key,
-            armed: true,
-        };
         let (status, data, mut flags, quarantine_reason) = match &sub.content {
             Content::Parsed { data, flags } => (
                 EventStatus::Received,
@@ -279,7 +252,7 @@ impl Inner {
             );
         }
         let event = Event {
-            id: event_id,
+            id: claim.event_id,
             provider: sub.provider.clone(),
             endpoint: sub.endpoint.clone(),
             event_type: sub.event_type.clone(),
@@ -296,31 +269,9 @@ impl Inner {
             secret_paths: sub.secret_paths.clone(),
             route: None,
         };
-        // A claim left pending by a crash may already have its event stored: keep it when
-        // it is this very body (it may have moved on since), replace it otherwise (it was
-        // never acknowledged).
-        let already_stored = taken_over
-            && self
-                .store
-                .event(event_id)?
-                .is_some_and(|existing| existing.fingerprint == fp);
-        let seq = self.store.commit(
-            key,
-            fp,
-            &event,
-            !already_stored,
-            &sub.response,
-            self.retention,
-        )?;
-        // Committed: from here on the claim is done, whatever happens to the flush.
-        guard.armed = false;
-        drop(guard);
-        let durable = self.store.durable(seq).await;
-        self.settled.notify_waiters();
-        durable?;
-        if status == EventStatus::Received && !already_stored {
-            self.store.signal_inbox();
-        }
+        self.store
+            .commit(claim, &event, &sub.response, sub.dedup_window)
+            .await?;
         self.metrics
             .events
             .get_or_create(&EventLabels {
@@ -353,13 +304,11 @@ pub async fn run_sweeper(store: Store, cfg: StoreConfig) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let store2 = store.clone();
-        let retention = cfg.retention.get();
-        let res =
-            tokio::task::spawn_blocking(move || store2.sweep(crate::store::now_ms(), retention))
-                .await;
-        match res {
-            Ok(Ok(s)) if s.keys + s.events + s.kept > 0 => {
+        match store
+            .sweep(crate::store::now_ms(), cfg.retention.get())
+            .await
+        {
+            Ok(s) if s.keys + s.events + s.kept > 0 => {
                 tracing::info!(
                     keys = s.keys,
                     events = s.events,
@@ -367,9 +316,8 @@ pub async fn run_sweeper(store: Store, cfg: StoreConfig) {
                     "expired records swept"
                 );
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "sweep failed"),
-            Err(e) => tracing::error!(error = %e, "sweep task failed"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "sweep failed"),
         }
     }
 }
@@ -384,7 +332,7 @@ mod tests {
             path: dir.to_path_buf(),
             ..StoreConfig::default()
         };
-        Ingestor::new(Store::open(&cfg).unwrap(), Metrics::shared(), &cfg)
+        Ingestor::new(Store::open_sled(&cfg).unwrap(), Metrics::shared(), &cfg)
     }
 
     fn sub(key: &str, body: &str, on_conflict: OnConflict) -> Submission {
@@ -403,6 +351,16 @@ mod tests {
             secret_paths: vec![],
             response: StoredResponse::json(200, &json!({"result": true})),
             answer_within: None,
+            dedup_window: None,
+        }
+    }
+
+    fn claim_of<'a>(key: &'a str, fp: &'a str) -> ClaimRequest<'a> {
+        ClaimRequest {
+            key,
+            fingerprint: fp,
+            wait: Duration::ZERO,
+            dedup_window: None,
         }
     }
 
@@ -431,7 +389,7 @@ mod tests {
             }
         }
         assert_eq!(stored, 1);
-        assert_eq!(ing.store().event_count(), 1);
+        assert_eq!(ing.store().event_count().await.unwrap(), 1);
     }
 
     #[tokio::test]
@@ -442,13 +400,13 @@ mod tests {
             duplicate_wait: crate::units::HumanDuration::millis(200),
             ..StoreConfig::default()
         };
-        let store = Store::open(&cfg).unwrap();
+        let store = Store::open_sled(&cfg).unwrap();
         let ing = Ingestor::new(store.clone(), Metrics::shared(), &cfg);
         // A first request that claimed the key and is still working on it.
-        assert!(matches!(
-            store.claim("test:k", &fingerprint(b"{}")).unwrap(),
-            Claim::Owned { .. }
-        ));
+        let fp = fingerprint(b"{}");
+        let Claim::Owned(first) = store.claim(&claim_of("test:k", &fp)).await.unwrap() else {
+            panic!("a fresh key is owned")
+        };
         let started = std::time::Instant::now();
         let err = ing
             .submit(sub("k", "{}", OnConflict::KeepAndFlag))
@@ -477,7 +435,7 @@ mod tests {
             "{took:?}"
         );
         // Once the first gives up, the duplicate's retry takes over and is stored.
-        store.release("test:k").unwrap();
+        drop(first);
         let r = ing
             .submit(sub("k", "{}", OnConflict::KeepAndFlag))
             .await
@@ -490,17 +448,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ing = setup(dir.path());
         let store = ing.store().clone();
-        let Claim::Owned { event_id, .. } = store.claim("test:k", &fingerprint(b"{}")).unwrap()
-        else {
+        let fp = fingerprint(b"{}");
+        let Claim::Owned(first) = store.claim(&claim_of("test:k", &fp)).await.unwrap() else {
             panic!()
         };
+        let event_id = first.event_id;
         let waiting = tokio::spawn({
             let ing = ing.clone();
             async move { ing.submit(sub("k", "{}", OnConflict::KeepAndFlag)).await }
         });
         // The duplicate is parked on the pending claim until the first request commits;
         // then it gets the first answer.
-        assert!(ing.store().event(event_id).unwrap().is_none());
+        assert!(ing.store().event(event_id).await.unwrap().is_none());
         let e = crate::event::Event {
             id: event_id,
             provider: "test".into(),
@@ -509,7 +468,7 @@ mod tests {
             received_at: chrono::Utc::now(),
             status: EventStatus::Received,
             idempotency_key: "test:k".into(),
-            fingerprint: fingerprint(b"{}"),
+            fingerprint: fp.clone(),
             body: b"{}".to_vec(),
             data: None,
             meta: BTreeMap::new(),
@@ -519,21 +478,10 @@ mod tests {
             secret_paths: vec![],
             route: None,
         };
-        let first = StoredResponse::json(200, &json!({"first": true}));
-        let seq = store
-            .commit(
-                "test:k",
-                &fingerprint(b"{}"),
-                &e,
-                true,
-                &first,
-                Duration::from_secs(60),
-            )
-            .unwrap();
-        store.durable(seq).await.unwrap();
-        ing.inner.settled.notify_waiters();
+        let answer = StoredResponse::json(200, &json!({"first": true}));
+        store.commit(first, &e, &answer, None).await.unwrap();
         let r = waiting.await.unwrap().unwrap();
-        assert_eq!(r.response, first);
+        assert_eq!(r.response, answer);
         assert_eq!(r.outcome, Outcome::Duplicate(Some(event_id)));
     }
 
@@ -549,7 +497,7 @@ mod tests {
         let r = ing.submit(sub("a", "2", reject)).await.unwrap();
         assert_eq!(r.outcome, Outcome::Rejected);
         assert_eq!(r.response.status, 422);
-        assert_eq!(ing.store().event_count(), 1);
+        assert_eq!(ing.store().event_count().await.unwrap(), 1);
 
         let first = ing
             .submit(sub("b", "1", OnConflict::KeepAndFlag))
@@ -566,7 +514,7 @@ mod tests {
             panic!("{:?}", second.outcome)
         };
         assert_eq!(conflict_of, Some(first_id));
-        let e = ing.store().event(id).unwrap().unwrap();
+        let e = ing.store().event(id).await.unwrap().unwrap();
         assert_eq!(e.conflict_of, Some(first_id));
         assert!(e.flags.iter().any(|f| f.starts_with("conflicting_body")));
         // The conflicting body is itself de-duplicated.
@@ -575,6 +523,29 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again.outcome, Outcome::Duplicate(Some(id)));
-        assert_eq!(ing.store().event_count(), 3);
+        assert_eq!(ing.store().event_count().await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_repeat_past_the_dedup_window_is_a_new_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let ing = setup(dir.path());
+        let mut s = sub("w", "{}", OnConflict::KeepAndFlag);
+        s.dedup_window = Some(Duration::from_millis(100));
+        let first = ing.submit(s.clone()).await.unwrap();
+        assert!(matches!(first.outcome, Outcome::Stored { .. }));
+        let again = ing.submit(s.clone()).await.unwrap();
+        assert!(
+            matches!(again.outcome, Outcome::Duplicate(_)),
+            "within the window"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let later = ing.submit(s).await.unwrap();
+        assert!(
+            matches!(later.outcome, Outcome::Stored { .. }),
+            "past the window: {:?}",
+            later.outcome
+        );
+        assert_eq!(ing.store().event_count().await.unwrap(), 2);
     }
 }

@@ -1,18 +1,13 @@
-//! The outbox: actions that routes queued, their deliveries and every attempt.
+//! The outbox: actions that routes queued, their deliveries and every attempt, as plain
+//! data and the state changes both storage backends apply to it.
 //!
-//! | prefix | key                               | value                        |
-//! |--------|-----------------------------------|------------------------------|
-//! | `n`    | event id                          | empty: events to route       |
-//! | `a`    | action id (16 bytes, ordered)     | [`Action`] (JSON)            |
-//! | `s`    | channel + 0 + due ms (8 bytes BE) + action id | empty: schedule, one queue per channel |
-//! | `o`    | action id                         | empty: being sent            |
-//!
-//! A route's actions, their schedule entries and the event marked routed are one atomic
-//! batch: a crash mid-route leaves either nothing of it or all of it. An action is marked
-//! `sending` (and that is flushed) before its channel is called, then `sent`, `retrying`,
-//! `dead`, or `expired` (a message that was only valid for a while, such as an OTP); after
-//! a crash, actions found `sending` are resumed. Every read-modify-write of an action holds
-//! the store's outbox lock, so a replay cannot interleave with an attempt.
+//! An action is `pending` when its route queues it, `sending` while an attempt runs (a
+//! mark that is durable before its channel is called), then `sent`, `retrying`, `dead`,
+//! or `expired` (a message that was only valid for a while, such as an OTP). After a stop,
+//! an action found `sending` is resumed: its attempt is marked interrupted and it is due
+//! again, under the same id. The transitions below ([`routed`], [`failed`], [`replayed`],
+//! [`Action::start`], [`Action::finish`], ...) are the only place these rules are written;
+//! the backends in [`crate::store`] store their results.
 
 use std::{fmt, str::FromStr, time::Duration};
 
@@ -24,7 +19,6 @@ use uuid::Uuid;
 use crate::{
     Error, Result,
     event::{Event, EventId, EventStatus, RouteRun},
-    store::{ACTION, DUE, EVENT, INBOX, SENDING, Store, decode, encode, key, now_ms},
     units::HumanDuration,
 };
 
@@ -40,7 +34,8 @@ impl ActionId {
         ActionId(Uuid::now_v7())
     }
 
-    fn from_slice(b: &[u8]) -> Option<Self> {
+    /// Rebuilds an id from its 16 bytes.
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
         Uuid::from_slice(b).ok().map(ActionId)
     }
 }
@@ -234,41 +229,12 @@ pub struct ActionFilter {
 }
 
 impl ActionFilter {
-    fn matches(&self, a: &Action) -> bool {
+    /// Whether `a` matches.
+    pub fn matches(&self, a: &Action) -> bool {
         self.status.is_none_or(|s| s == a.status)
             && self.channel.as_deref().is_none_or(|c| c == a.channel)
             && self.provider.as_deref().is_none_or(|p| p == a.provider)
     }
-}
-
-/// The start of a channel's schedule: `s` + channel + 0.
-fn due_prefix(channel: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(channel.len() + 26);
-    k.push(DUE);
-    k.extend_from_slice(channel.as_bytes());
-    k.push(0);
-    k
-}
-
-pub(crate) fn due_key(channel: &str, due_ms: u64, id: &ActionId) -> Vec<u8> {
-    let mut k = due_prefix(channel);
-    k.extend_from_slice(&due_ms.to_be_bytes());
-    k.extend_from_slice(id.0.as_bytes());
-    k
-}
-
-/// The due time in a schedule key whose time starts at byte `at`.
-fn due_ms_at(k: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_be_bytes(k.get(at..at + 8)?.try_into().ok()?))
-}
-
-/// The entry a schedule key whose time starts at byte `at` stands for: the inverse of
-/// [`due_key`].
-fn parse_due(k: &[u8], at: usize) -> Option<Due> {
-    Some(Due {
-        at_ms: due_ms_at(k, at)?,
-        id: ActionId::from_slice(k.get(at + 8..)?)?,
-    })
 }
 
 /// A schedule entry: the action, and when it is due.
@@ -289,481 +255,184 @@ fn earlier_actions(event: &Event) -> Vec<ActionId> {
         .unwrap_or_default()
 }
 
-fn batch_write(store: &Store, batch: sled::Batch) -> Result<u64> {
-    store.write(|tree| tree.apply_batch(batch))
+/// The actions a route queued, each `pending` and due at `due_ms`.
+pub fn new_actions(event: &Event, specs: Vec<ActionSpec>, due_ms: u64) -> Vec<Action> {
+    let now = Utc::now();
+    let secrets = event.secret_values();
+    specs
+        .into_iter()
+        .map(|s| Action {
+            id: ActionId::new(),
+            event_id: event.id,
+            provider: event.provider.clone(),
+            event_type: event.event_type.clone(),
+            channel: s.channel,
+            payload: s.payload,
+            status: DeliveryStatus::Pending,
+            attempts: Vec::new(),
+            created_at: now,
+            received_at: event.received_at,
+            due_ms: Some(due_ms),
+            secrets: secrets.clone(),
+            schedule_from: 0,
+        })
+        .collect()
 }
 
-impl Store {
-    /// Wakes the route workers (new events in the inbox).
-    pub fn signal_inbox(&self) {
-        self.inbox.notify_one();
-    }
+/// The event once its route ran and queued `actions`. A replayed event keeps the actions
+/// of its earlier runs: they stay visible, keep their own state, and go with the event
+/// when it expires.
+pub fn routed(event: &Event, script: Option<String>, actions: &[Action]) -> Event {
+    let mut routed = event.clone();
+    routed.status = EventStatus::Routed;
+    let mut ids = earlier_actions(event);
+    ids.extend(actions.iter().map(|a| a.id));
+    routed.route = Some(RouteRun {
+        script,
+        at: Utc::now(),
+        runs: event.route.as_ref().map_or(0, |r| r.runs) + 1,
+        error: None,
+        actions: ids,
+    });
+    routed
+}
 
-    /// Waits for new events in the inbox.
-    pub async fn inbox_signalled(&self) {
-        self.inbox.notified().await;
-    }
+/// The event once its route failed with `error`: parked for replay.
+pub fn failed(event: &Event, script: Option<String>, error: String) -> Event {
+    let mut failed = event.clone();
+    failed.status = EventStatus::Failed;
+    failed.route = Some(RouteRun {
+        script,
+        at: Utc::now(),
+        runs: event.route.as_ref().map_or(0, |r| r.runs) + 1,
+        error: Some(error),
+        actions: earlier_actions(event),
+    });
+    failed
+}
 
-    /// Wakes the delivery workers (actions due).
-    pub fn signal_outbox(&self) {
-        self.outbox.notify_one();
+/// The event put back for its route to run again (an operator's replay). A quarantined
+/// event must come with its parsed data (`event_type`, `data`, `flags`).
+pub fn replayed(mut e: Event, reparsed: Option<(String, Value, Vec<String>)>) -> Result<Event> {
+    if let Some((event_type, data, flags)) = reparsed {
+        e.event_type = event_type;
+        e.data = Some(data);
+        e.flags.extend(flags);
+        e.quarantine_reason = None;
     }
-
-    /// Waits for actions to become due.
-    pub async fn outbox_signalled(&self) {
-        self.outbox.notified().await;
+    if e.data.is_none() {
+        return Err(Error::Unavailable(
+            "a quarantined event needs its body parsed first".into(),
+        ));
     }
+    e.status = EventStatus::Received;
+    Ok(e)
+}
 
-    /// Up to `limit` events waiting for their route, oldest first, after `after` if given
-    /// (a page of a scan).
-    pub fn inbox(&self, after: Option<EventId>, limit: usize) -> Result<Vec<EventId>> {
-        let start = match after {
-            // Strictly after: the key of `after` followed by a zero byte.
-            Some(id) => {
-                let mut k = key(INBOX, id.as_bytes());
-                k.push(0);
-                k
-            }
-            None => vec![INBOX],
-        };
-        let mut out = Vec::new();
-        for entry in self.tree.range(start..vec![INBOX + 1]).take(limit) {
-            let (k, _) = entry?;
-            if let Some(id) = EventId::from_slice(&k[1..]) {
-                out.push(id);
-            }
+impl Action {
+    /// Starts an attempt: `sending`, with an attempt in flight, off the schedule. `false`
+    /// (and nothing changed but the schedule) when the action is not waiting to be sent.
+    pub fn start(&mut self) -> bool {
+        self.due_ms = None;
+        if !matches!(
+            self.status,
+            DeliveryStatus::Pending | DeliveryStatus::Retrying
+        ) {
+            return false;
         }
-        Ok(out)
-    }
-
-    /// Forgets an inbox entry whose event is gone or was routed meanwhile.
-    pub fn inbox_remove(&self, id: EventId) -> Result<()> {
-        self.tree.remove(key(INBOX, id.as_bytes()))?;
-        Ok(())
-    }
-
-    /// Records a successful route: the actions, their schedule and the event marked
-    /// routed, in one atomic write. Returns the write's sequence number.
-    pub fn route_done(
-        &self,
-        event: &Event,
-        script: Option<String>,
-        specs: Vec<ActionSpec>,
-    ) -> Result<(u64, Vec<Action>)> {
-        let now = Utc::now();
-        let due = now_ms();
-        let secrets = event.secret_values();
-        let actions: Vec<Action> = specs
-            .into_iter()
-            .map(|s| Action {
-                id: ActionId::new(),
-                event_id: event.id,
-                provider: event.provider.clone(),
-                event_type: event.event_type.clone(),
-                channel: s.channel,
-                payload: s.payload,
-                status: DeliveryStatus::Pending,
-                attempts: Vec::new(),
-                created_at: now,
-                received_at: event.received_at,
-                due_ms: Some(due),
-                secrets: secrets.clone(),
-                schedule_from: 0,
-            })
-            .collect();
-        let mut routed = event.clone();
-        routed.status = EventStatus::Routed;
-        // A replayed event keeps the actions of its earlier runs: they stay visible, keep
-        // their own state, and go with the event when it expires.
-        let mut ids = earlier_actions(event);
-        ids.extend(actions.iter().map(|a| a.id));
-        routed.route = Some(RouteRun {
-            script,
-            at: now,
-            runs: event.route.as_ref().map_or(0, |r| r.runs) + 1,
-            error: None,
-            actions: ids,
-        });
-        let mut batch = sled::Batch::default();
-        for a in &actions {
-            batch.insert(key(ACTION, a.id.0.as_bytes()), encode(a));
-            batch.insert(due_key(&a.channel, due, &a.id), &[]);
-        }
-        batch.insert(key(EVENT, event.id.as_bytes()), encode(&routed));
-        batch.remove(key(INBOX, event.id.as_bytes()));
-        let seq = batch_write(self, batch)?;
-        Ok((seq, actions))
-    }
-
-    /// Records a failed route: the event is parked as failed with the error.
-    pub fn route_failed(
-        &self,
-        event: &Event,
-        script: Option<String>,
-        error: String,
-    ) -> Result<u64> {
-        let mut failed = event.clone();
-        failed.status = EventStatus::Failed;
-        failed.route = Some(RouteRun {
-            script,
-            at: Utc::now(),
-            runs: event.route.as_ref().map_or(0, |r| r.runs) + 1,
-            error: Some(error),
-            actions: earlier_actions(event),
-        });
-        let mut batch = sled::Batch::default();
-        batch.insert(key(EVENT, event.id.as_bytes()), encode(&failed));
-        batch.remove(key(INBOX, event.id.as_bytes()));
-        batch_write(self, batch)
-    }
-
-    /// Puts an event back in the inbox so that its route runs again. A quarantined event
-    /// must first get its parsed data (`data`, `event_type`, `flags`) from its provider.
-    pub fn replay_event(
-        &self,
-        id: EventId,
-        reparsed: Option<(String, Value, Vec<String>)>,
-    ) -> Result<Option<Event>> {
-        let Some(mut e) = self.event(id)? else {
-            return Ok(None);
-        };
-        if let Some((event_type, data, flags)) = reparsed {
-            e.event_type = event_type;
-            e.data = Some(data);
-            e.flags.extend(flags);
-            e.quarantine_reason = None;
-        }
-        if e.data.is_none() {
-            return Err(Error::Unavailable(
-                "a quarantined event needs its body parsed first".into(),
-            ));
-        }
-        e.status = EventStatus::Received;
-        let mut batch = sled::Batch::default();
-        batch.insert(key(EVENT, id.as_bytes()), encode(&e));
-        batch.remove(key(crate::store::QUARANTINE, id.as_bytes()));
-        batch.insert(key(INBOX, id.as_bytes()), &[]);
-        batch_write(self, batch)?;
-        self.signal_inbox();
-        Ok(Some(e))
-    }
-
-    /// One action.
-    pub fn action(&self, id: ActionId) -> Result<Option<Action>> {
-        let k = key(ACTION, id.0.as_bytes());
-        self.tree.get(&k)?.map(|v| decode(&k, &v)).transpose()
-    }
-
-    /// The actions of every route run of an event, oldest first.
-    pub fn actions_of(&self, event: &Event) -> Result<Vec<Action>> {
-        let ids = event
-            .route
-            .as_ref()
-            .map(|r| r.actions.clone())
-            .unwrap_or_default();
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(a) = self.action(id)? {
-                out.push(a);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Actions matching `filter`, newest first, strictly older than `before`.
-    pub fn actions(
-        &self,
-        filter: &ActionFilter,
-        before: Option<ActionId>,
-        limit: usize,
-    ) -> Result<(Vec<Action>, Option<ActionId>)> {
-        let end = match before {
-            Some(id) => key(ACTION, id.0.as_bytes()),
-            None => key(ACTION + 1, &[]),
-        };
-        let mut items = Vec::new();
-        let mut next = None;
-        for entry in self.tree.range(key(ACTION, &[])..end).rev() {
-            let (k, v) = entry?;
-            let a: Action = match decode(&k, &v) {
-                Ok(a) => a,
-                Err(e) => {
-                    crate::store::skip_unreadable(e)?;
-                    continue;
-                }
-            };
-            if filter.matches(&a) {
-                if items.len() == limit {
-                    next = items.last().map(|a: &Action| a.id);
-                    break;
-                }
-                items.push(a);
-            }
-        }
-        Ok((items, next))
-    }
-
-    /// Up to `limit` actions of `channel` due at `now_ms`, earliest first.
-    pub fn due(&self, channel: &str, now_ms: u64, limit: usize) -> Result<Vec<Due>> {
-        let prefix = due_prefix(channel);
-        let end = due_key(channel, now_ms.saturating_add(1), &ActionId(Uuid::nil()));
-        let mut out = Vec::new();
-        for entry in self.tree.range(prefix.clone()..end).take(limit) {
-            let (k, _) = entry?;
-            match parse_due(&k, prefix.len()) {
-                Some(d) => out.push(d),
-                // Not a key this code writes: it would be returned on every pass.
-                None => {
-                    self.tree.remove(&k)?;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Removes a schedule entry that no action stands behind any more: its action is gone
-    /// or unreadable (the sweeper, a damaged record), or is scheduled at another time.
-    /// Left in place, it would be returned as due on every pass and take a slot.
-    pub fn drop_stale_due(&self, channel: &str, due: Due) -> Result<bool> {
-        let _outbox = self.outbox_lock();
-        let current = match self.action(due.id) {
-            Ok(Some(a)) => a.channel == channel && a.due_ms == Some(due.at_ms),
-            Ok(None) | Err(crate::Error::Corrupt { .. }) => false,
-            Err(e) => return Err(e),
-        };
-        if current {
-            return Ok(false);
-        }
-        self.tree.remove(due_key(channel, due.at_ms, &due.id))?;
-        Ok(true)
-    }
-
-    /// When the earliest scheduled action of `channel` is due.
-    pub fn next_due(&self, channel: &str) -> Result<Option<u64>> {
-        let prefix = due_prefix(channel);
-        Ok(self
-            .tree
-            .scan_prefix(&prefix)
-            .next()
-            .transpose()?
-            .and_then(|(k, _)| due_ms_at(&k, prefix.len())))
-    }
-
-    /// Marks an action `sending` with a new attempt, taking it off the schedule. Returns
-    /// `None` when it is no longer due (replayed, delivered meanwhile).
-    pub fn start_attempt(&self, id: ActionId) -> Result<Option<(Action, u64)>> {
-        let _outbox = self.outbox_lock();
-        let Some(mut a) = self.action(id)? else {
-            return Ok(None);
-        };
-        let mut batch = sled::Batch::default();
-        if let Some(due) = a.due_ms.take() {
-            batch.remove(due_key(&a.channel, due, &id));
-        }
-        if !matches!(a.status, DeliveryStatus::Pending | DeliveryStatus::Retrying) {
-            batch_write(self, batch)?;
-            return Ok(None);
-        }
-        a.status = DeliveryStatus::Sending;
-        a.attempts.push(Attempt {
+        self.status = DeliveryStatus::Sending;
+        self.attempts.push(Attempt {
             started_at: Utc::now(),
             finished_at: None,
             outcome: AttemptOutcome::InFlight,
             error: None,
             detail: None,
         });
-        batch.insert(key(ACTION, id.0.as_bytes()), encode(&a));
-        batch.insert(key(SENDING, id.0.as_bytes()), &[]);
-        let seq = batch_write(self, batch)?;
-        Ok(Some((a, seq)))
+        true
     }
 
-    /// Records how the running attempt ended; schedules the next one at `retry_at_ms`, or
-    /// marks the action dead when there is none.
-    pub fn finish_attempt(
-        &self,
-        mut a: Action,
-        result: &SendResult,
-        retry_at_ms: Option<u64>,
-    ) -> Result<(Action, u64)> {
-        let _outbox = self.outbox_lock();
-        let now = Utc::now();
+    /// Ends the running attempt with `result`: `sent`, `retrying` at `retry_at_ms`, or
+    /// `dead` when there is no next attempt.
+    pub fn finish(&mut self, result: &SendResult, retry_at_ms: Option<u64>) {
         let (outcome, error, detail) = match result {
             SendResult::Sent(d) => (AttemptOutcome::Sent, None, d.clone()),
             SendResult::Retry { error, .. } => (AttemptOutcome::Failed, Some(error.clone()), None),
             SendResult::Permanent(error) => (AttemptOutcome::Rejected, Some(error.clone()), None),
         };
-        if let Some(last) = a.attempts.last_mut() {
-            last.finished_at = Some(now);
+        if let Some(last) = self.attempts.last_mut() {
+            last.finished_at = Some(Utc::now());
             last.outcome = outcome;
             last.error = error;
             last.detail = detail;
         }
-        let mut batch = sled::Batch::default();
-        a.status = match (result, retry_at_ms) {
+        self.due_ms = None;
+        self.status = match (result, retry_at_ms) {
             (SendResult::Sent(_), _) => DeliveryStatus::Sent,
             (SendResult::Retry { .. }, Some(at)) => {
-                a.due_ms = Some(at);
-                batch.insert(due_key(&a.channel, at, &a.id), &[]);
+                self.due_ms = Some(at);
                 DeliveryStatus::Retrying
             }
             _ => DeliveryStatus::Dead,
         };
-        batch.insert(key(ACTION, a.id.0.as_bytes()), encode(&a));
-        batch.remove(key(SENDING, a.id.0.as_bytes()));
-        let seq = batch_write(self, batch)?;
-        Ok((a, seq))
     }
 
-    /// Actions that were being sent when the process stopped: marked interrupted and
-    /// scheduled again now. Returns how many.
-    pub fn resume_interrupted(&self) -> Result<usize> {
-        let _outbox = self.outbox_lock();
-        self.migrate_due_keys()?;
-        let ids: Vec<ActionId> = self
-            .tree
-            .scan_prefix([SENDING])
-            .filter_map(|e| e.ok())
-            .filter_map(|(k, _)| ActionId::from_slice(&k[1..]))
-            .collect();
-        let now = now_ms();
-        for id in &ids {
-            let mut batch = sled::Batch::default();
-            batch.remove(key(SENDING, id.0.as_bytes()));
-            if let Some(mut a) = self.action(*id)? {
-                if let Some(last) = a
-                    .attempts
-                    .last_mut()
-                    .filter(|l| l.outcome == AttemptOutcome::InFlight)
-                {
-                    last.outcome = AttemptOutcome::Interrupted;
-                    last.finished_at = Some(Utc::now());
-                    last.error = Some("the process stopped during this attempt".into());
-                }
-                if a.status == DeliveryStatus::Sending {
-                    a.status = DeliveryStatus::Retrying;
-                    a.due_ms = Some(now);
-                    batch.insert(due_key(&a.channel, now, id), &[]);
-                }
-                batch.insert(key(ACTION, id.0.as_bytes()), encode(&a));
-            }
-            batch_write(self, batch)?;
+    /// Resumes an attempt cut short by a stop: the attempt is marked interrupted and the
+    /// action is due again at `now_ms`, under the same id (at least once).
+    pub fn interrupt(&mut self, now_ms: u64) {
+        if let Some(last) = self
+            .attempts
+            .last_mut()
+            .filter(|l| l.outcome == AttemptOutcome::InFlight)
+        {
+            last.outcome = AttemptOutcome::Interrupted;
+            last.finished_at = Some(Utc::now());
+            last.error = Some("the process stopped during this attempt".into());
         }
-        Ok(ids.len())
+        if self.status == DeliveryStatus::Sending {
+            self.status = DeliveryStatus::Retrying;
+            self.due_ms = Some(now_ms);
+        }
     }
 
-    /// Moves schedule entries of the format before due queues were kept per channel
-    /// (`s{ms}{id}`: its second byte is the top byte of a millisecond time, zero, where a
-    /// channel name would start) to their action's channel. Runs under the outbox lock.
-    fn migrate_due_keys(&self) -> Result<usize> {
-        let mut moved = 0;
-        for entry in self.tree.scan_prefix([DUE, 0]) {
-            let (k, _) = entry?;
-            let mut batch = sled::Batch::default();
-            batch.remove(k.clone());
-            // The old format: the time right after the prefix byte.
-            if let Some(Due { id, at_ms: at }) = parse_due(&k, 1) {
-                match self.action(id) {
-                    Ok(Some(a)) if a.due_ms == Some(at) => {
-                        batch.insert(due_key(&a.channel, at, &id), &[]);
-                        moved += 1;
-                    }
-                    // Gone, rescheduled or unreadable: the old entry stands for nothing.
-                    Ok(_) | Err(crate::Error::Corrupt { .. }) => {}
-                    // Not known now: keep the entry for the next start rather than lose
-                    // a delivery.
-                    Err(e) => return Err(e),
-                }
-            }
-            batch_write(self, batch)?;
+    /// An operator's replay: due now, with a new retry schedule. `false` (unchanged) for
+    /// an action being sent or expired: one is under way, the other no longer worth
+    /// sending.
+    pub fn replay(&mut self, now_ms: u64) -> bool {
+        if matches!(
+            self.status,
+            DeliveryStatus::Sending | DeliveryStatus::Expired
+        ) {
+            return false;
         }
-        if moved > 0 {
-            tracing::info!(
-                actions = moved,
-                "schedule entries moved to their channel's queue"
-            );
-        }
-        Ok(moved)
-    }
-
-    /// Schedules an action again now (an operator's replay), whatever its status except
-    /// `sending` and `expired` (those are returned unchanged: one is being sent, the other
-    /// is no longer worth sending). Returns the action, or `None` if there is no such
-    /// action.
-    pub fn replay_action(&self, id: ActionId) -> Result<Option<Action>> {
-        let _outbox = self.outbox_lock();
-        let Some(mut a) = self.action(id)? else {
-            return Ok(None);
-        };
-        if matches!(a.status, DeliveryStatus::Sending | DeliveryStatus::Expired) {
-            return Ok(Some(a));
-        }
-        let mut batch = sled::Batch::default();
-        if let Some(due) = a.due_ms.take() {
-            batch.remove(due_key(&a.channel, due, &id));
-        }
-        let now = now_ms();
-        a.status = DeliveryStatus::Pending;
-        a.due_ms = Some(now);
+        self.status = DeliveryStatus::Pending;
+        self.due_ms = Some(now_ms);
         // A new schedule: the retries of the old one are not held against it.
-        a.schedule_from = a.attempts.len();
-        batch.insert(due_key(&a.channel, now, &id), &[]);
-        batch.insert(key(ACTION, id.0.as_bytes()), encode(&a));
-        batch_write(self, batch)?;
-        self.signal_outbox();
-        Ok(Some(a))
+        self.schedule_from = self.attempts.len();
+        true
     }
 
-    /// Removes an event's actions (the sweeper, with the event).
-    pub(crate) fn remove_actions(&self, event: &Event) -> Result<()> {
-        let _outbox = self.outbox_lock();
-        for id in event.route.iter().flat_map(|r| r.actions.iter()) {
-            if let Some(a) = self.action(*id)? {
-                if let Some(due) = a.due_ms {
-                    self.tree.remove(due_key(&a.channel, due, id))?;
-                }
-            }
-            self.tree.remove(key(ACTION, id.0.as_bytes()))?;
+    /// Settles an action whose message ran out of validity before it could be sent:
+    /// `expired`, off the schedule, with the reason as an attempt. `false` (unchanged)
+    /// when it is not waiting to be sent.
+    pub fn expire(&mut self) -> bool {
+        if !matches!(
+            self.status,
+            DeliveryStatus::Pending | DeliveryStatus::Retrying
+        ) {
+            return false;
         }
-        Ok(())
-    }
-
-    /// Whether every action of a routed event is settled for good, sent or expired (then
-    /// the event may expire).
-    pub(crate) fn all_sent(&self, event: &Event) -> Result<bool> {
-        for a in self.actions_of(event)? {
-            if !matches!(a.status, DeliveryStatus::Sent | DeliveryStatus::Expired) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
-    /// Settles an action whose message ran out of validity before it could be sent: it
-    /// is taken off the schedule and marked `expired`, with the reason as an attempt.
-    pub fn expire_action(&self, id: ActionId) -> Result<Option<Action>> {
-        let _outbox = self.outbox_lock();
-        let Some(mut a) = self.action(id)? else {
-            return Ok(None);
-        };
-        if !matches!(a.status, DeliveryStatus::Pending | DeliveryStatus::Retrying) {
-            return Ok(None);
-        }
-        let mut batch = sled::Batch::default();
-        if let Some(due) = a.due_ms.take() {
-            batch.remove(due_key(&a.channel, due, &id));
-        }
+        self.due_ms = None;
         let now = Utc::now();
-        let valid_for = a
+        let valid_for = self
             .payload
             .get("valid_for")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
-        a.status = DeliveryStatus::Expired;
-        // An attempt cut short by a stop may have reached the receiver: do not claim
-        // that nothing went out.
-        let interrupted = a
+        self.status = DeliveryStatus::Expired;
+        // An attempt cut short by a stop may have reached the receiver: do not claim that
+        // nothing went out.
+        let interrupted = self
             .attempts
             .iter()
             .any(|t| t.outcome == AttemptOutcome::Interrupted);
@@ -772,7 +441,7 @@ impl Store {
         } else {
             "not sent"
         };
-        a.attempts.push(Attempt {
+        self.attempts.push(Attempt {
             started_at: now,
             finished_at: Some(now),
             outcome: AttemptOutcome::Expired,
@@ -781,60 +450,11 @@ impl Store {
             )),
             detail: None,
         });
-        batch.insert(key(ACTION, id.0.as_bytes()), encode(&a));
-        batch_write(self, batch)?;
-        Ok(Some(a))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::StoreConfig;
-
-    #[tokio::test]
-    async fn a_schedule_entry_with_no_action_behind_it_is_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StoreConfig {
-            path: dir.path().to_path_buf(),
-            ..StoreConfig::default()
-        })
-        .unwrap();
-        let orphan = ActionId(Uuid::now_v7());
-        store
-            .tree
-            .insert(due_key("email", 5, &orphan), &[])
-            .unwrap();
-        let due = store.due("email", 10, 8).unwrap();
-        assert_eq!(
-            due,
-            vec![Due {
-                id: orphan,
-                at_ms: 5
-            }]
-        );
-        assert!(store.due("sms", 10, 8).unwrap().is_empty(), "per channel");
-        assert!(store.drop_stale_due("email", due[0]).unwrap());
-        assert!(store.due("email", 10, 8).unwrap().is_empty());
-        assert_eq!(store.next_due("email").unwrap(), None);
+        true
     }
 
-    #[tokio::test]
-    async fn the_inbox_is_read_in_pages() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StoreConfig {
-            path: dir.path().to_path_buf(),
-            ..StoreConfig::default()
-        })
-        .unwrap();
-        let ids: Vec<EventId> = (0..5).map(|_| EventId::new()).collect();
-        for id in &ids {
-            store.tree.insert(key(INBOX, id.as_bytes()), &[]).unwrap();
-        }
-        let first = store.inbox(None, 3).unwrap();
-        assert_eq!(first, ids[..3]);
-        let rest = store.inbox(first.last().copied(), 3).unwrap();
-        assert_eq!(rest, ids[3..]);
-        assert!(store.inbox(rest.last().copied(), 3).unwrap().is_empty());
+    /// Whether the action is settled for good (then its event may expire).
+    pub fn settled(&self) -> bool {
+        matches!(self.status, DeliveryStatus::Sent | DeliveryStatus::Expired)
     }
 }

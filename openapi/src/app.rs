@@ -231,7 +231,7 @@ impl App {
         let scripts = Scripts::load(engine, script_source(&config));
 
         let metrics = Metrics::shared();
-        let store = Store::open(&config.store)?;
+        let store = Store::open_sled(&config.store)?;
         let ingest = Ingestor::new(store.clone(), metrics.clone(), &config.store);
         let limits = Limits {
             body: config.server.body_limit.as_usize(),
@@ -428,6 +428,7 @@ impl App {
     /// the store. TLS files are reloaded when they change and on SIGHUP.
     pub async fn run(self, listeners: Vec<Bound>, shutdown: CancellationToken) -> Result<()> {
         let app = Arc::new(self);
+        tokio::spawn(check_store(app.store.clone()));
         let sweeper = tokio::spawn(run_sweeper(app.store.clone(), app.config.store.clone()));
         let reloader = tokio::spawn(watch_tls(app.clone()));
         let scripts = tokio::spawn(watch_scripts(app.clone()));
@@ -460,6 +461,22 @@ impl App {
         app.store.flush().await?;
         tracing::info!("store flushed; bye");
         Ok(())
+    }
+}
+
+/// The start-up consistency check of the store, beside serving (it reads every event
+/// after a crash, and nothing after a graceful stop).
+async fn check_store(store: Store) {
+    let started = std::time::Instant::now();
+    match store.consistency_check().await {
+        Ok(r) if r.inbox_added + r.inbox_removed > 0 => tracing::warn!(
+            put_back = r.inbox_added,
+            removed = r.inbox_removed,
+            took = ?started.elapsed(),
+            "the store's inbox was mended at start-up"
+        ),
+        Ok(_) => tracing::debug!(took = ?started.elapsed(), "the store's inbox is consistent"),
+        Err(e) => tracing::error!(error = %e, "the start-up consistency check failed"),
     }
 }
 

@@ -81,7 +81,7 @@ impl SystemApi {
     async fn readyz(&self, store: Data<&Store>, admin: Data<&crate::app::AdminCtx>) -> ReadyAnswer {
         let mut ok = true;
         let mut checks = Vec::new();
-        match store.check() {
+        match store.check().await {
             Ok(()) => checks.push("store: ok".to_owned()),
             Err(e) => {
                 ok = false;

@@ -27,6 +27,11 @@ use crate::{
 /// Inbox entries read at a time.
 const INBOX_PAGE: usize = 256;
 
+/// How long an event taken from the inbox stays this process's before another may route
+/// it (a backend shared by several processes; the embedded one ignores it). Longer than
+/// any run: the deadline, the lookup budget and the kill of a stuck worker.
+const ROUTE_LEASE: Duration = Duration::from_secs(60);
+
 /// Routes the events of the inbox.
 pub struct Router {
     store: Store,
@@ -87,6 +92,9 @@ impl Router {
                     match me.route(id).await {
                         // Still in flight (so not dispatched again) until the wait is over.
                         Some(wait) => {
+                            if let Err(e) = me.store.defer(id, wait).await {
+                                tracing::error!(event_id = %id, error = %e, "cannot keep an event's lease for its retry");
+                            }
                             let me = me.clone();
                             tokio::spawn(async move {
                                 tokio::time::sleep(wait).await;
@@ -103,7 +111,7 @@ impl Router {
         // the end, the next pass starts from the beginning again.
         let mut cursor: Option<EventId> = None;
         loop {
-            let ids = match self.store.inbox(cursor, INBOX_PAGE) {
+            let ids = match self.store.take_inbox(cursor, INBOX_PAGE, ROUTE_LEASE).await {
                 Ok(ids) => ids,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the inbox");
@@ -141,10 +149,10 @@ impl Router {
 
     /// Routes one event. Returns a wait when the run should be tried again after it.
     pub async fn route(&self, id: EventId) -> Option<Duration> {
-        let event = match self.store.event(id) {
+        let event = match self.store.event(id).await {
             Ok(Some(e)) if e.status == EventStatus::Received => e,
             Ok(_) => {
-                let _ = self.store.inbox_remove(id);
+                let _ = self.store.inbox_remove(id).await;
                 if let Ok(mut r) = self.retried.lock() {
                     r.remove(&id);
                 }
@@ -153,7 +161,7 @@ impl Router {
             Err(e @ crate::Error::Corrupt { .. }) => {
                 // Trying again cannot help: take it out of the inbox (the record stays).
                 tracing::error!(event_id = %id, error = %e, "an unreadable event cannot be routed; it leaves the inbox");
-                let _ = self.store.inbox_remove(id);
+                let _ = self.store.inbox_remove(id).await;
                 return None;
             }
             Err(e) => {
@@ -213,9 +221,15 @@ impl Router {
                 let count = specs.len();
                 // No wait for the flush here: a delivery marks its attempt `sending` and waits
                 // for that later write to be durable before it sends, which covers this one.
-                match self.store.route_done(&event, script_name.clone(), specs) {
-                    Ok(_) => {
-                        self.store.signal_outbox();
+                match self
+                    .store
+                    .route_done(&event, script_name.clone(), specs)
+                    .await
+                {
+                    Ok(None) => {
+                        tracing::warn!(event_id = %id, "the event was routed elsewhere meanwhile (its lease ran out); this run's actions are dropped");
+                    }
+                    Ok(Some(_)) => {
                         self.metrics.routes.get_or_create(&label("routed")).inc();
                         tracing::info!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = script_name.as_deref().unwrap_or("none"), actions = count, "event routed");
                     }
@@ -239,6 +253,7 @@ impl Router {
                 if let Err(e) = self
                     .store
                     .route_failed(&event, script_name, failure.message)
+                    .await
                 {
                     tracing::error!(event_id = %id, error = %e, "cannot record a failed route");
                 }

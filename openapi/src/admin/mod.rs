@@ -214,7 +214,7 @@ impl AdminApi {
             .is_some_and(|t| t.matches(presented.0.token.as_bytes()))
     }
 
-    fn page(
+    async fn page(
         &self,
         store: &Store,
         filter: EventFilter,
@@ -230,7 +230,7 @@ impl AdminApi {
         let Some(limit) = page_size(limit) else {
             return ListAnswer::BadRequest(body("bad_request", PAGE_SIZE));
         };
-        match store.events(&filter, before, limit) {
+        match store.events(&filter, before, limit).await {
             Ok(page) => ListAnswer::Page(Json(EventPage {
                 items: page
                     .items
@@ -243,13 +243,13 @@ impl AdminApi {
         }
     }
 
-    fn replay_one(
+    async fn replay_one(
         &self,
         store: &Store,
         ctx: &AdminCtx,
         id: EventId,
     ) -> Result<ReplayOutcome, switchboard_core::Error> {
-        let Some(e) = store.event(id)? else {
+        let Some(e) = store.event(id).await? else {
             return Ok(ReplayOutcome::NotFound);
         };
         let reparsed = match e.status {
@@ -269,7 +269,7 @@ impl AdminApi {
             }
             EventStatus::Routed | EventStatus::Failed => None,
         };
-        Ok(match store.replay_event(id, reparsed)? {
+        Ok(match store.replay_event(id, reparsed).await? {
             Some(e) => {
                 tracing::info!(event_id = %id, provider = %e.provider, event_type = %e.event_type, "event replayed by an operator");
                 ReplayOutcome::Replayed(Box::new(e))
@@ -325,7 +325,7 @@ impl AdminApi {
             event_type: event_type.0,
             status: status.0.map(Into::into),
         };
-        self.page(&store, filter, limit.0, before.0)
+        self.page(&store, filter, limit.0, before.0).await
     }
 
     /// List the quarantine
@@ -355,7 +355,7 @@ impl AdminApi {
             status: Some(EventStatus::Quarantined),
             ..EventFilter::default()
         };
-        self.page(&store, filter, limit.0, before.0)
+        self.page(&store, filter, limit.0, before.0).await
     }
 
     /// Get an event
@@ -380,10 +380,11 @@ impl AdminApi {
         let Ok(id) = id.0.parse::<EventId>() else {
             return DetailAnswer::BadRequest(bad_id("an event"));
         };
-        let found = store.event(id).and_then(|e| match e {
-            Some(e) => store.actions_of(&e).map(|a| Some((e, a))),
-            None => Ok(None),
-        });
+        let found = match store.event(id).await {
+            Ok(Some(e)) => store.actions_of(&e).await.map(|a| Some((e, a))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
         match found {
             Ok(Some((e, actions))) => {
                 DetailAnswer::Event(Json(Box::new(event(e, Some(actions), self.reveal))))
@@ -417,7 +418,7 @@ impl AdminApi {
         let Ok(id) = id.0.parse::<EventId>() else {
             return ReplayEventAnswer::BadRequest(bad_id("an event"));
         };
-        match self.replay_one(&store, &ctx, id) {
+        match self.replay_one(&store, &ctx, id).await {
             Ok(ReplayOutcome::Replayed(e)) => {
                 ReplayEventAnswer::Replayed(Json(Box::new(event(*e, None, self.reveal))))
             }
@@ -479,7 +480,7 @@ impl AdminApi {
         let Some(limit) = page_size(limit.0) else {
             return DeliveriesAnswer::BadRequest(body("bad_request", PAGE_SIZE));
         };
-        match store.actions(&filter, before, limit) {
+        match store.actions(&filter, before, limit).await {
             Ok((items, next)) => DeliveriesAnswer::Page(Json(DeliveryPage {
                 items: items.into_iter().map(|a| action(a, self.reveal)).collect(),
                 next: next.map(|i| i.to_string()),
@@ -509,7 +510,7 @@ impl AdminApi {
         let Ok(id) = id.0.parse::<ActionId>() else {
             return DeliveryAnswer::BadRequest(bad_id("an action"));
         };
-        match store.action(id) {
+        match store.action(id).await {
             Ok(Some(a)) => DeliveryAnswer::Action(Json(Box::new(action(a, self.reveal)))),
             Ok(None) => DeliveryAnswer::NotFound(body("not_found", "No action has this id.")),
             Err(e) => DeliveryAnswer::Unavailable(unavailable("reading a delivery", &e)),
@@ -540,7 +541,7 @@ impl AdminApi {
         let Ok(id) = id.0.parse::<ActionId>() else {
             return ReplayDeliveryAnswer::BadRequest(bad_id("an action"));
         };
-        match store.replay_action(id) {
+        match store.replay_action(id).await {
             Ok(Some(a)) if a.status == DeliveryStatus::Sending => ReplayDeliveryAnswer::Conflict(
                 body("conflict", "The action is being sent right now."),
             ),
@@ -632,7 +633,7 @@ impl AdminApi {
             let mut ids = Vec::new();
             let mut before = None;
             while ids.len() < limit {
-                match store.events(&filter, before, 500) {
+                match store.events(&filter, before, 500).await {
                     Ok(page) => {
                         ids.extend(page.items.iter().map(|e| e.id));
                         match page.next {
@@ -647,7 +648,7 @@ impl AdminApi {
             }
             ids.truncate(limit);
             for id in ids {
-                match self.replay_one(&store, &ctx, id) {
+                match self.replay_one(&store, &ctx, id).await {
                     Ok(ReplayOutcome::Replayed(_)) => summary.events += 1,
                     Ok(ReplayOutcome::Unparseable(_)) => summary.still_unparseable += 1,
                     Ok(_) => {}
@@ -666,7 +667,7 @@ impl AdminApi {
             let mut ids = Vec::new();
             let mut before = None;
             while ids.len() < limit {
-                match store.actions(&filter, before, 500) {
+                match store.actions(&filter, before, 500).await {
                     Ok((items, next)) => {
                         ids.extend(items.iter().map(|a| a.id));
                         match next {
@@ -684,7 +685,7 @@ impl AdminApi {
             }
             ids.truncate(limit);
             for id in ids {
-                match store.replay_action(id) {
+                match store.replay_action(id).await {
                     Ok(Some(a)) if a.status != DeliveryStatus::Sending => summary.deliveries += 1,
                     Ok(_) => {}
                     Err(e) => {

@@ -174,6 +174,7 @@ impl PomeloApi {
         };
         let submission = Submission {
             answer_within: None,
+            dedup_window: None,
             provider: NAME.into(),
             endpoint: self.path.clone(),
             event_type: super::EVENT_TYPE.into(),

@@ -343,6 +343,7 @@ impl VerestroApi {
         };
         let submission = Submission {
             answer_within: None,
+            dedup_window: None,
             provider: NAME.into(),
             endpoint: path,
             event_type: endpoint.into(),

@@ -146,6 +146,7 @@ impl VerifyVaspApi {
             response: received(),
             // The enclave wants its answer within a second.
             answer_within: Some(ANSWER_WITHIN),
+            dedup_window: None,
         };
         match ctx.ingest.submit(submission).await {
             Ok(receipt) => Answer::stored(&receipt.response),

@@ -1,0 +1,1112 @@
+//! The embedded backend: one sled tree with prefixed key spaces, one process.
+//!
+//! | prefix | key                                            | value                          |
+//! |--------|------------------------------------------------|--------------------------------|
+//! | `i`    | provider-scoped idempotency key                | [`IdemRecord`] (JSON)          |
+//! | `e`    | event id (16 bytes, time-ordered)              | [`Event`] (JSON)               |
+//! | `q`    | event id                                       | empty: quarantine index        |
+//! | `x`    | expiry ms (8 bytes BE) + event id              | idempotency key: expiry index  |
+//! | `n`    | event id                                       | idempotency key: the inbox     |
+//! | `a`    | action id (16 bytes, time-ordered)             | [`Action`] (JSON)              |
+//! | `s`    | channel + 0 + due ms (8 bytes BE) + action id  | empty: one schedule per channel|
+//! | `o`    | action id                                      | empty: being sent              |
+//! | `m`    | a name                                         | the store's own facts (`mclean`: the last stop was graceful) |
+//!
+//! **Ordered writes instead of batches.** sled 0.34's `apply_batch` costs about four plain
+//! inserts of fixed overhead, so a commit is a sequence of single-key writes in an order
+//! that is safe at every crash point: expiry entry, inbox entry, event, then the
+//! idempotency record that makes the key done. sled's log is recovered as a contiguous
+//! prefix (everything up to its highest contiguous stable LSN), and each write of the
+//! sequence completes before the next starts, so a recovered done-record implies its
+//! event, and a recovered event its inbox entry. A crash earlier in the sequence leaves the
+//! claim pending: the next request with the key takes it over and reuses the event id the
+//! claim reserved, so no event is ever stored twice. An inbox entry whose event is not
+//! written yet names its key, so the route workers leave it while that key's claim is
+//! pending (see [`SledBackend::inbox_remove`]).
+//!
+//! **Group commit.** A write is durable only once `durable` has returned for its sequence
+//! number: one flusher task runs `sled::Db::flush` for all writers that arrived while the
+//! previous flush ran, so durability costs one fsync per batch of requests, not per
+//! request.
+//!
+//! **Leases** are this process's own: the route and delivery workers keep the set of what
+//! they work on, and nothing else opens the directory (sled locks it).
+
+mod outbox;
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
+    },
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+
+use super::{
+    Backend, Claim, ClaimRequest, EventFilter, OwnedClaim, Page, Repaired, StoreStats,
+    StoredResponse, Swept, millis, now_ms,
+};
+use crate::{
+    Error, Result,
+    config::StoreConfig,
+    event::{Event, EventId, EventStatus},
+    outbox::{Action, ActionFilter, ActionId, ActionSpec, Due, SendResult},
+};
+
+pub(crate) const IDEM: u8 = b'i';
+pub(crate) const EVENT: u8 = b'e';
+pub(crate) const QUARANTINE: u8 = b'q';
+pub(crate) const EXPIRY: u8 = b'x';
+/// Events waiting for their route.
+pub(crate) const INBOX: u8 = b'n';
+/// Outbox actions.
+pub(crate) const ACTION: u8 = b'a';
+/// Actions due: channel + 0 + due ms (8 bytes BE) + action id.
+pub(crate) const DUE: u8 = b's';
+/// Actions being sent.
+pub(crate) const SENDING: u8 = b'o';
+/// Present (under the `m` prefix, the store's own facts) when the last process run ended with a graceful stop.
+const CLEAN: &[u8] = b"mclean";
+
+/// The idempotency record of one key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IdemRecord {
+    /// Hex SHA-256 of the body that claimed the key.
+    pub fingerprint: String,
+    /// Where the claim is.
+    pub state: IdemState,
+}
+
+/// Where a claim is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum IdemState {
+    /// A request of process run `boot` owns the key and is storing its event under
+    /// `event_id`.
+    Pending {
+        /// The owning process run.
+        boot: u64,
+        /// The id reserved for the event, reused by whoever takes the claim over.
+        event_id: EventId,
+    },
+    /// Finished: every later request with this key gets `response`.
+    Done {
+        /// The event stored under this key, if one was.
+        event_id: Option<EventId>,
+        /// The answer given.
+        response: StoredResponse,
+        /// Until when (ms since the epoch) a request with this key is a duplicate; past
+        /// it, the key is free again (the provider's de-duplication window). `None`: for
+        /// as long as the record is kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until_ms: Option<u64>,
+    },
+}
+
+pub(crate) fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(rest.len() + 1);
+    k.push(prefix);
+    k.extend_from_slice(rest);
+    k
+}
+
+fn expiry_key(at_ms: u64, event_id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + event_id.len());
+    k.push(EXPIRY);
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(event_id);
+    k
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T> {
+    serde_json::from_slice(v).map_err(|source| Error::Corrupt {
+        key: String::from_utf8_lossy(k).into_owned(),
+        source,
+    })
+}
+
+/// A record that cannot be decoded is left out of a listing (and logged), so that one bad
+/// record does not hide every other; any other error ends the listing.
+pub(crate) fn skip_unreadable(e: Error) -> Result<()> {
+    match e {
+        Error::Corrupt { key, source } => {
+            tracing::error!(key = %key, error = %source, "an unreadable record is left out");
+            Ok(())
+        }
+        other => Err(other),
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Our own types always serialise.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// The status of a stored event, read without decoding the whole record: serde writes
+/// `status` before the body and the data, so its first occurrence is the event's own.
+fn status_of(v: &[u8]) -> Option<EventStatus> {
+    const FIELD: &[u8] = b"\"status\":\"";
+    let at = v.windows(FIELD.len()).position(|w| w == FIELD)? + FIELD.len();
+    let len = v[at..].iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(&v[at..at + len]).ok()?.parse().ok()
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct FlushState {
+    /// Every write with a sequence number at or below this is on disk.
+    flushed: u64,
+    /// A flush covering sequence numbers up to this failed.
+    failed: u64,
+}
+
+struct Durability {
+    /// Sequence number of the last write handed out.
+    written: AtomicU64,
+    /// Writes applied but not yet numbered (see [`Inner::durable_visible`]).
+    in_progress: AtomicU64,
+    state: watch::Sender<FlushState>,
+    kick: Notify,
+    flushes: AtomicU64,
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Where a crash is simulated, for the tests of the commit sequence (debug builds only):
+/// `SWITCHBOARD_CRASH_AT=<step>:<n>` aborts the process right after the `n`th write of
+/// `step` (`expiry`, `inbox`, `event`, `done`).
+#[cfg(debug_assertions)]
+mod fault {
+    use std::sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering::SeqCst},
+    };
+
+    static PLAN: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+
+    pub(super) fn after(step: &str) {
+        let plan = PLAN.get_or_init(|| {
+            let v = std::env::var("SWITCHBOARD_CRASH_AT").ok()?;
+            let (s, n) = v.split_once(':')?;
+            Some((s.to_owned(), n.parse().ok()?))
+        });
+        if let Some((s, n)) = plan {
+            if s == step && SEEN.fetch_add(1, SeqCst) + 1 == *n {
+                eprintln!("SWITCHBOARD_CRASH_AT: aborting after the write of `{step}`");
+                std::process::abort();
+            }
+        }
+    }
+}
+
+#[cfg(not(debug_assertions))]
+mod fault {
+    #[inline(always)]
+    pub(super) fn after(_step: &str) {}
+}
+
+struct Inner {
+    db: sled::Db,
+    tree: sled::Tree,
+    durability: Arc<Durability>,
+    /// Identifies this process run: a pending claim of another run is stale.
+    boot: u64,
+    /// Woken whenever a claim finishes or is released.
+    settled: Notify,
+    /// How long events and their keys are kept.
+    retention: Duration,
+    /// Held by every read-modify-write of an action.
+    outbox_lock: std::sync::Mutex<()>,
+    /// Whether the last process run ended with a graceful stop (then the start-up check
+    /// has nothing to look for).
+    was_clean: bool,
+    /// Set once the actions a stop left `sending` were resumed.
+    resumed: AtomicBool,
+    /// Stops the flusher (and so releases the database) when the backend is dropped.
+    _flusher: AbortOnDrop,
+}
+
+/// The embedded backend. See the module documentation.
+pub struct SledBackend {
+    inner: Arc<Inner>,
+}
+
+/// A claim this process run holds: released when dropped before its commit.
+struct SledClaim {
+    inner: Arc<Inner>,
+    key: String,
+    fingerprint: String,
+    event_id: EventId,
+    taken_over: bool,
+    committed: bool,
+}
+
+impl Drop for SledClaim {
+    fn drop(&mut self) {
+        if !self.committed {
+            if let Err(e) = self.inner.release_claim(&self.key) {
+                tracing::error!(error = %e, "could not release an idempotency claim");
+            }
+        }
+        self.inner.settled.notify_waiters();
+    }
+}
+
+/// Restricts the store's directory to its owner: it holds OTPs and card data in clear.
+#[cfg(unix)]
+fn restrict(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
+    for entry in entries.flatten() {
+        let p = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => restrict(&p),
+            Ok(t) if t.is_file() => {
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn restrict(_path: &std::path::Path) {}
+
+impl SledBackend {
+    /// Opens (or creates) the database under `cfg.path/db` and starts its flusher task.
+    /// Must be called inside a Tokio runtime.
+    pub fn open(cfg: &StoreConfig) -> Result<SledBackend> {
+        let dir = cfg.path.join("db");
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::config(
+                "store.path",
+                format!("cannot create {}: {e}", cfg.path.display()),
+            )
+        })?;
+        restrict(&dir);
+        let db = sled::Config::new()
+            .path(&dir)
+            .cache_capacity(cfg.cache_capacity.0)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    Error::config(
+                        "store.path",
+                        format!(
+                            "{} is in use by another running switchboard",
+                            cfg.path.display()
+                        ),
+                    )
+                }
+                other => Error::Store(other),
+            })?;
+        // The files sled made now (a new store) are the owner's alone too.
+        restrict(&dir);
+        let tree = db.open_tree("switchboard")?;
+        // A crash from here on must not pass for a graceful stop.
+        let was_clean = tree.remove(CLEAN)?.is_some();
+        if was_clean {
+            db.flush()?;
+        }
+        let durability = Arc::new(Durability {
+            written: AtomicU64::new(0),
+            in_progress: AtomicU64::new(0),
+            state: watch::Sender::new(FlushState::default()),
+            kick: Notify::new(),
+            flushes: AtomicU64::new(0),
+        });
+        let flusher = tokio::spawn(run_flusher(db.clone(), durability.clone()));
+        Ok(SledBackend {
+            inner: Arc::new(Inner {
+                db,
+                tree,
+                durability,
+                boot: rand::random(),
+                settled: Notify::new(),
+                retention: cfg.retention.get(),
+                outbox_lock: std::sync::Mutex::new(()),
+                was_clean,
+                resumed: AtomicBool::new(false),
+                _flusher: AbortOnDrop(flusher.abort_handle()),
+            }),
+        })
+    }
+
+    /// Every record of the store, for copying it elsewhere (`switchboard store copy`).
+    pub fn export(&self) -> Result<Export> {
+        self.inner.export()
+    }
+}
+
+/// Everything a sled store holds, decoded: what another backend imports.
+#[derive(Debug, Default)]
+pub struct Export {
+    /// Idempotency records that are done: key, fingerprint, event, answer, until when
+    /// (ms) the key answers duplicates.
+    pub keys: Vec<ExportedKey>,
+    /// Every event, with its expiry (ms since the epoch).
+    pub events: Vec<(Event, u64)>,
+    /// Every action.
+    pub actions: Vec<Action>,
+}
+
+/// One finished idempotency key.
+#[derive(Debug, Clone)]
+pub struct ExportedKey {
+    /// The provider-scoped key.
+    pub key: String,
+    /// The fingerprint of the body that claimed it.
+    pub fingerprint: String,
+    /// The event stored under it.
+    pub event_id: Option<EventId>,
+    /// The answer it replays.
+    pub response: StoredResponse,
+    /// Until when it answers duplicates (ms since the epoch), if not until it expires.
+    pub until_ms: Option<u64>,
+}
+
+impl Inner {
+    /// Runs `writes` and numbers them for [`Inner::durable`].
+    fn write(&self, writes: impl FnOnce(&sled::Tree) -> Result<(), sled::Error>) -> Result<u64> {
+        let d = &self.durability;
+        d.in_progress.fetch_add(1, SeqCst);
+        let res = writes(&self.tree);
+        let seq = d.written.fetch_add(1, SeqCst) + 1;
+        d.in_progress.fetch_sub(1, SeqCst);
+        res?;
+        d.kick.notify_one();
+        Ok(seq)
+    }
+
+    fn batch(&self, batch: sled::Batch) -> Result<u64> {
+        self.write(|tree| tree.apply_batch(batch))
+    }
+
+    /// Waits until the write numbered `seq` is on disk.
+    async fn durable(&self, seq: u64) -> Result<()> {
+        let d = &self.durability;
+        let mut rx = d.state.subscribe();
+        if rx.borrow().flushed >= seq {
+            return Ok(());
+        }
+        d.kick.notify_one();
+        let state = *rx
+            .wait_for(|s| s.flushed >= seq || s.failed >= seq)
+            .await
+            .map_err(|_| Error::Unavailable("the flusher stopped".into()))?;
+        if state.flushed >= seq {
+            Ok(())
+        } else {
+            Err(Error::Durability("see the log for the cause".into()))
+        }
+    }
+
+    /// Waits until everything a reader can see now is on disk: used before replaying an
+    /// answer that another request stored, which may not be flushed yet.
+    async fn durable_visible(&self) -> Result<()> {
+        let d = &self.durability;
+        // A write that is visible has either been numbered already, or is still between
+        // its apply and its numbering (in_progress > 0): then take a fresh number, which
+        // is only flushed by a flush that starts after now.
+        let seq = if d.in_progress.load(SeqCst) == 0 {
+            d.written.load(SeqCst)
+        } else {
+            d.written.fetch_add(1, SeqCst) + 1
+        };
+        self.durable(seq).await
+    }
+
+    fn event(&self, id: EventId) -> Result<Option<Event>> {
+        let k = key(EVENT, id.as_bytes());
+        self.tree.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    /// One attempt at the key, without waiting.
+    fn try_claim(&self, req: &ClaimRequest<'_>) -> Result<TryClaim> {
+        let k = key(IDEM, req.key.as_bytes());
+        let mut event_id = EventId::new();
+        let mut expected: Option<sled::IVec> = None;
+        let mut taken_over = false;
+        loop {
+            let mine = encode(&IdemRecord {
+                fingerprint: req.fingerprint.to_owned(),
+                state: IdemState::Pending {
+                    boot: self.boot,
+                    event_id,
+                },
+            });
+            match self
+                .tree
+                .compare_and_swap(&k, expected.as_ref(), Some(mine.as_slice()))?
+            {
+                Ok(()) => {
+                    return Ok(TryClaim::Owned {
+                        event_id,
+                        taken_over,
+                    });
+                }
+                Err(cas) => {
+                    let Some(current) = cas.current else {
+                        expected = None;
+                        taken_over = false;
+                        event_id = EventId::new();
+                        continue;
+                    };
+                    let rec: IdemRecord = decode(&k, &current)?;
+                    match rec.state {
+                        IdemState::Pending { boot, .. } if boot == self.boot => {
+                            return Ok(TryClaim::Pending);
+                        }
+                        IdemState::Pending {
+                            event_id: reserved, ..
+                        } => {
+                            tracing::info!("taking over a claim left by an earlier run");
+                            event_id = reserved;
+                            taken_over = true;
+                            expected = Some(current);
+                        }
+                        IdemState::Done { until_ms, .. }
+                            if until_ms.is_some_and(|u| u <= now_ms()) =>
+                        {
+                            // Past the provider's de-duplication window: a new notification.
+                            event_id = EventId::new();
+                            taken_over = false;
+                            expected = Some(current);
+                        }
+                        IdemState::Done {
+                            event_id, response, ..
+                        } => {
+                            return Ok(TryClaim::Done(Claim::Done {
+                                fingerprint: rec.fingerprint,
+                                event_id,
+                                response,
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives up a claim this process run owns (the request failed before its commit).
+    fn release_claim(&self, idem_key: &str) -> Result<()> {
+        let k = key(IDEM, idem_key.as_bytes());
+        if let Some(current) = self.tree.get(&k)? {
+            let rec: IdemRecord = decode(&k, &current)?;
+            if matches!(rec.state, IdemState::Pending { boot, .. } if boot == self.boot) {
+                // Only remove it if nobody replaced it meanwhile.
+                let _ = self
+                    .tree
+                    .compare_and_swap(&k, Some(current), None::<&[u8]>)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The commit sequence (see the module documentation). Returns the sequence number
+    /// of its last write.
+    fn commit_writes(
+        &self,
+        claim: &SledClaim,
+        event: &Event,
+        response: &StoredResponse,
+        dedup_window: Option<Duration>,
+    ) -> Result<u64> {
+        let now = now_ms();
+        let expires = now.saturating_add(millis(self.retention));
+        let id = event.id.as_bytes();
+        // A claim left pending by a crash may already have its event stored: keep it when
+        // it is this very body (it may have been routed since), replace it otherwise (it
+        // was never acknowledged).
+        let existing = if claim.taken_over {
+            self.event(event.id)?
+                .filter(|e| e.fingerprint == claim.fingerprint)
+        } else {
+            None
+        };
+        let done = encode(&IdemRecord {
+            fingerprint: claim.fingerprint.clone(),
+            state: IdemState::Done {
+                event_id: Some(event.id),
+                response: response.clone(),
+                until_ms: dedup_window.map(|w| now.saturating_add(millis(w))),
+            },
+        });
+        let idem_key = claim.key.as_bytes();
+        self.write(|tree| {
+            tree.insert(expiry_key(expires, id), idem_key)?;
+            fault::after("expiry");
+            match &existing {
+                None => {
+                    match event.status {
+                        EventStatus::Received => {
+                            tree.insert(key(INBOX, id), idem_key)?;
+                            fault::after("inbox");
+                        }
+                        EventStatus::Quarantined => {
+                            tree.insert(key(QUARANTINE, id), &[])?;
+                        }
+                        _ => {}
+                    }
+                    tree.insert(key(EVENT, id), encode(event))?;
+                    fault::after("event");
+                }
+                // Stored by the run that crashed: make sure it is in the inbox if it still
+                // waits (a store written before the inbox entry came first may lack it).
+                Some(e) if e.status == EventStatus::Received => {
+                    tree.insert(key(INBOX, id), idem_key)?;
+                }
+                Some(_) => {}
+            }
+            tree.insert(key(IDEM, idem_key), done)?;
+            fault::after("done");
+            Ok(())
+        })
+    }
+
+    fn export(&self) -> Result<Export> {
+        let mut out = Export::default();
+        let mut expiry = std::collections::HashMap::new();
+        for entry in self.tree.scan_prefix([EXPIRY]) {
+            let (k, _) = entry?;
+            if let (Some(at), Some(id)) = (
+                k.get(1..9)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes),
+                k.get(9..).and_then(EventId::from_slice),
+            ) {
+                expiry.insert(id, at);
+            }
+        }
+        for entry in self.tree.scan_prefix([IDEM]) {
+            let (k, v) = entry?;
+            let rec: IdemRecord = match decode(&k, &v) {
+                Ok(r) => r,
+                Err(e) => {
+                    skip_unreadable(e)?;
+                    continue;
+                }
+            };
+            if let IdemState::Done {
+                event_id,
+                response,
+                until_ms,
+            } = rec.state
+            {
+                out.keys.push(ExportedKey {
+                    key: String::from_utf8_lossy(&k[1..]).into_owned(),
+                    fingerprint: rec.fingerprint,
+                    event_id,
+                    response,
+                    until_ms,
+                });
+            }
+        }
+        let fallback = now_ms().saturating_add(millis(self.retention));
+        for entry in self.tree.scan_prefix([EVENT]) {
+            let (k, v) = entry?;
+            match decode::<Event>(&k, &v) {
+                Ok(e) => {
+                    let at = expiry.get(&e.id).copied().unwrap_or(fallback);
+                    out.events.push((e, at));
+                }
+                Err(e) => skip_unreadable(e)?,
+            }
+        }
+        for entry in self.tree.scan_prefix([ACTION]) {
+            let (k, v) = entry?;
+            match decode::<Action>(&k, &v) {
+                Ok(a) => out.actions.push(a),
+                Err(e) => skip_unreadable(e)?,
+            }
+        }
+        Ok(out)
+    }
+
+    fn events(&self, filter: &EventFilter, before: Option<EventId>, limit: usize) -> Result<Page> {
+        let quarantine_only = filter.status == Some(EventStatus::Quarantined);
+        let mut items = Vec::new();
+        let mut next = None;
+        // Quarantined events are found through their index instead of every event.
+        let prefix = if quarantine_only { QUARANTINE } else { EVENT };
+        let end = match before {
+            Some(id) => key(prefix, id.as_bytes()),
+            None => key(prefix + 1, &[]),
+        };
+        for entry in self.tree.range(key(prefix, &[])..end).rev() {
+            let (k, v) = entry?;
+            let found = if quarantine_only {
+                match EventId::from_slice(&k[1..])
+                    .map(|id| self.event(id))
+                    .transpose()
+                {
+                    Ok(e) => e.flatten(),
+                    Err(e) => {
+                        skip_unreadable(e)?;
+                        continue;
+                    }
+                }
+            } else {
+                match decode::<Event>(&k, &v) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        skip_unreadable(e)?;
+                        continue;
+                    }
+                }
+            };
+            let Some(e) = found else { continue };
+            if filter.matches(&e) {
+                if items.len() == limit {
+                    next = items.last().map(|e: &Event| e.id);
+                    break;
+                }
+                items.push(e);
+            }
+        }
+        Ok(Page { items, next })
+    }
+
+    fn sweep(&self, now_ms: u64, retention: Duration) -> Result<Swept> {
+        let mut swept = Swept::default();
+        let end = expiry_key(now_ms.saturating_add(1), &[]);
+        for entry in self.tree.range(key(EXPIRY, &[])..end) {
+            let (xk, idem_key) = entry?;
+            let Some(id) = xk.get(9..).and_then(EventId::from_slice) else {
+                self.tree.remove(&xk)?;
+                continue;
+            };
+            let event = self.event(id)?;
+            let keep = match &event {
+                Some(e) => !e.status.expires() || !self.all_settled(e)?,
+                None => false,
+            };
+            match event {
+                Some(_) if keep => {
+                    let later = now_ms.saturating_add(millis(retention));
+                    self.tree
+                        .insert(expiry_key(later, id.as_bytes()), idem_key)?;
+                    swept.kept += 1;
+                }
+                found => {
+                    // The idempotency record goes only if it still belongs to this event (a
+                    // retry after a crash may have finished the key with another event).
+                    let ik = key(IDEM, &idem_key);
+                    if let Some(v) = self.tree.get(&ik)? {
+                        let rec: IdemRecord = decode(&ik, &v)?;
+                        let owner = match rec.state {
+                            IdemState::Done { event_id, .. } => event_id,
+                            IdemState::Pending { event_id, .. } => Some(event_id),
+                        };
+                        if owner == Some(id) {
+                            self.tree.remove(&ik)?;
+                            swept.keys += 1;
+                        }
+                    }
+                    if let Some(e) = &found {
+                        self.remove_actions(e)?;
+                        self.tree.remove(key(EVENT, id.as_bytes()))?;
+                        swept.events += 1;
+                    }
+                    self.tree.remove(key(QUARANTINE, id.as_bytes()))?;
+                    self.tree.remove(key(INBOX, id.as_bytes()))?;
+                }
+            }
+            self.tree.remove(&xk)?;
+        }
+        Ok(swept)
+    }
+
+    /// Checks the inbox against the events (see [`Backend::consistency_check`]). Reads
+    /// only each event's status, not the whole record.
+    fn consistency_check(&self) -> Result<Repaired> {
+        let mut repaired = Repaired::default();
+        let inbox: HashSet<EventId> = self
+            .tree
+            .scan_prefix([INBOX])
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter_map(|k| EventId::from_slice(&k[1..]))
+            .collect();
+        let mut waiting = HashSet::new();
+        for entry in self.tree.scan_prefix([EVENT]) {
+            let (k, v) = entry?;
+            let Some(id) = EventId::from_slice(&k[1..]) else {
+                continue;
+            };
+            if status_of(&v) != Some(EventStatus::Received) {
+                continue;
+            }
+            waiting.insert(id);
+            if !inbox.contains(&id) {
+                let e: Event = decode(&k, &v)?;
+                self.tree
+                    .insert(key(INBOX, id.as_bytes()), e.idempotency_key.as_bytes())?;
+                tracing::warn!(event_id = %id, provider = %e.provider, "an event waiting for its route was missing from the inbox; put back");
+                repaired.inbox_added += 1;
+            }
+        }
+        for id in inbox.difference(&waiting) {
+            // An entry whose event is not written yet belongs to a claim still pending;
+            // `inbox_remove` keeps those.
+            if self.inbox_remove(*id)? {
+                repaired.inbox_removed += 1;
+            }
+        }
+        Ok(repaired)
+    }
+
+    /// Removes the inbox entry of an event that no longer waits for its route. An entry
+    /// whose event is not stored yet is kept while the claim it names is pending (its
+    /// commit is under way, or a crash interrupted it and the key's next request will
+    /// finish it). Returns whether it was removed.
+    fn inbox_remove(&self, id: EventId) -> Result<bool> {
+        let ik = key(INBOX, id.as_bytes());
+        let Some(idem_key) = self.tree.get(&ik)? else {
+            return Ok(false);
+        };
+        let waiting = match self.event(id) {
+            Ok(Some(e)) => e.status == EventStatus::Received,
+            Ok(None) => {
+                let k = key(IDEM, &idem_key);
+                match self.tree.get(&k)?.map(|v| decode::<IdemRecord>(&k, &v)) {
+                    Some(Ok(IdemRecord {
+                        state: IdemState::Pending { event_id, .. },
+                        ..
+                    })) => event_id == id,
+                    _ => false,
+                }
+            }
+            // Trying again cannot help: the record stays, out of the inbox.
+            Err(Error::Corrupt { .. }) => false,
+            Err(e) => return Err(e),
+        };
+        if waiting {
+            return Ok(false);
+        }
+        Ok(self
+            .tree
+            .compare_and_swap(&ik, Some(idem_key), None::<&[u8]>)?
+            .is_ok())
+    }
+}
+
+enum TryClaim {
+    Owned { event_id: EventId, taken_over: bool },
+    Pending,
+    Done(Claim),
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    inner: &Arc<Inner>,
+    f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let inner = inner.clone();
+    tokio::task::spawn_blocking(move || f(&inner))
+        .await
+        .map_err(|e| Error::Unavailable(format!("a store task failed: {e}")))?
+}
+
+#[async_trait::async_trait]
+impl Backend for SledBackend {
+    fn name(&self) -> &'static str {
+        "sled"
+    }
+
+    async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim> {
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + req.wait;
+        loop {
+            let settled = inner.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            match inner.try_claim(req)? {
+                TryClaim::Owned {
+                    event_id,
+                    taken_over,
+                } => {
+                    return Ok(Claim::Owned(OwnedClaim {
+                        event_id,
+                        hold: Box::new(SledClaim {
+                            inner: inner.clone(),
+                            key: req.key.to_owned(),
+                            fingerprint: req.fingerprint.to_owned(),
+                            event_id,
+                            taken_over,
+                            committed: false,
+                        }),
+                    }));
+                }
+                TryClaim::Done(done) => {
+                    // The record may have been written by a request whose flush is still
+                    // running: replay it only once it is on disk.
+                    inner.durable_visible().await?;
+                    return Ok(done);
+                }
+                TryClaim::Pending => {
+                    if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                        return Err(Error::InFlight);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        claim: OwnedClaim,
+        event: &Event,
+        response: &StoredResponse,
+        dedup_window: Option<Duration>,
+    ) -> Result<()> {
+        let mut hold = claim
+            .hold
+            .downcast::<SledClaim>()
+            .map_err(|_| Error::Unavailable("a claim of another store".into()))?;
+        if hold.event_id != event.id {
+            return Err(Error::Unavailable(
+                "an event stored under another id than its claim reserved".into(),
+            ));
+        }
+        let seq = self
+            .inner
+            .commit_writes(&hold, event, response, dedup_window)?;
+        // Committed: from here on the key is done, whatever happens to the flush.
+        hold.committed = true;
+        let durable = self.inner.durable(seq).await;
+        // Dropping the hold wakes the requests waiting for this key.
+        drop(hold);
+        durable
+    }
+
+    async fn event(&self, id: EventId) -> Result<Option<Event>> {
+        self.inner.event(id)
+    }
+
+    async fn events(
+        &self,
+        filter: &EventFilter,
+        before: Option<EventId>,
+        limit: usize,
+    ) -> Result<Page> {
+        self.inner.events(filter, before, limit)
+    }
+
+    async fn event_count(&self) -> Result<usize> {
+        Ok(self.inner.tree.scan_prefix([EVENT]).count())
+    }
+
+    async fn take_inbox(
+        &self,
+        after: Option<EventId>,
+        limit: usize,
+        _lease: Duration,
+    ) -> Result<Vec<EventId>> {
+        self.inner.inbox(after, limit)
+    }
+
+    async fn defer(&self, _id: EventId, _wait: Duration) -> Result<()> {
+        Ok(())
+    }
+
+    async fn release(&self, _id: EventId) -> Result<()> {
+        Ok(())
+    }
+
+    async fn inbox_remove(&self, id: EventId) -> Result<()> {
+        self.inner.inbox_remove(id).map(|_| ())
+    }
+
+    async fn route_done(
+        &self,
+        event: &Event,
+        script: Option<String>,
+        specs: Vec<ActionSpec>,
+    ) -> Result<Option<Vec<Action>>> {
+        let event = event.clone();
+        blocking(&self.inner, move |inner| {
+            inner.route_done(&event, script, specs).map(Some)
+        })
+        .await
+    }
+
+    async fn route_failed(
+        &self,
+        event: &Event,
+        script: Option<String>,
+        error: String,
+    ) -> Result<()> {
+        self.inner.route_failed(event, script, error)
+    }
+
+    async fn replay_event(
+        &self,
+        id: EventId,
+        reparsed: Option<(String, Value, Vec<String>)>,
+    ) -> Result<Option<Event>> {
+        self.inner.replay_event(id, reparsed)
+    }
+
+    async fn take_due(
+        &self,
+        channel: &str,
+        now_ms: u64,
+        limit: usize,
+        _lease: Duration,
+    ) -> Result<Vec<Due>> {
+        self.inner.due(channel, now_ms, limit)
+    }
+
+    async fn next_due(&self, channel: &str) -> Result<Option<u64>> {
+        self.inner.next_due(channel)
+    }
+
+    async fn start_attempt(&self, channel: &str, due: Due) -> Result<Option<Action>> {
+        let Some((action, seq)) = self.inner.start_attempt(channel, due)? else {
+            return Ok(None);
+        };
+        // Nothing leaves before the `sending` mark (and so the routed event and its
+        // actions, written before it) is on disk.
+        self.inner.durable(seq).await?;
+        Ok(Some(action))
+    }
+
+    async fn finish_attempt(
+        &self,
+        action: Action,
+        result: &SendResult,
+        retry_at_ms: Option<u64>,
+    ) -> Result<Action> {
+        self.inner.finish_attempt(action, result, retry_at_ms)
+    }
+
+    async fn release_due(&self, _id: ActionId) -> Result<()> {
+        Ok(())
+    }
+
+    async fn expire_action(&self, id: ActionId) -> Result<Option<Action>> {
+        self.inner.expire_action(id)
+    }
+
+    async fn resume_interrupted(&self) -> Result<usize> {
+        // Only what an earlier process run left: this one's attempts are its own.
+        if self.inner.resumed.swap(true, SeqCst) {
+            return Ok(0);
+        }
+        self.inner.resume_interrupted()
+    }
+
+    async fn replay_action(&self, id: ActionId) -> Result<Option<Action>> {
+        self.inner.replay_action(id)
+    }
+
+    async fn action(&self, id: ActionId) -> Result<Option<Action>> {
+        self.inner.action(id)
+    }
+
+    async fn actions_of(&self, event: &Event) -> Result<Vec<Action>> {
+        self.inner.actions_of(event)
+    }
+
+    async fn actions(
+        &self,
+        filter: &ActionFilter,
+        before: Option<ActionId>,
+        limit: usize,
+    ) -> Result<(Vec<Action>, Option<ActionId>)> {
+        self.inner.actions(filter, before, limit)
+    }
+
+    async fn sweep(&self, now_ms: u64, retention: Duration) -> Result<Swept> {
+        blocking(&self.inner, move |inner| inner.sweep(now_ms, retention)).await
+    }
+
+    async fn consistency_check(&self) -> Result<Repaired> {
+        if self.inner.was_clean {
+            return Ok(Repaired::default());
+        }
+        blocking(&self.inner, Inner::consistency_check).await
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.inner.tree.get([0u8])?;
+        let state = *self.inner.durability.state.borrow();
+        if state.failed > state.flushed {
+            return Err(Error::Durability("the last flush to disk failed".into()));
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<()> {
+        // The end of a graceful stop: the next start need not look for what a crash
+        // leaves behind.
+        let seq = self
+            .inner
+            .write(|tree| tree.insert(CLEAN, &[]).map(|_| ()))?;
+        self.inner.durable(seq).await
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            flushes: Some(self.inner.durability.flushes.load(SeqCst)),
+            size_on_disk: self.inner.db.size_on_disk().ok(),
+        }
+    }
+}
+
+/// How many times the flusher yields to the runtime before each flush (see
+/// `run_flusher`). Measured with `switchboard-bench`: 0 → 18k, 8 → 22k durable
+/// events/s; beyond 16 the delay starts to cost more than the batching saves.
+const FLUSH_YIELDS: u32 = 8;
+
+async fn run_flusher(db: sled::Db, d: Arc<Durability>) {
+    loop {
+        d.kick.notified().await;
+        loop {
+            // Let writers that are already runnable reach their write first, so that they
+            // share this flush: an adaptive commit delay that costs nothing when idle.
+            for _ in 0..FLUSH_YIELDS {
+                tokio::task::yield_now().await;
+            }
+            let target = d.written.load(SeqCst);
+            if target <= d.state.borrow().flushed {
+                break;
+            }
+            let db2 = db.clone();
+            let res = tokio::task::spawn_blocking(move || db2.flush()).await;
+            d.flushes.fetch_add(1, SeqCst);
+            match res {
+                Ok(Ok(_)) => d.state.send_modify(|s| s.flushed = s.flushed.max(target)),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "flush to disk failed");
+                    d.state.send_modify(|s| s.failed = s.failed.max(target));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "flush task failed");
+                    d.state.send_modify(|s| s.failed = s.failed.max(target));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,493 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::{
+    outbox::ActionSpec,
+    store::{ClaimRequest, Store},
+};
+
+fn cfg(dir: &std::path::Path) -> StoreConfig {
+    StoreConfig {
+        path: dir.to_path_buf(),
+        ..StoreConfig::default()
+    }
+}
+
+fn open(dir: &std::path::Path) -> (Store, Arc<SledBackend>) {
+    let backend = Arc::new(SledBackend::open(&cfg(dir)).unwrap());
+    (Store::new(backend.clone(), Arc::default()), backend)
+}
+
+fn event(id: EventId, status: EventStatus) -> Event {
+    Event {
+        id,
+        provider: "p".into(),
+        endpoint: "/p".into(),
+        event_type: "t".into(),
+        received_at: chrono::Utc::now(),
+        status,
+        idempotency_key: "k".into(),
+        fingerprint: "f".into(),
+        body: b"{}".to_vec(),
+        data: Some(serde_json::json!({})),
+        meta: BTreeMap::new(),
+        flags: vec![],
+        conflict_of: None,
+        quarantine_reason: None,
+        secret_paths: vec![],
+        route: None,
+    }
+}
+
+/// Leaves a claim as a crash does: neither committed nor released.
+fn abandon(c: OwnedClaim) {
+    let mut hold = c.hold.downcast::<SledClaim>().unwrap();
+    hold.committed = true;
+}
+
+fn req<'a>(key: &'a str, fp: &'a str) -> ClaimRequest<'a> {
+    ClaimRequest {
+        key,
+        fingerprint: fp,
+        wait: Duration::ZERO,
+        dedup_window: None,
+    }
+}
+
+/// Claims `key` and stores an event of `status` under it; returns the event.
+async fn put(store: &Store, key: &str, status: EventStatus) -> Event {
+    let Claim::Owned(c) = store.claim(&req(key, "f")).await.unwrap() else {
+        panic!("{key} is taken")
+    };
+    let mut e = event(c.event_id, status);
+    e.idempotency_key = key.into();
+    store
+        .commit(c, &e, &StoredResponse::empty(204), None)
+        .await
+        .unwrap();
+    e
+}
+
+#[tokio::test]
+async fn claim_is_exclusive_and_done_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let Claim::Owned(c) = store.claim(&req("k", "f1")).await.unwrap() else {
+        panic!()
+    };
+    assert!(matches!(
+        store.claim(&req("k", "f1")).await,
+        Err(Error::InFlight)
+    ));
+    let e = event(c.event_id, EventStatus::Received);
+    let resp = StoredResponse::empty(204);
+    store.commit(c, &e, &resp, None).await.unwrap();
+    match store.claim(&req("k", "f2")).await.unwrap() {
+        Claim::Done {
+            fingerprint,
+            event_id,
+            response,
+        } => {
+            assert_eq!(fingerprint, "f1");
+            assert_eq!(event_id, Some(e.id));
+            assert_eq!(response, resp);
+        }
+        other => panic!("expected done, got {other:?}"),
+    }
+    assert_eq!(store.event(e.id).await.unwrap(), Some(e));
+}
+
+#[tokio::test]
+async fn a_dropped_claim_frees_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let c = store.claim(&req("k", "f")).await.unwrap();
+    drop(c);
+    assert!(matches!(
+        store.claim(&req("k", "f")).await.unwrap(),
+        Claim::Owned(_)
+    ));
+}
+
+#[tokio::test]
+async fn pending_claims_of_an_earlier_run_are_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let reserved = {
+        let (store, backend) = open(dir.path());
+        let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
+            panic!("a fresh key is owned")
+        };
+        let id = c.event_id;
+        abandon(c);
+        store.flush().await.unwrap();
+        drop(store);
+        drop(backend);
+        id
+    };
+    tokio::task::yield_now().await;
+    let (store, _) = open(dir.path());
+    let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
+        panic!("a stale claim is taken over")
+    };
+    assert_eq!(c.event_id, reserved, "the reserved event id is reused");
+}
+
+/// The defect of issue 9: a crash after the event was written but before it was in the
+/// inbox (a store written by a version whose commit wrote the event first); the provider
+/// resends, the claim is taken over, and the event must still be routed.
+#[tokio::test]
+async fn a_taken_over_claim_puts_its_waiting_event_in_the_inbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let (store, backend) = open(dir.path());
+        let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
+            panic!()
+        };
+        let id = c.event_id;
+        abandon(c);
+        let mut e = event(id, EventStatus::Received);
+        e.idempotency_key = "k".into();
+        backend
+            .inner
+            .tree
+            .insert(key(EVENT, id.as_bytes()), encode(&e))
+            .unwrap();
+        store.flush().await.unwrap();
+        id
+    };
+    tokio::task::yield_now().await;
+    let (store, _) = open(dir.path());
+    assert!(
+        store
+            .take_inbox(None, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
+        panic!()
+    };
+    let mut e = event(c.event_id, EventStatus::Received);
+    e.idempotency_key = "k".into();
+    store
+        .commit(c, &e, &StoredResponse::empty(204), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.take_inbox(None, 10, Duration::ZERO).await.unwrap(),
+        vec![id]
+    );
+}
+
+#[tokio::test]
+async fn the_start_up_check_mends_the_inbox_after_a_crash_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (waiting, routed) = {
+        let (store, backend) = open(dir.path());
+        let waiting = put(&store, "a", EventStatus::Received).await;
+        let routed = put(&store, "b", EventStatus::Received).await;
+        store.route_done(&routed, None, vec![]).await.unwrap();
+        // Break the invariant both ways.
+        let tree = &backend.inner.tree;
+        tree.remove(key(INBOX, waiting.id.as_bytes())).unwrap();
+        tree.insert(key(INBOX, routed.id.as_bytes()), b"b".as_slice())
+            .unwrap();
+        // No graceful stop: the process "crashes".
+        backend.inner.db.flush().unwrap();
+        (waiting, routed)
+    };
+    tokio::task::yield_now().await;
+    let (store, _) = open(dir.path());
+    let repaired = store.consistency_check().await.unwrap();
+    assert_eq!(
+        repaired,
+        Repaired {
+            inbox_added: 1,
+            inbox_removed: 1
+        }
+    );
+    assert_eq!(
+        store.take_inbox(None, 10, Duration::ZERO).await.unwrap(),
+        vec![waiting.id]
+    );
+    let _ = routed;
+    // After a graceful stop there is nothing to look for.
+    store.flush().await.unwrap();
+    drop(store);
+    tokio::task::yield_now().await;
+    let (store, _) = open(dir.path());
+    assert_eq!(
+        store.consistency_check().await.unwrap(),
+        Repaired::default()
+    );
+}
+
+#[tokio::test]
+async fn an_inbox_entry_ahead_of_its_event_is_kept_while_its_claim_is_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, backend) = open(dir.path());
+    let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
+        panic!()
+    };
+    let id = c.event_id;
+    // The first write of the commit sequence, as a worker may see it mid-commit.
+    backend
+        .inner
+        .tree
+        .insert(key(INBOX, id.as_bytes()), b"k".as_slice())
+        .unwrap();
+    store.inbox_remove(id).await.unwrap();
+    assert_eq!(
+        store.take_inbox(None, 10, Duration::ZERO).await.unwrap(),
+        vec![id],
+        "kept while the claim is pending"
+    );
+    drop(c);
+    store.inbox_remove(id).await.unwrap();
+    assert!(
+        store
+            .take_inbox(None, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "removed once the claim is gone"
+    );
+}
+
+#[tokio::test]
+async fn sweep_removes_expired_but_keeps_quarantine() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = SledBackend::open(&StoreConfig {
+        path: dir.path().to_path_buf(),
+        retention: crate::units::HumanDuration::secs(1),
+        ..StoreConfig::default()
+    })
+    .unwrap();
+    let store = Store::new(Arc::new(backend), Arc::default());
+    let ok = put(&store, "a", EventStatus::Received).await;
+    store.route_done(&ok, None, vec![]).await.unwrap();
+    let bad = put(&store, "b", EventStatus::Quarantined).await;
+    assert_eq!(
+        store
+            .sweep(now_ms(), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Swept::default()
+    );
+    let later = now_ms() + 2_000;
+    let swept = store.sweep(later, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(
+        swept,
+        Swept {
+            keys: 1,
+            events: 1,
+            kept: 1
+        }
+    );
+    assert!(store.event(ok.id).await.unwrap().is_none());
+    assert!(store.event(bad.id).await.unwrap().is_some());
+    assert!(matches!(
+        store.claim(&req("a", "f")).await.unwrap(),
+        Claim::Owned(_)
+    ));
+    // The kept event's expiry moved: a second sweep at the same time removes nothing.
+    assert_eq!(
+        store.sweep(later, Duration::from_secs(60)).await.unwrap(),
+        Swept::default()
+    );
+}
+
+#[tokio::test]
+async fn pages_are_newest_first_and_filtered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let mut ids = vec![];
+    for i in 0..5 {
+        let status = if i % 2 == 0 {
+            EventStatus::Received
+        } else {
+            EventStatus::Quarantined
+        };
+        let Claim::Owned(c) = store.claim(&req(&format!("k{i}"), "f")).await.unwrap() else {
+            panic!()
+        };
+        let mut e = event(c.event_id, status);
+        e.event_type = format!("t{}", i % 2);
+        ids.push(e.id);
+        store
+            .commit(c, &e, &StoredResponse::empty(204), None)
+            .await
+            .unwrap();
+    }
+    let all = store
+        .events(&EventFilter::default(), None, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        all.items.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![ids[4], ids[3]]
+    );
+    let rest = store
+        .events(&EventFilter::default(), all.next, 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 3);
+    assert!(rest.next.is_none());
+    let q = EventFilter {
+        status: Some(EventStatus::Quarantined),
+        ..Default::default()
+    };
+    let qp = store.events(&q, None, 10).await.unwrap();
+    assert_eq!(
+        qp.items.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![ids[3], ids[1]]
+    );
+    let t0 = EventFilter {
+        event_type: Some("t0".into()),
+        ..Default::default()
+    };
+    assert_eq!(store.events(&t0, None, 10).await.unwrap().items.len(), 3);
+}
+
+#[tokio::test]
+async fn schedule_entries_of_the_old_format_move_to_their_channel() {
+    use super::outbox::due_key;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, backend) = open(dir.path());
+    let e = put(&store, "k", EventStatus::Received).await;
+    let spec = ActionSpec {
+        channel: "email".into(),
+        payload: serde_json::json!({"to": "a@example.com", "subject": "s", "text": "t"}),
+    };
+    let actions = store
+        .route_done(&e, None, vec![spec])
+        .await
+        .unwrap()
+        .unwrap();
+    let a = &actions[0];
+    let at = a.due_ms.unwrap();
+    // As the schedule entry was written before queues were kept per channel.
+    let tree = &backend.inner.tree;
+    tree.remove(due_key("email", at, &a.id)).unwrap();
+    let mut old = vec![DUE];
+    old.extend(at.to_be_bytes());
+    old.extend(a.id.0.as_bytes());
+    tree.insert(old, &[]).unwrap();
+    let later = at + 1;
+    let take = |store: Store| async move {
+        store
+            .take_due("email", later, 8, Duration::ZERO)
+            .await
+            .unwrap()
+    };
+    assert!(take(store.clone()).await.is_empty());
+    store.resume_interrupted().await.unwrap();
+    assert_eq!(
+        take(store.clone()).await,
+        vec![Due {
+            id: a.id,
+            at_ms: at
+        }]
+    );
+    assert!(tree.scan_prefix([DUE, 0]).next().is_none());
+}
+
+#[tokio::test]
+async fn a_schedule_entry_with_no_action_behind_it_is_dropped() {
+    use super::outbox::due_key;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, backend) = open(dir.path());
+    let orphan = ActionId(uuid::Uuid::now_v7());
+    backend
+        .inner
+        .tree
+        .insert(due_key("email", 5, &orphan), &[])
+        .unwrap();
+    let due = store
+        .take_due("email", 10, 8, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        due,
+        vec![Due {
+            id: orphan,
+            at_ms: 5
+        }]
+    );
+    assert!(
+        store
+            .take_due("sms", 10, 8, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "per channel"
+    );
+    assert!(
+        store
+            .start_attempt("email", due[0])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .take_due("email", 10, 8, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.next_due("email").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn the_inbox_is_read_in_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, backend) = open(dir.path());
+    let ids: Vec<EventId> = (0..5).map(|_| EventId::new()).collect();
+    for id in &ids {
+        backend
+            .inner
+            .tree
+            .insert(key(INBOX, id.as_bytes()), &[])
+            .unwrap();
+    }
+    let take = |after| {
+        let store = store.clone();
+        async move { store.take_inbox(after, 3, Duration::ZERO).await.unwrap() }
+    };
+    let first = take(None).await;
+    assert_eq!(first, ids[..3]);
+    let rest = take(first.last().copied()).await;
+    assert_eq!(rest, ids[3..]);
+    assert!(take(rest.last().copied()).await.is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_writers_share_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let mut tasks = vec![];
+    for i in 0..200 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            put(&store, &format!("k{i}"), EventStatus::Received).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(store.event_count().await.unwrap(), 200);
+    let flushes = store.stats().flushes.unwrap();
+    assert!(flushes < 200, "flushes: {flushes}");
+}
+
+#[test]
+fn the_status_is_read_without_decoding_the_event() {
+    for status in EventStatus::ALL {
+        let e = event(EventId::new(), status);
+        assert_eq!(status_of(&encode(&e)), Some(status));
+    }
+    let mut e = event(EventId::new(), EventStatus::Routed);
+    e.data = Some(serde_json::json!({"status": "received"}));
+    assert_eq!(status_of(&encode(&e)), Some(EventStatus::Routed));
+}
