@@ -37,6 +37,7 @@ mod logging;
 mod pki;
 mod routes_cli;
 mod simulate;
+mod store_cli;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -120,6 +121,16 @@ enum Command {
         #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Bring the PostgreSQL store's schema up to date (`store.backend = "postgres"`); the
+    /// server also does this at start-up.
+    Migrate {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
+        config: PathBuf,
+    },
+    /// The store: copy an embedded store into PostgreSQL.
+    #[command(subcommand)]
+    Store(store_cli::StoreCommand),
     /// Write out a new installation: a configuration, the default routes with their tests,
     /// an admin token, a CA, a server certificate and a JWE key.
     Init {
@@ -193,11 +204,13 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Test { dir, config } => routes_cli::test(dir, config.as_deref()),
         Command::Init { dir, force } => routes_cli::init(&dir, force),
+        Command::Migrate { config } => runtime()?.block_on(store_cli::migrate(&config)),
+        Command::Store(c) => runtime()?.block_on(store_cli::run(c)),
     }
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let app = App::build(config)?;
+    let app = App::build(config).await?;
     if let Some(dev) = app.dev.as_ref().filter(|d| d.generated) {
         // Printed to the terminal once, never to the log.
         say!("{}", dev.banner());
@@ -270,7 +283,17 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     }
     out!("{}: OK", path.display());
     out!("  listen       {}", config.server.listen);
-    out!("  data         {}", config.store.path.display());
+    match config.store.backend {
+        switchboard_core::config::StoreBackend::Sled => {
+            out!("  store        sled in {}", config.store.path.display())
+        }
+        switchboard_core::config::StoreBackend::Postgres => {
+            let status = runtime()?
+                .block_on(switchboard_postgres::schema_status(&config.store))
+                .map_err(|e| anyhow::anyhow!(at(&format!("store: {e}"))))?;
+            out!("  store        postgres: {}", store_cli::describe(&status));
+        }
+    }
     for (name, t) in &tls {
         let mode = if t.client_ca.is_some() {
             "mutual TLS"

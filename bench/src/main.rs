@@ -462,7 +462,7 @@ async fn real_server(
         api_key: API_KEY.into(),
         api_secret: SecretRef::Literal(STANDARD.encode(secret)),
     });
-    let app = App::build(cfg)?;
+    let app = App::build(cfg).await?;
     let (addr, stop) = start(app.endpoint()).await?;
     Ok((addr, stop, app))
 }
@@ -681,7 +681,7 @@ async fn delivery_phases(o: &Options) -> anyhow::Result<()> {
         cfg.channels.email.pool_size,
         cfg.channels.http.concurrency
     );
-    let app = App::build(cfg)?;
+    let app = App::build(cfg).await?;
     // The whole server this time: listener, route workers and delivery workers.
     let socket = TcpListener::bind("127.0.0.1:0").await?;
     let addr = socket.local_addr()?;

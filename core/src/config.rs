@@ -13,7 +13,10 @@ use figment::{
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::units::{ByteSize, HumanDuration};
+use crate::{
+    secret::SecretRef,
+    units::{ByteSize, HumanDuration},
+};
 
 /// The prefix of environment overrides.
 pub const ENV_PREFIX: &str = "SWITCHBOARD_";
@@ -51,8 +54,62 @@ pub struct StoreConfig {
     /// How long a concurrent duplicate waits for the first request with its key before it
     /// is answered "try again" (a 5xx or the provider's equivalent).
     pub duplicate_wait: HumanDuration,
-    /// Memory the database may use for its page cache.
+    /// Memory the database may use for its page cache (sled).
     pub cache_capacity: ByteSize,
+    /// `sled`: the embedded database under `path`, one process (the default). `postgres`:
+    /// a PostgreSQL database shared by every instance (`url`).
+    pub backend: StoreBackend,
+    /// PostgreSQL: the connection URL, `postgres://user:password@host:port/db` (a secret:
+    /// write `env:NAME` or `file:PATH`).
+    pub url: Option<SecretRef>,
+    /// PostgreSQL: most connections this instance opens.
+    pub pool_size: u32,
+    /// PostgreSQL: TLS to the database.
+    pub tls: DatabaseTls,
+    /// PostgreSQL: how long an event being routed or an action being sent stays one
+    /// instance's before another may take it over (the instance renews it while it
+    /// works). After a crash, its work resumes elsewhere within this.
+    pub lease: HumanDuration,
+}
+
+/// Where the store lives.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    /// The embedded database (sled) under `store.path`: one process, no configuration.
+    #[default]
+    Sled,
+    /// A PostgreSQL database shared by several instances.
+    Postgres,
+}
+
+/// TLS to the database.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseTls {
+    /// `disable`, `prefer` (the default: TLS when the server offers it), `require`,
+    /// `verify-ca` or `verify-full` (the server's certificate and name are checked).
+    pub mode: DatabaseTlsMode,
+    /// PEM file of the CA the database's certificate chains to (for `verify-ca` and
+    /// `verify-full`; default: the public web PKI).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How TLS to the database is used.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatabaseTlsMode {
+    /// Never.
+    Disable,
+    /// When the server offers it.
+    #[default]
+    Prefer,
+    /// Always, without checking the certificate.
+    Require,
+    /// Always, with the certificate checked against `ca_file`.
+    VerifyCa,
+    /// Always, with the certificate and the host name checked.
+    VerifyFull,
 }
 
 impl Default for StoreConfig {
@@ -63,6 +120,11 @@ impl Default for StoreConfig {
             sweep_interval: HumanDuration::secs(60),
             duplicate_wait: HumanDuration::secs(5),
             cache_capacity: ByteSize::mib(64),
+            backend: StoreBackend::Sled,
+            url: None,
+            pool_size: 32,
+            tls: DatabaseTls::default(),
+            lease: HumanDuration::secs(30),
         }
     }
 }
@@ -87,6 +149,23 @@ impl StoreConfig {
                 "store.duplicate_wait",
                 "must be greater than zero",
             ));
+        }
+        if self.backend == StoreBackend::Postgres {
+            if self.url.is_none() {
+                return Err(crate::Error::config(
+                    "store.url",
+                    "is required with backend = \"postgres\" (`env:NAME` or `file:PATH`)",
+                ));
+            }
+            if self.pool_size < 2 {
+                return Err(crate::Error::config(
+                    "store.pool_size",
+                    "must be at least 2 (one connection listens for the other instances)",
+                ));
+            }
+            if self.lease.get() < std::time::Duration::from_secs(3) {
+                return Err(crate::Error::config("store.lease", "must be at least 3s"));
+            }
         }
         Ok(())
     }

@@ -22,12 +22,6 @@ use crate::{
     store::{Store, now_ms},
 };
 
-/// How long an action taken from the schedule stays this process's before another may
-/// send it (a backend shared by several processes; the embedded one ignores it): it
-/// covers the wait for a channel's room, and the attempt itself (whose `sending` mark
-/// then holds it).
-const DELIVERY_LEASE: Duration = Duration::from_secs(60);
-
 /// How often actions that another process left `sending` are looked for.
 const RESUME_EVERY: Duration = Duration::from_secs(10);
 
@@ -122,7 +116,7 @@ impl Deliverer {
                 if room > 0 {
                     let due = self
                         .store
-                        .take_due(name, now, room, DELIVERY_LEASE)
+                        .take_due(name, now, room)
                         .await
                         .unwrap_or_else(|e| {
                             tracing::error!(error = %e, "cannot read the outbox");
@@ -189,6 +183,7 @@ impl Deliverer {
     async fn attempt(&self, channel_name: &str, due: Due) {
         let id = due.id;
         let Some(channel) = self.channels.get(channel_name) else {
+            let _ = self.store.release_due(id).await;
             return;
         };
         let expired = match self.store.action(id).await {
@@ -197,6 +192,7 @@ impl Deliverer {
             Ok(None) | Err(crate::Error::Corrupt { .. }) => false,
             Err(e) => {
                 tracing::error!(action_id = %id, error = %e, "cannot read an action");
+                let _ = self.store.release_due(id).await;
                 return;
             }
         };
@@ -240,6 +236,7 @@ impl Deliverer {
             }
             Err(e) => {
                 tracing::error!(action_id = %id, error = %e, "cannot start a delivery");
+                let _ = self.store.release_due(id).await;
                 return;
             }
         };

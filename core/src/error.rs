@@ -8,6 +8,10 @@ pub enum Error {
     /// The embedded database failed (I/O, corruption).
     #[error("store failed")]
     Store(#[from] sled::Error),
+    /// The database of a shared backend failed (connection, query, schema). The message
+    /// is the database's, which names tables and keys, never values.
+    #[error("database failed: {0}")]
+    Database(String),
     /// A stored record could not be decoded; the store holds something this version does
     /// not understand.
     #[error("store record {key} is unreadable: {source}")]

@@ -194,7 +194,7 @@ pub struct Bound {
 impl App {
     /// Builds the server from `config`: fills development secrets, resolves every secret,
     /// loads TLS material, opens the store. Must run inside a Tokio runtime.
-    pub fn build(mut config: Config) -> Result<App> {
+    pub async fn build(mut config: Config) -> Result<App> {
         config.validate()?;
         let dev = devsecrets::apply(&mut config)?;
         let (pomelo_api, pomelo_info) = pomelo::build(&config.providers.pomelo)?;
@@ -231,7 +231,7 @@ impl App {
         let scripts = Scripts::load(engine, script_source(&config));
 
         let metrics = Metrics::shared();
-        let store = Store::open_sled(&config.store)?;
+        let store = crate::storage::open(&config.store).await?;
         let ingest = Ingestor::new(store.clone(), metrics.clone(), &config.store);
         let limits = Limits {
             body: config.server.body_limit.as_usize(),

@@ -20,6 +20,7 @@ pub mod front;
 pub mod pki;
 pub mod routes;
 pub mod server;
+pub mod storage;
 pub mod system;
 pub mod tls;
 

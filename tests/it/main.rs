@@ -2,6 +2,7 @@
 //! socket (or runs one of its commands) and talks to it as a provider, an operator or a
 //! scanner would.
 
+mod pg;
 mod support;
 
 // Pomelo: HMAC over the decoded secret, every 401 case, duplicates, quarantine.

@@ -89,16 +89,30 @@ token = "env:SWITCHBOARD_TEST_VASP_TOKEN"
     )
 }
 
-/// A temporary directory shared by successive runs of the server.
+/// A temporary directory shared by successive runs of the server, and, when the tests run
+/// on PostgreSQL, the database those runs share.
 pub struct Dir {
     pub tmp: tempfile::TempDir,
+    database: std::sync::OnceLock<String>,
 }
 
 impl Dir {
     pub fn new() -> Arc<Dir> {
         Arc::new(Dir {
             tmp: tempfile::tempdir().expect("tempdir"),
+            database: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The URL of this directory's own PostgreSQL database (created on first use).
+    pub fn database(&self) -> &str {
+        self.database
+            .get_or_init(|| crate::pg::cluster().database())
+    }
+
+    /// The `[store]` lines that put its servers on PostgreSQL, when the tests run there.
+    pub fn store_lines(&self) -> Option<String> {
+        crate::pg::everywhere().then(|| crate::pg::store_lines(self.database()))
     }
 
     pub fn path(&self) -> &Path {
@@ -138,7 +152,12 @@ impl Server {
     /// Starts a server on an existing directory with extra environment variables.
     pub fn start_env(dir: Arc<Dir>, extra: Extra<'_>, env: &[(&str, &str)]) -> Server {
         let cfg = dir.path().join("switchboard.toml");
-        std::fs::write(&cfg, base_config(&dir.data(), extra)).expect("write config");
+        let store = dir.store_lines();
+        let mut all = extra.to_vec();
+        if let Some(lines) = &store {
+            all.push(("store", lines));
+        }
+        std::fs::write(&cfg, base_config(&dir.data(), &all)).expect("write config");
         Server::spawn(dir, &["serve", "--config", cfg.to_str().unwrap()], env)
     }
 

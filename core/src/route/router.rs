@@ -27,11 +27,6 @@ use crate::{
 /// Inbox entries read at a time.
 const INBOX_PAGE: usize = 256;
 
-/// How long an event taken from the inbox stays this process's before another may route
-/// it (a backend shared by several processes; the embedded one ignores it). Longer than
-/// any run: the deadline, the lookup budget and the kill of a stuck worker.
-const ROUTE_LEASE: Duration = Duration::from_secs(60);
-
 /// Routes the events of the inbox.
 pub struct Router {
     store: Store,
@@ -111,7 +106,7 @@ impl Router {
         // the end, the next pass starts from the beginning again.
         let mut cursor: Option<EventId> = None;
         loop {
-            let ids = match self.store.take_inbox(cursor, INBOX_PAGE, ROUTE_LEASE).await {
+            let ids = match self.store.take_inbox(cursor, INBOX_PAGE).await {
                 Ok(ids) => ids,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the inbox");

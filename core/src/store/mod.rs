@@ -109,7 +109,7 @@ pub struct OwnedClaim {
     /// The id to store the event under.
     pub event_id: EventId,
     /// The backend's own hold on the key (a pending record, an open transaction).
-    pub hold: Box<dyn std::any::Any + Send + Sync>,
+    pub hold: Box<dyn std::any::Any + Send>,
 }
 
 impl std::fmt::Debug for OwnedClaim {
@@ -240,14 +240,9 @@ pub trait Backend: Send + Sync + 'static {
     // --- Routing ----------------------------------------------------------------------
 
     /// Up to `limit` events waiting for their route, oldest first, after `after` (a
-    /// cursor, which backends that lease may ignore), each leased to this process for
-    /// `lease`: no other process routes them meanwhile.
-    async fn take_inbox(
-        &self,
-        after: Option<EventId>,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<EventId>>;
+    /// cursor, which backends that lease may ignore), each leased to this process: no
+    /// other process routes them while it holds them (it renews the lease as it works).
+    async fn take_inbox(&self, after: Option<EventId>, limit: usize) -> Result<Vec<EventId>>;
 
     /// Keeps an event leased for `wait` more (its route runs again after a lookup retry).
     async fn defer(&self, id: EventId, wait: Duration) -> Result<()>;
@@ -288,14 +283,8 @@ pub trait Backend: Send + Sync + 'static {
     // --- Delivery ---------------------------------------------------------------------
 
     /// Up to `limit` actions of `channel` due at `now_ms`, earliest first, each leased to
-    /// this process for `lease`.
-    async fn take_due(
-        &self,
-        channel: &str,
-        now_ms: u64,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<Due>>;
+    /// this process (renewed while it holds them).
+    async fn take_due(&self, channel: &str, now_ms: u64, limit: usize) -> Result<Vec<Due>>;
 
     /// When the earliest scheduled action of `channel` is due.
     async fn next_due(&self, channel: &str) -> Result<Option<u64>>;
@@ -463,13 +452,8 @@ impl Store {
     }
 
     /// See [`Backend::take_inbox`].
-    pub async fn take_inbox(
-        &self,
-        after: Option<EventId>,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<EventId>> {
-        self.backend.take_inbox(after, limit, lease).await
+    pub async fn take_inbox(&self, after: Option<EventId>, limit: usize) -> Result<Vec<EventId>> {
+        self.backend.take_inbox(after, limit).await
     }
 
     /// See [`Backend::defer`].
@@ -525,14 +509,8 @@ impl Store {
     }
 
     /// See [`Backend::take_due`].
-    pub async fn take_due(
-        &self,
-        channel: &str,
-        now_ms: u64,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<Due>> {
-        self.backend.take_due(channel, now_ms, limit, lease).await
+    pub async fn take_due(&self, channel: &str, now_ms: u64, limit: usize) -> Result<Vec<Due>> {
+        self.backend.take_due(channel, now_ms, limit).await
     }
 
     /// See [`Backend::next_due`].

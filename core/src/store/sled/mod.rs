@@ -912,12 +912,7 @@ impl Backend for SledBackend {
         Ok(self.inner.tree.scan_prefix([EVENT]).count())
     }
 
-    async fn take_inbox(
-        &self,
-        after: Option<EventId>,
-        limit: usize,
-        _lease: Duration,
-    ) -> Result<Vec<EventId>> {
+    async fn take_inbox(&self, after: Option<EventId>, limit: usize) -> Result<Vec<EventId>> {
         self.inner.inbox(after, limit)
     }
 
@@ -963,13 +958,7 @@ impl Backend for SledBackend {
         self.inner.replay_event(id, reparsed)
     }
 
-    async fn take_due(
-        &self,
-        channel: &str,
-        now_ms: u64,
-        limit: usize,
-        _lease: Duration,
-    ) -> Result<Vec<Due>> {
+    async fn take_due(&self, channel: &str, now_ms: u64, limit: usize) -> Result<Vec<Due>> {
         self.inner.due(channel, now_ms, limit)
     }
 

@@ -157,13 +157,7 @@ async fn a_taken_over_claim_puts_its_waiting_event_in_the_inbox() {
     };
     tokio::task::yield_now().await;
     let (store, _) = open(dir.path());
-    assert!(
-        store
-            .take_inbox(None, 10, Duration::ZERO)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.take_inbox(None, 10).await.unwrap().is_empty());
     let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
         panic!()
     };
@@ -173,10 +167,7 @@ async fn a_taken_over_claim_puts_its_waiting_event_in_the_inbox() {
         .commit(c, &e, &StoredResponse::empty(204), None)
         .await
         .unwrap();
-    assert_eq!(
-        store.take_inbox(None, 10, Duration::ZERO).await.unwrap(),
-        vec![id]
-    );
+    assert_eq!(store.take_inbox(None, 10).await.unwrap(), vec![id]);
 }
 
 #[tokio::test]
@@ -206,10 +197,7 @@ async fn the_start_up_check_mends_the_inbox_after_a_crash_only() {
             inbox_removed: 1
         }
     );
-    assert_eq!(
-        store.take_inbox(None, 10, Duration::ZERO).await.unwrap(),
-        vec![waiting.id]
-    );
+    assert_eq!(store.take_inbox(None, 10).await.unwrap(), vec![waiting.id]);
     let _ = routed;
     // After a graceful stop there is nothing to look for.
     store.flush().await.unwrap();
@@ -238,18 +226,14 @@ async fn an_inbox_entry_ahead_of_its_event_is_kept_while_its_claim_is_pending() 
         .unwrap();
     store.inbox_remove(id).await.unwrap();
     assert_eq!(
-        store.take_inbox(None, 10, Duration::ZERO).await.unwrap(),
+        store.take_inbox(None, 10).await.unwrap(),
         vec![id],
         "kept while the claim is pending"
     );
     drop(c);
     store.inbox_remove(id).await.unwrap();
     assert!(
-        store
-            .take_inbox(None, 10, Duration::ZERO)
-            .await
-            .unwrap()
-            .is_empty(),
+        store.take_inbox(None, 10).await.unwrap().is_empty(),
         "removed once the claim is gone"
     );
 }
@@ -374,12 +358,7 @@ async fn schedule_entries_of_the_old_format_move_to_their_channel() {
     old.extend(a.id.0.as_bytes());
     tree.insert(old, &[]).unwrap();
     let later = at + 1;
-    let take = |store: Store| async move {
-        store
-            .take_due("email", later, 8, Duration::ZERO)
-            .await
-            .unwrap()
-    };
+    let take = |store: Store| async move { store.take_due("email", later, 8).await.unwrap() };
     assert!(take(store.clone()).await.is_empty());
     store.resume_interrupted().await.unwrap();
     assert_eq!(
@@ -403,10 +382,7 @@ async fn a_schedule_entry_with_no_action_behind_it_is_dropped() {
         .tree
         .insert(due_key("email", 5, &orphan), &[])
         .unwrap();
-    let due = store
-        .take_due("email", 10, 8, Duration::ZERO)
-        .await
-        .unwrap();
+    let due = store.take_due("email", 10, 8).await.unwrap();
     assert_eq!(
         due,
         vec![Due {
@@ -415,11 +391,7 @@ async fn a_schedule_entry_with_no_action_behind_it_is_dropped() {
         }]
     );
     assert!(
-        store
-            .take_due("sms", 10, 8, Duration::ZERO)
-            .await
-            .unwrap()
-            .is_empty(),
+        store.take_due("sms", 10, 8).await.unwrap().is_empty(),
         "per channel"
     );
     assert!(
@@ -429,13 +401,7 @@ async fn a_schedule_entry_with_no_action_behind_it_is_dropped() {
             .unwrap()
             .is_none()
     );
-    assert!(
-        store
-            .take_due("email", 10, 8, Duration::ZERO)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.take_due("email", 10, 8).await.unwrap().is_empty());
     assert_eq!(store.next_due("email").await.unwrap(), None);
 }
 
@@ -453,7 +419,7 @@ async fn the_inbox_is_read_in_pages() {
     }
     let take = |after| {
         let store = store.clone();
-        async move { store.take_inbox(after, 3, Duration::ZERO).await.unwrap() }
+        async move { store.take_inbox(after, 3).await.unwrap() }
     };
     let first = take(None).await;
     assert_eq!(first, ids[..3]);

@@ -1,0 +1,226 @@
+//! A throw-away PostgreSQL cluster for the tests: `initdb` in a temporary directory, the
+//! server on a free loopback port, one fresh database per test directory. Started once per
+//! test process, the first time a test asks for it, and stopped when the process exits (a
+//! watchdog shell waits for the test process to go away). PostgreSQL refuses to run as
+//! root, so as root it runs as `nobody`.
+//!
+//! `SWITCHBOARD_TEST_STORE=postgres` runs every test's server on PostgreSQL instead of the
+//! embedded store (`.ci/run` runs the black-box suite that way as well).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// Whether this test run puts every server on PostgreSQL.
+pub fn everywhere() -> bool {
+    std::env::var("SWITCHBOARD_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+pub struct Cluster {
+    port: u16,
+    bin: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static DATABASES: AtomicUsize = AtomicUsize::new(0);
+
+/// The directory of PostgreSQL's programs: `pg_config --bindir`, or the newest Debian
+/// install.
+fn bindir() -> PathBuf {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if p.join("initdb").is_file() {
+            return p;
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    found.retain(|p| p.join("initdb").is_file());
+    found.sort();
+    found
+        .pop()
+        .expect("PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run does it)")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// `program args…`, as `nobody` when we are root.
+fn as_owner(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let bin = bindir();
+        let dir = tempfile::Builder::new()
+            .prefix("switchboard-pg-")
+            .tempdir()
+            .expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        if is_root() {
+            let uid: u32 = String::from_utf8_lossy(
+                &Command::new("id")
+                    .args(["-u", "nobody"])
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .trim()
+            .parse()
+            .expect("the nobody user");
+            for p in [dir.path(), data.as_path()] {
+                std::os::unix::fs::chown(p, Some(uid), None).unwrap();
+            }
+        }
+        let status = as_owner(&bin.join("initdb"))
+            .args(["-D", data.to_str().unwrap()])
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb");
+        assert!(status.success(), "initdb failed");
+        let port = free_port();
+        let log = dir.path().join("postgres.log");
+        // The server lives as long as this test process: the shell waits for its parent
+        // (us) to go away, then stops it fast and removes the cluster.
+        let postgres = format!(
+            "{} -D {} -p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
+             -c max_connections=400 -c fsync=off -c full_page_writes=off",
+            bin.join("postgres").display(),
+            data.display(),
+            dir.path().display(),
+        );
+        let watchdog = format!(
+            "{postgres} >{log} 2>&1 & pg=$!; \
+             while kill -0 {parent} 2>/dev/null; do sleep 1; done; \
+             kill -INT $pg; wait $pg; rm -rf {data}",
+            log = log.display(),
+            parent = std::process::id(),
+            data = data.display(),
+        );
+        let mut sh = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "nobody", "--", "sh", "-c", &watchdog]);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.args(["-c", &watchdog]);
+            c
+        };
+        sh.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start postgres");
+        let cluster = Cluster {
+            port,
+            bin,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster.ready() {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not start; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    fn ready(&self) -> bool {
+        Command::new(self.bin.join("pg_isready"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Runs SQL as the superuser.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-d", db, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A new, empty database; its URL.
+    pub fn database(&self) -> String {
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            DATABASES.fetch_add(1, Ordering::SeqCst)
+        );
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        self.url(&name)
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
+    }
+}
+
+/// The cluster of this test process, started on first use.
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(Cluster::start)
+}
+
+/// The `[store]` lines of a server on a fresh database.
+pub fn store_lines(url: &str) -> String {
+    format!("backend = \"postgres\"\nurl = \"{url}\"\npool_size = 8\nlease = \"3s\"\n")
+}
