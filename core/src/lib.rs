@@ -23,6 +23,7 @@ pub mod peer;
 pub mod route;
 pub mod secret;
 pub mod store;
+pub mod store_stats;
 pub mod units;
 
 pub use error::{Error, Result};
