@@ -2,7 +2,7 @@
 // /admin/* for a signed-in browser). No dependencies, no build step.
 //
 // Safety rules of this file:
-// - every element is built with h() and text goes in as text nodes: no innerHTML, no
+// - every element is built with h() and text goes in as text nodes: no HTML parsing, no
 //   HTML strings, so event bodies (which come from outside) always show as text;
 // - the admin token is sent once, to sign in; the session lives in an HttpOnly cookie and
 //   every state-changing request carries the session's CSRF token in X-CSRF-Token.
@@ -42,7 +42,7 @@
   function table(headers, rows, caption) {
     return h('table', {},
       caption ? h('caption', { class: 'muted' }, caption) : null,
-      h('thead', {}, h('tr', {}, headers.map((x) => h('th', { scope: 'col', class: /^(Last|Count|Runs|Attempts)/.test(x) ? 'num' : null }, x)))),
+      h('thead', {}, h('tr', {}, headers.map((x) => h('th', { scope: 'col', class: /^(Last hour|Last day|Runs|Attempts)$/.test(x) ? 'num' : null }, x)))),
       h('tbody', {}, rows.length ? rows : h('tr', {}, h('td', { colspan: headers.length, class: 'muted' }, 'Nothing here.'))));
   }
 
