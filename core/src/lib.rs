@@ -1,7 +1,8 @@
 //! The domain and the engine of switchboard.
 //!
 //! What lives here: the event and its lifecycle ([`event`]), the durable store on sled with
-//! its group-committed flushes and expiry index ([`store`]), exactly-once acceptance of a
+//! its group-committed flushes and expiry index ([`store`]) and its read-only counts for the
+//! operator ([`store_stats`]), exactly-once acceptance of a
 //! notification ([`ingest`]), masking of secret values ([`mask`]), metrics ([`metrics`]),
 //! and the configuration types the engine needs ([`config`], [`secret`], [`units`]).
 //!

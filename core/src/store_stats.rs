@@ -61,17 +61,17 @@ fn key_ms(k: &[u8]) -> Option<u64> {
 /// Whether `e` passes `filter` (as [`Store::events`] decides).
 fn matches(filter: &EventFilter, e: &Event) -> bool {
     filter.provider.as_deref().is_none_or(|p| p == e.provider)
-        && filter.event_type.as_deref().is_none_or(|t| t == e.event_type)
+        && filter
+            .event_type
+            .as_deref()
+            .is_none_or(|t| t == e.event_type)
         && filter.status.is_none_or(|s| s == e.status)
 }
 
 impl Store {
     /// Events received since each of `windows` (ms since the epoch), counted per provider
     /// and status. One range scan from the earliest window.
-    pub fn event_counts(
-        &self,
-        windows: &[u64],
-    ) -> Result<HashMap<(String, EventStatus), Counts>> {
+    pub fn event_counts(&self, windows: &[u64]) -> Result<HashMap<(String, EventStatus), Counts>> {
         let mut out: HashMap<(String, EventStatus), Counts> = HashMap::new();
         let Some(&earliest) = windows.iter().min() else {
             return Ok(out);

@@ -6,10 +6,10 @@ use poem::{EndpointExt, Route, endpoint::make_sync, middleware::CatchPanic, web:
 use poem_openapi::OpenApiService;
 use serde_json::Value;
 use switchboard_core::{
+    config::RoutesConfig,
     delivery::Deliverer,
     ingest::{Ingestor, run_sweeper},
     metrics::Metrics,
-    config::RoutesConfig,
     route::{
         Lookup, engine,
         router::Router,

@@ -179,10 +179,7 @@ async fn admin_bodies_are_limited_with_or_without_content_length() {
     // 200 MiB chunked: refused once past the limit; memory does not grow with it.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let c = client();
-    assert_eq!(
-        c.get(s.url("/healthz")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(c.get(s.url("/healthz")).send().await.unwrap().status(), 200);
     let before = rss(s.pid());
     let conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let (mut rd, mut wr) = conn.into_split();
@@ -215,7 +212,10 @@ async fn admin_bodies_are_limited_with_or_without_content_length() {
         .await
         .unwrap()
         .unwrap();
-    assert!(answer.starts_with("HTTP/1.1 413"), "after {sent} MiB: {answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "after {sent} MiB: {answer}"
+    );
     assert!(answer.contains("payload_too_large"), "{answer}");
     let grown = rss(s.pid()).saturating_sub(before);
     assert!(
@@ -224,10 +224,7 @@ async fn admin_bodies_are_limited_with_or_without_content_length() {
         grown >> 20
     );
     // Under the limit, the admin API still works.
-    assert_eq!(
-        c.get(s.url("/healthz")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(c.get(s.url("/healthz")).send().await.unwrap().status(), 200);
     let r = c
         .post(s.url("/admin/replay"))
         .bearer_auth(ADMIN_TOKEN)
@@ -281,7 +278,10 @@ async fn a_script_is_tried_against_a_stored_event_without_queuing_anything() {
     assert_eq!(r["script"], "pomelo/tokenization_otp.rhai");
     assert_eq!(r["lookups"][0]["answeredBy"], "none");
     assert_eq!(r["lookups"][0]["path"], "/cards/card_42/holder");
-    assert!(r["error"].as_str().unwrap().contains("no answer typed in"), "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("no answer typed in"),
+        "{r}"
+    );
 
     // Answered from a typed value: the SMS it would queue, the OTP masked.
     let (_, r) = try_route(
@@ -296,7 +296,10 @@ async fn a_script_is_tried_against_a_stored_event_without_queuing_anything() {
     assert_eq!(r["actions"][0]["channel"], "sms");
     assert_eq!(r["actions"][0]["payload"]["to"], "+48111222333");
     let text = r["actions"][0]["payload"]["text"].as_str().unwrap();
-    assert!(text.contains("******") && !text.contains("345678"), "{text}");
+    assert!(
+        text.contains("******") && !text.contains("345678"),
+        "{text}"
+    );
     assert_eq!(r["lookups"][0]["answeredBy"], "typed");
     assert_eq!(customers.requests().len(), calls, "typed: no call");
 
@@ -388,8 +391,15 @@ async fn a_script_is_tried_against_a_stored_event_without_queuing_anything() {
         r#"customers:/cards/card_42/holder={"phone":"+48111222333"}"#,
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("would queue sms") && stdout.contains("+48111222333"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("would queue sms") && stdout.contains("+48111222333"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("345678"), "{stdout}");
     let broken = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(broken.path(), "let a = 1;\nlet b = ;\n").unwrap();
@@ -439,7 +449,12 @@ async fn recent_counts_time_windows_and_replay_dry_runs() {
             .unwrap()
             .iter()
             .find(|x| x["provider"] == provider && x["status"] == status)
-            .map(|x| (x["lastHour"].as_u64().unwrap(), x["lastDay"].as_u64().unwrap()))
+            .map(|x| {
+                (
+                    x["lastHour"].as_u64().unwrap(),
+                    x["lastDay"].as_u64().unwrap(),
+                )
+            })
     };
     assert_eq!(count("pomelo", "routed"), Some((3, 3)), "{stats}");
     assert_eq!(count("verifyvasp", "failed"), Some((2, 2)), "{stats}");
@@ -454,7 +469,10 @@ async fn recent_counts_time_windows_and_replay_dry_runs() {
 
     // Time windows on the listing, with paging inside them.
     let q = |k: &str, t: chrono::DateTime<chrono::Utc>| {
-        format!("{k}={}", t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        format!(
+            "{k}={}",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        )
     };
     assert_eq!(events(&c, &s, &q("since", start)).await.len(), 5);
     assert_eq!(events(&c, &s, &q("since", end)).await.len(), 0);
@@ -503,4 +521,55 @@ async fn recent_counts_time_windows_and_replay_dry_runs() {
             .is_some_and(|a| a.len() == 2 && a.iter().all(|e| e["route"]["runs"] == 2))
     })
     .await;
+}
+
+#[tokio::test]
+async fn every_admin_answer_has_a_realistic_example_in_the_spec() {
+    let s = Server::start(&[]);
+    let spec: Value = client()
+        .get(s.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = &spec["components"]["schemas"];
+    let mut checked = 0;
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        if !path.starts_with("/admin") {
+            continue;
+        }
+        for (method, op) in ops.as_object().unwrap() {
+            for (status, resp) in op["responses"].as_object().unwrap() {
+                if !status.starts_with('2') {
+                    continue;
+                }
+                let r = resp["content"]["application/json; charset=utf-8"]["schema"]["$ref"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{method} {path} {status}: {resp}"));
+                let name = r.trim_start_matches("#/components/schemas/");
+                let example = &schemas[name]["example"];
+                assert!(
+                    example.is_object(),
+                    "{method} {path}: {name} has no example"
+                );
+                let text = example.to_string();
+                assert!(!text.contains("\"string\""), "{name}: {text}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 12, "{checked} answers checked");
+    // Nested shapes carry theirs too (Swagger shows them in lists).
+    for name in [
+        "EventView",
+        "ActionView",
+        "AttemptView",
+        "RouteView",
+        "CompileErrorView",
+    ] {
+        assert!(schemas[name]["example"].is_object(), "{name}");
+    }
+    assert_eq!(schemas["EventView"]["example"]["data"]["otp"], "******");
 }

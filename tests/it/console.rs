@@ -169,14 +169,22 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     .await;
     let otp_event = failed["items"][1]["id"].as_str().unwrap().to_owned();
     let xss_event = failed["items"][0]["id"].as_str().unwrap().to_owned();
-    until(&c, &s, "/admin/deliveries?status=dead", "a dead delivery", |p| {
-        p["items"].as_array().is_some_and(|a| a.len() == 1)
-    })
+    until(
+        &c,
+        &s,
+        "/admin/deliveries?status=dead",
+        "a dead delivery",
+        |p| p["items"].as_array().is_some_and(|a| a.len() == 1),
+    )
     .await;
 
     // Sign in: a wrong token is refused, the right one opens the overview.
     b.client.goto(&s.url("/console")).await.unwrap();
-    b.find("#token").await.send_keys("not-the-token").await.unwrap();
+    b.find("#token")
+        .await
+        .send_keys("not-the-token")
+        .await
+        .unwrap();
     b.click("#signin-button").await;
     b.until_text("#signin-error", "not right").await;
     b.find("#token").await.send_keys(ADMIN_TOKEN).await.unwrap();
@@ -221,9 +229,13 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     b.until_text("#confirm-title", "Replay 1 event?").await;
     b.click("#confirm-ok").await;
     b.until_text("#status", "Replayed event").await;
-    until(&c, &s, &format!("/admin/events/{otp_event}"), "routed again", |e| {
-        e["status"] == "routed" && e["route"]["runs"] == 2
-    })
+    until(
+        &c,
+        &s,
+        &format!("/admin/events/{otp_event}"),
+        "routed again",
+        |e| e["status"] == "routed" && e["route"]["runs"] == 2,
+    )
     .await;
 
     // A hostile body shows as text: no element made from it, no script run.
@@ -242,13 +254,25 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     // Deliveries: the dead one, with every failed attempt and its error.
     b.click("nav a[href='#/deliveries']").await;
     b.until_text("#view-title", "Deliveries").await;
-    b.find("#f-status").await.select_by_value("dead").await.unwrap();
-    b.find("#f-channel").await.select_by_value("http").await.unwrap();
+    b.find("#f-status")
+        .await
+        .select_by_value("dead")
+        .await
+        .unwrap();
+    b.find("#f-channel")
+        .await
+        .select_by_value("http")
+        .await
+        .unwrap();
     b.click("#delivery-filters button[type=submit]").await;
     b.until_text("#view table", "http").await;
     b.click("#view table tbody a").await;
     let attempts = b.until_text("#attempts", "failed").await;
-    let rows = b.client.find_all(Locator::Css("#attempts tbody tr")).await.unwrap();
+    let rows = b
+        .client
+        .find_all(Locator::Css("#attempts tbody tr"))
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 2, "first try and one retry: {attempts}");
     assert!(
         attempts.to_lowercase().contains("connect") || attempts.contains("refused"),
@@ -290,7 +314,10 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     b.click("#run-try").await;
     b.until_text("#try-outcome", "finished").await;
     let action = b.until_text(".try-action", "+48500999888").await;
-    assert!(action.contains("sms") && action.contains("code ******"), "{action}");
+    assert!(
+        action.contains("sms") && action.contains("code ******"),
+        "{action}"
+    );
     assert!(!action.contains("111111"), "{action}");
     b.until_text("#try-log", "trying tokenization_otp").await;
     let after = admin(&c, &s, &format!("/admin/events/{otp_event}")).await;
@@ -308,8 +335,16 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     // From the page itself, a state-changing request without the CSRF token is refused;
     // a read with the session is not.
     let headers = json!({"Content-Type": "application/json"});
-    assert_eq!(b.fetch_status("POST", "/console/api/replay", headers.clone()).await, 403);
-    assert_eq!(b.fetch_status("GET", "/console/api/events", json!({})).await, 200);
+    assert_eq!(
+        b.fetch_status("POST", "/console/api/replay", headers.clone())
+            .await,
+        403
+    );
+    assert_eq!(
+        b.fetch_status("GET", "/console/api/events", json!({}))
+            .await,
+        200
+    );
     // From outside: the session's cookie without the token, and no session at all.
     let session = format!("switchboard_console={}", cookie.value());
     let r = c
@@ -335,7 +370,11 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     // Sign out: the page asks for the token again, and the old cookie is worth nothing.
     b.click("#logout").await;
     b.find("#signin-form").await;
-    assert_eq!(b.fetch_status("GET", "/console/api/events", json!({})).await, 401);
+    assert_eq!(
+        b.fetch_status("GET", "/console/api/events", json!({}))
+            .await,
+        401
+    );
     let r = c
         .get(s.url("/console/api/events"))
         .header("cookie", &session)
@@ -368,7 +407,10 @@ async fn the_console_is_self_contained_and_locked_down() {
     let html = page.text().await.unwrap();
     // Nothing inline, nothing from elsewhere.
     assert!(!html.contains("<script>") && !html.contains("<style") && !html.contains(" style="));
-    assert!(!html.contains("http://") && !html.contains("https://"), "{html}");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "{html}"
+    );
     for asset in ["app.js", "app.css", "icon.svg"] {
         let r = c
             .get(s.url(&format!("/console/assets/{asset}")))
@@ -377,8 +419,14 @@ async fn the_console_is_self_contained_and_locked_down() {
             .unwrap();
         assert_eq!(r.status(), 200, "{asset}");
         let text = r.text().await.unwrap();
-        assert!(!text.contains("innerHTML"), "{asset} builds no HTML from strings");
-        assert!(!text.contains("https://"), "{asset} loads nothing from elsewhere");
+        assert!(
+            !text.contains("innerHTML"),
+            "{asset} builds no HTML from strings"
+        );
+        assert!(
+            !text.contains("https://"),
+            "{asset} loads nothing from elsewhere"
+        );
     }
     // Sign-in: the token, and only from the console's own origin.
     let r = c

@@ -46,7 +46,7 @@ enum Ran {
     /// No script exists for the event.
     NoScript,
     /// It ran.
-    Ran {
+    Finished {
         script: String,
         result: Result<Vec<ActionSpec>, RunFailure>,
     },
@@ -144,7 +144,7 @@ async fn execute(
             &run_limits(&routes),
             handle,
         );
-        Ran::Ran {
+        Ran::Finished {
             script: name,
             result,
         }
@@ -152,7 +152,7 @@ async fn execute(
     .await
     .unwrap_or_else(|e| {
         tracing::error!(error = %e, "a tried route run panicked");
-        Ran::Ran {
+        Ran::Finished {
             script: String::new(),
             result: Err(RunFailure {
                 message: "internal error: the run stopped (see the log)".into(),
@@ -162,9 +162,9 @@ async fn execute(
     });
     let mut captured = std::mem::take(&mut *output.lock().unwrap_or_else(|p| p.into_inner()));
     if captured.cut {
-        captured
-            .lines
-            .push(format!("(output cut at {LOG_LINES} lines or {LOG_BYTES} bytes)"));
+        captured.lines.push(format!(
+            "(output cut at {LOG_LINES} lines or {LOG_BYTES} bytes)"
+        ));
     }
     (ran, captured.lines)
 }
@@ -252,11 +252,7 @@ impl Lookup for Recorder {
         let fut = self.services.call(service, method, path, body);
         Box::pin(async move {
             let result = fut.await;
-            if let Some(c) = calls
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_mut(at)
-            {
+            if let Some(c) = calls.lock().unwrap_or_else(|p| p.into_inner()).get_mut(at) {
                 c.ok = result.is_ok();
                 c.answer = result.as_ref().ok().cloned();
                 c.error = result.as_ref().err().map(|e| e.message.clone());
@@ -334,7 +330,7 @@ pub async fn try_script(
             result.column = column.map(|c| c as u64);
         }
         Ran::NoScript => result.outcome = TryOutcome::NoScript,
-        Ran::Ran { script, result: r } => {
+        Ran::Finished { script, result: r } => {
             result.script = Some(script);
             match r {
                 Ok(actions) => {

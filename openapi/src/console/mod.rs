@@ -51,7 +51,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         "text/css; charset=utf-8",
         include_bytes!("assets/app.css"),
     ),
-    ("icon.svg", "image/svg+xml", include_bytes!("assets/icon.svg")),
+    (
+        "icon.svg",
+        "image/svg+xml",
+        include_bytes!("assets/icon.svg"),
+    ),
 ];
 const INDEX: &str = include_str!("assets/index.html");
 
@@ -146,12 +150,15 @@ fn cross_site(req: &Request) -> bool {
 }
 
 fn asset(name: &str) -> Option<Response> {
-    ASSETS.iter().find(|(n, _, _)| *n == name).map(|(_, ty, b)| {
-        Response::builder()
-            .content_type(*ty)
-            .header(header::CACHE_CONTROL, "no-cache")
-            .body(Body::from_bytes(bytes::Bytes::from_static(b)))
-    })
+    ASSETS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, ty, b)| {
+            Response::builder()
+                .content_type(*ty)
+                .header(header::CACHE_CONTROL, "no-cache")
+                .body(Body::from_bytes(bytes::Bytes::from_static(b)))
+        })
 }
 
 impl<E: Endpoint> Console<E> {
@@ -226,12 +233,10 @@ impl<E: Endpoint> Endpoint for Console<E> {
             "" | "/" if read => Response::builder()
                 .content_type("text/html; charset=utf-8")
                 .body(INDEX),
-            _ if rest.starts_with("/assets/") && read => {
-                match asset(&rest["/assets/".len()..]) {
-                    Some(r) => r,
-                    None => StatusCode::NOT_FOUND.into_response(),
-                }
-            }
+            _ if rest.starts_with("/assets/") && read => match asset(&rest["/assets/".len()..]) {
+                Some(r) => r,
+                None => StatusCode::NOT_FOUND.into_response(),
+            },
             "/session" => {
                 let sid = session_id(&req);
                 let csrf = sid.as_deref().and_then(|s| self.sessions.csrf(s));
