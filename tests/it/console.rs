@@ -2,7 +2,8 @@
 //! (WebDriver, the `fantoccini` crate) against the real binary. One browser session walks
 //! through an operator's work: sign in, find a failed event and replay it, read a dead
 //! delivery's attempts, try a script, and see a hostile body shown as text. The session's
-//! protections (cookie, CSRF token, CSP) are checked from outside the page too.
+//! protections (cookie, CSRF token, CSP) are checked from outside the page too. The server
+//! has Verestro on a mutual-TLS listener, as in production.
 //!
 //! `SWITCHBOARD_SCREENSHOT=docs/console.png cargo test --test it console::` refreshes the
 //! README's screenshot.
@@ -15,7 +16,7 @@ use std::{
 use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
 use serde_json::{Value, json};
 
-use crate::{servers::*, support::*};
+use crate::{pki::*, servers::*, support::*};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -145,21 +146,53 @@ const XSS: &str = r#"<script>window.__xss=1</script>"><img src=x onerror="window
 async fn an_operator_works_through_the_console_in_a_real_browser() {
     // The customers service does not know the card yet: the OTP's route fails. The
     // compliance service is down: VerifyVASP's delivery dies after its retries.
+    // Verestro sits on its mutual-TLS listener, as in production.
     let customers = Recorder::start().await;
     customers.plan("/cards/", vec![Reply::status(404)]);
+    customers.plan(
+        "/customers/",
+        vec![Reply::json(json!({"phone": "+48500100200"}))],
+    );
+    let dir = Dir::new();
+    let pki = Pki::new(dir.path());
     let tail = format!(
         "[services.customers]\nbase_url = \"{}\"\n\
          [services.compliance]\nbase_url = \"http://127.0.0.1:{}\"\n\
          [routes]\nlookup_retries = []\n\
-         [delivery]\nschedule = [\"100ms\"]\njitter = 0.0\n",
+         [delivery]\nschedule = [\"100ms\"]\njitter = 0.0\n{}",
         customers.url(),
-        free_port()
+        free_port(),
+        pki.config("")
     );
     let (s, b) = tokio::join!(
-        async { Server::start(&[("tail", &tail)]) },
+        async { Server::start_in(dir, &[("tail", &tail)]) },
         Browser::start()
     );
     let c = client();
+    let jwe = pki.jwe(
+        &pki.path("jwe.pem.pub"),
+        &serde_json::to_vec(
+            &json!({"storageCustomerId": "1337", "storageCardId": "1337",
+            "balanceId": "b334b384-328c-11ed-a261-0242ac120002", "amount": "1000",
+            "currency": "PLN", "merchantName": "merchant test", "otp": "654321"}),
+        )
+        .unwrap(),
+        &[],
+    );
+    let r = pki
+        .provider()
+        .post(s.verestro_url("/notifications/otp"))
+        .header("encrypted-request", "true")
+        .header("x-idempotency-key", uuid::Uuid::new_v4().to_string())
+        .body(serde_json::to_vec(&json!({"payload": jwe})).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let verestro_event = routed_event(&c, &s, "verestro").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     accepted_pomelo(&c, &s, &pomelo_otp("111111", "m***@example.com")).await;
     accepted_vasp(&c, &s, &fixture("verifyvasp_tx_report.json")).await;
     accepted_pomelo(&c, &s, &pomelo_otp("222222", XSS)).await;
@@ -250,6 +283,27 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
         .js("return [typeof window.__xss, document.querySelectorAll('#view img, #view script').length]")
         .await;
     assert_eq!(probe, json!(["undefined", 0]));
+
+    // A Verestro event shows what its mutual-TLS and JWE layers recorded.
+    b.client
+        .goto(&s.url(&format!("/console#/event/{verestro_event}")))
+        .await
+        .unwrap();
+    let meta = b.until_text("#view", "Client certificate subject").await;
+    assert!(meta.contains("CN=verestro-notifications"), "{meta}");
+    assert!(
+        meta.contains("JWE algorithm") && meta.contains("RSA-OAEP"),
+        "{meta}"
+    );
+    assert!(!meta.contains("654321"), "the OTP is masked: {meta}");
+    // The console is served on `[server]` only, never on the provider's listener.
+    let there = pki
+        .provider()
+        .get(s.verestro_url("/console"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(there.status(), 404);
 
     // Deliveries: the dead one, with every failed attempt and its error.
     b.click("nav a[href='#/deliveries']").await;

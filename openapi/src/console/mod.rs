@@ -197,6 +197,10 @@ impl<E: Endpoint> Console<E> {
                 "Sign in first.",
             ));
         };
+        // Only admin operations: no dot segments that could climb out of `/admin/`.
+        if rest.split('/').any(|seg| seg == ".." || seg == ".") {
+            return Ok(refuse(StatusCode::BAD_REQUEST, "bad_request", "Bad path."));
+        }
         let uri = match req.uri().query() {
             Some(q) => format!("/admin/{rest}?{q}"),
             None => format!("/admin/{rest}"),
