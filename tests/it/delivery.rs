@@ -296,8 +296,11 @@ async fn servers_that_refuse_then_recover_get_their_deliveries_on_retry() {
     let smtp_port = free_port();
     let compliance_port = free_port();
     let customers = customers().await;
+    // Fast first retries, then enough slower ones that the schedule outlasts starting the
+    // two servers below on a busy machine (0.8 s of retries did not, under a full suite).
     let tail = format!(
-        "{}{}[services.compliance]\nbase_url = \"http://127.0.0.1:{compliance_port}\"\n{FAST_RETRIES}",
+        "{}{}[services.compliance]\nbase_url = \"http://127.0.0.1:{compliance_port}\"\n\
+         [delivery]\nschedule = [\"200ms\", \"300ms\", \"300ms\", \"1s\", \"2s\", \"4s\", \"8s\"]\njitter = 0.0\n",
         smtp(smtp_port),
         service("customers", &customers, ""),
     );
