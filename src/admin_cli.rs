@@ -1,5 +1,8 @@
 //! `switchboard events ...` and `switchboard deliveries ...`: the admin API from the
 //! command line. They talk to the running server (its store is locked while it runs).
+//! `switchboard events try` runs a route script against a stored event on the server
+//! (`POST /admin/routes/try`), queuing nothing: for an operator, or for CI before a script
+//! is deployed.
 
 use std::path::PathBuf;
 
@@ -44,6 +47,12 @@ pub enum EventsCommand {
         /// Only this status: received, routed, failed, quarantined.
         #[arg(long)]
         status: Option<String>,
+        /// Only events received at or after this time (RFC 3339: 2026-11-23T09:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events received at or before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
         /// How many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -66,6 +75,26 @@ pub enum EventsCommand {
         /// With --status: only this event type.
         #[arg(long = "type")]
         event_type: Option<String>,
+        /// With --status: only count what would be replayed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Run a route script against a stored event, queuing and sending nothing: the
+    /// actions it would queue, what it prints, its lookups, its errors. Exits non-zero
+    /// unless the script finishes.
+    Try {
+        /// Event id.
+        id: String,
+        /// A script file to run instead of the event's current script.
+        #[arg(long)]
+        script: Option<PathBuf>,
+        /// Answer lookups that have no typed-in answer by calling the configured services.
+        #[arg(long)]
+        live: bool,
+        /// A lookup's answer: `SERVICE:PATH=JSON` (GET) or `POST:SERVICE:PATH=JSON`, e.g.
+        /// `customers:/cards/card_1/holder={"phone":"+48500100200"}`. Repeatable.
+        #[arg(long = "answer")]
+        answers: Vec<String>,
     },
 }
 
@@ -221,6 +250,8 @@ pub async fn events(cmd: EventsCommand, conn: Conn) -> anyhow::Result<()> {
             provider,
             event_type,
             status,
+            since,
+            until,
             limit,
         } => {
             let q = query(
@@ -228,6 +259,8 @@ pub async fn events(cmd: EventsCommand, conn: Conn) -> anyhow::Result<()> {
                     ("provider", &provider),
                     ("type", &event_type),
                     ("status", &status),
+                    ("since", &since),
+                    ("until", &until),
                 ],
                 limit,
             );
@@ -269,19 +302,108 @@ pub async fn events(cmd: EventsCommand, conn: Conn) -> anyhow::Result<()> {
             status: Some(status),
             provider,
             event_type,
+            dry_run,
         } => {
-            let body =
-                json!({"events": {"status": status, "provider": provider, "type": event_type}});
+            let body = json!({
+                "events": {"status": status, "provider": provider, "type": event_type},
+                "dryRun": dry_run,
+            });
             let r = c
                 .call(reqwest::Method::POST, "/admin/replay", Some(body))
                 .await?;
             out!(
-                "{} event(s) replayed, {} quarantined event(s) still unparseable",
+                "{} event(s) {}, {} quarantined event(s) still unparseable",
                 r["events"],
+                if dry_run {
+                    "would be replayed (dry run: nothing changed)"
+                } else {
+                    "replayed"
+                },
                 r["stillUnparseable"]
             );
         }
         EventsCommand::Replay { .. } => bail!("give an event id or --status"),
+        EventsCommand::Try {
+            id,
+            script,
+            live,
+            answers,
+        } => return try_script(&c, id, script, live, answers).await,
+    }
+    Ok(())
+}
+
+/// `SERVICE:PATH=JSON` or `METHOD:SERVICE:PATH=JSON` as the admin API's lookup answer.
+fn parse_answer(spec: &str) -> anyhow::Result<Value> {
+    let (target, answer) = spec
+        .split_once('=')
+        .with_context(|| format!("--answer {spec:?}: expected SERVICE:PATH=JSON"))?;
+    let (method, target) = match target.split_once(':') {
+        Some((m, rest)) if m.eq_ignore_ascii_case("GET") || m.eq_ignore_ascii_case("POST") => {
+            (m.to_ascii_uppercase(), rest)
+        }
+        _ => ("GET".to_owned(), target),
+    };
+    let (service, path) = target
+        .split_once(':')
+        .with_context(|| format!("--answer {spec:?}: expected SERVICE:PATH=JSON"))?;
+    let answer: Value = serde_json::from_str(answer)
+        .with_context(|| format!("--answer {spec:?}: the answer is not JSON"))?;
+    Ok(json!({"service": service, "method": method, "path": path, "answer": answer}))
+}
+
+async fn try_script(
+    c: &Client,
+    id: String,
+    script: Option<PathBuf>,
+    live: bool,
+    answers: Vec<String>,
+) -> anyhow::Result<()> {
+    let text = script
+        .as_ref()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display())))
+        .transpose()?;
+    let answers = answers
+        .iter()
+        .map(|a| parse_answer(a))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let body = json!({"eventId": id, "script": text, "live": live, "answers": answers});
+    let r = c
+        .call(reqwest::Method::POST, "/admin/routes/try", Some(body))
+        .await?;
+    out!(
+        "script {} on event {id}: {} ({} ms; nothing was queued)",
+        s(&r, "script"),
+        s(&r, "outcome"),
+        r["tookMs"]
+    );
+    for l in r["lookups"].as_array().into_iter().flatten() {
+        let result = if l["ok"] == true {
+            l["answer"].to_string()
+        } else {
+            s(l, "error").to_owned()
+        };
+        out!(
+            "  lookup {} {}{} ({}): {result}",
+            s(l, "method"),
+            s(l, "service"),
+            s(l, "path"),
+            s(l, "answeredBy")
+        );
+    }
+    for line in r["log"].as_array().into_iter().flatten() {
+        out!("  print: {}", line.as_str().unwrap_or(""));
+    }
+    for a in r["actions"].as_array().into_iter().flatten() {
+        out!("  would queue {}: {}", s(a, "channel"), a["payload"]);
+    }
+    if r["outcome"] != "ok" {
+        let at = match (r["line"].as_u64(), r["column"].as_u64()) {
+            (Some(l), Some(c)) => format!(" (line {l}, column {c})"),
+            (Some(l), None) => format!(" (line {l})"),
+            _ => String::new(),
+        };
+        bail!("{}{at}", r["error"].as_str().unwrap_or(s(&r, "outcome")));
     }
     Ok(())
 }

@@ -6,11 +6,12 @@ use poem::{EndpointExt, Route, endpoint::make_sync, middleware::CatchPanic, web:
 use poem_openapi::OpenApiService;
 use serde_json::Value;
 use switchboard_core::{
+    config::RoutesConfig,
     delivery::Deliverer,
     ingest::{Ingestor, run_sweeper},
     metrics::Metrics,
     route::{
-        engine,
+        Lookup, engine,
         router::Router,
         scripts::{Scripts, Source},
     },
@@ -32,8 +33,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Error, Result,
-    admin::AdminApi,
+    admin::{AdminApi, AdminBodyLimit},
     config::{Config, MAIN_LISTENER, TlsConfig},
+    console::Console,
     devsecrets,
     front::{Front, RouteTable, SYSTEM_PATHS},
     server::{Listener, ServeOptions, SharedEndpoint, serve},
@@ -44,6 +46,7 @@ use crate::{
 /// Path prefixes switchboard serves itself; no provider may be configured under them.
 pub const RESERVED_PREFIXES: &[&str] = &[
     "/admin",
+    "/console",
     "/docs",
     "/openapi.json",
     "/openapi.yaml",
@@ -171,6 +174,10 @@ pub struct AdminCtx {
     /// Verestro's keys and encryption policy: a body quarantined because it could not be
     /// decrypted is decrypted on replay; plaintext where encryption is required stays out.
     pub verestro: switchboard_plugins::providers::verestro::Replay,
+    /// The route settings (engine limits, deadline, lookups), for trying a script.
+    pub routes: RoutesConfig,
+    /// The named services, for a try's live lookups.
+    pub lookups: Arc<dyn Lookup>,
 }
 
 /// Where route scripts come from: the configured directory if it exists, otherwise the
@@ -238,10 +245,11 @@ impl App {
             json_depth: config.server.json_max_depth,
         };
         let ctx = Ctx { ingest, limits };
+        let lookups: Arc<dyn Lookup> = Arc::new(services);
         let router = Router::new(
             store.clone(),
             scripts.clone(),
-            Arc::new(services),
+            lookups.clone(),
             &config.routes,
             metrics.clone(),
         );
@@ -255,13 +263,15 @@ impl App {
             scripts: scripts.clone(),
             limits,
             verestro: verestro_api.replay(),
+            routes: config.routes.clone(),
+            lookups,
         };
 
         let svc = service((
             pomelo_api,
             vasp_api,
             verestro_api,
-            AdminApi::new(admin_token, config.admin.reveal_secrets),
+            AdminApi::new(admin_token.clone(), config.admin.reveal_secrets),
             SystemApi,
         ));
         let table = Arc::new(route_table(&config, &providers));
@@ -294,6 +304,10 @@ impl App {
             .data(store.clone())
             .data(metrics.clone())
             .map_to_response();
+        let route = AdminBodyLimit {
+            inner: Console::new(route, admin_token.clone(), config.server.tls.is_some()),
+            limit: limits.body,
+        };
         let front = Front {
             inner: route,
             table,

@@ -4,7 +4,8 @@
 //! ([`devsecrets`]); the assembly of the poem-openapi service from the provider plugins, the
 //! admin API ([`admin`]) and the system endpoints ([`system`]) into one endpoint
 //! ([`app`]); the front that maps configured paths and counts requests ([`front`]); and the
-//! listener with its timeouts and connection cap ([`server`]). The committed spec,
+//! listener with its timeouts and connection cap ([`server`]); the operator's console in
+//! the browser ([`console`]), a client of the admin API. The committed spec,
 //! `openapi/openapi.json`, is what [`app::spec`] produces for the default configuration.
 //!
 //! What does not live here: storage, idempotency (core), provider authentication and
@@ -14,6 +15,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod console;
 pub mod devsecrets;
 pub mod error;
 pub mod front;

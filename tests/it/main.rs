@@ -22,8 +22,11 @@ mod servers;
 // Route scripts: the sandbox's limits, hot reload, `switchboard test`, `switchboard init`,
 // replays from the command line.
 mod routes;
-// The admin API: authentication, filters, pagination, masking.
+// The admin API: authentication, filters, time windows, pagination, masking, counts,
+// trying a script, the body limit.
 mod admin;
+// The operator's console in a real browser (Chromium through WebDriver).
+mod console;
 // Bad input of every kind gets a clear 4xx; limits and timeouts hold.
 mod hardening;
 // The served spec equals the committed one; docs are self-contained.

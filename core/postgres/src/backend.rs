@@ -11,8 +11,8 @@ use switchboard_core::{
     event::{Event, EventId, EventStatus},
     outbox::{self, Action, ActionFilter, ActionId, ActionSpec, DeliveryStatus, Due, SendResult},
     store::{
-        Backend, Claim, ClaimRequest, EventFilter, OwnedClaim, Page, Repaired, StoreStats,
-        StoredResponse, Swept, millis, now_ms,
+        Backend, Claim, ClaimRequest, Counts, CountsBy, EventFilter, OwnedClaim, Page, Repaired, StoreStats,
+        StoredResponse, Swept, first_id_at, millis, now_ms,
     },
 };
 use uuid::Uuid;
@@ -157,6 +157,37 @@ impl PgBackend {
         .await
         .map_err(db)?;
         Ok(())
+    }
+
+    /// Rows of `table` created since each window (their ids are UUIDv7), counted per
+    /// `by` and status: one indexed range per window.
+    async fn count(
+        &self,
+        table: &str,
+        by: &str,
+        windows: &[u64],
+    ) -> Result<Vec<(String, String, Counts)>> {
+        let mut found: std::collections::HashMap<(String, String), Counts> = Default::default();
+        for (i, w) in windows.iter().enumerate() {
+            let rows = sqlx::query(&format!(
+                "SELECT {by} AS by, status, count(*) AS n FROM {table} WHERE id >= $1 GROUP BY 1, 2"
+            ))
+            .bind(first_id_at(*w))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            for r in rows {
+                let key = (
+                    r.try_get::<String, _>("by").map_err(db)?,
+                    r.try_get::<String, _>("status").map_err(db)?,
+                );
+                let n: i64 = r.try_get("n").map_err(db)?;
+                let c = found.entry(key).or_default();
+                c.counts.resize(windows.len(), 0);
+                c.counts[i] = u64::try_from(n).unwrap_or(0);
+            }
+        }
+        Ok(found.into_iter().map(|((a, b), c)| (a, b, c)).collect())
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
@@ -320,6 +351,7 @@ impl Backend for PgBackend {
                AND ($2::text IS NULL OR event_type = $2) \
                AND ($3::text IS NULL OR status = $3) \
                AND ($4::uuid IS NULL OR id < $4) \
+               AND ($6::uuid IS NULL OR id >= $6) \
              ORDER BY id DESC LIMIT $5",
         )
         .bind(filter.provider.as_deref())
@@ -327,6 +359,7 @@ impl Backend for PgBackend {
         .bind(filter.status.map(EventStatus::as_str))
         .bind(before.map(|b| b.0))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1))
+        .bind(filter.since().map(|s| s.0))
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
@@ -347,6 +380,34 @@ impl Backend for PgBackend {
             .await
             .map_err(db)?;
         Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    async fn event_counts(&self, windows: &[u64]) -> Result<CountsBy<(String, EventStatus)>> {
+        let rows = self.count("sb_events", "provider", windows).await?;
+        let mut out = CountsBy::new();
+        for (provider, status, c) in rows {
+            let Ok(status) = status.parse::<EventStatus>() else {
+                continue;
+            };
+            out.insert((provider, status), c);
+        }
+        Ok(out)
+    }
+
+    async fn action_counts(
+        &self,
+        windows: &[u64],
+    ) -> Result<CountsBy<(String, DeliveryStatus)>> {
+        let rows = self.count("sb_actions", "channel", windows).await?;
+        let mut out = CountsBy::new();
+        for (channel, status, c) in rows {
+            let Some(status) = DeliveryStatus::ALL.into_iter().find(|s| s.as_str() == status)
+            else {
+                continue;
+            };
+            out.insert((channel, status), c);
+        }
+        Ok(out)
     }
 
     async fn take_inbox(&self, _after: Option<EventId>, limit: usize) -> Result<Vec<EventId>> {

@@ -145,6 +145,9 @@ pub struct EventFilter {
     pub event_type: Option<String>,
     /// Only this status.
     pub status: Option<EventStatus>,
+    /// Only events received at or after this millisecond (ms since the epoch). Ids are
+    /// UUIDv7, so this bounds a listing's scan, not only its result.
+    pub since_ms: Option<u64>,
 }
 
 impl EventFilter {
@@ -153,8 +156,32 @@ impl EventFilter {
         self.provider.as_deref().is_none_or(|p| p == e.provider)
             && self.event_type.as_deref().is_none_or(|t| t == e.event_type)
             && self.status.is_none_or(|s| s == e.status)
+            && self.since().is_none_or(|s| e.id >= s)
+    }
+
+    /// The smallest id `since_ms` admits.
+    pub fn since(&self) -> Option<EventId> {
+        self.since_ms.map(|ms| EventId(first_id_at(ms)))
     }
 }
+
+/// The smallest UUIDv7 of the millisecond `ms`: every id made at or after `ms` sorts at
+/// or after it, every id made before sorts before it.
+pub fn first_id_at(ms: u64) -> uuid::Uuid {
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    uuid::Uuid::from_bytes(b)
+}
+
+/// How many records fell in each window: `counts[i]` for `windows[i]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// One count per window, in the order the windows were given.
+    pub counts: Vec<u64>,
+}
+
+/// Counts per key (provider and status, or channel and status) over windows.
+pub type CountsBy<K> = std::collections::HashMap<K, Counts>;
 
 /// One page of events, newest first.
 #[derive(Debug)]
@@ -236,6 +263,17 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Number of stored events.
     async fn event_count(&self) -> Result<usize>;
+
+    /// Events received since each of `windows` (ms since the epoch), counted per
+    /// provider and current status.
+    async fn event_counts(&self, windows: &[u64]) -> Result<CountsBy<(String, EventStatus)>>;
+
+    /// Actions queued since each of `windows` (ms since the epoch), counted per channel
+    /// and current status.
+    async fn action_counts(
+        &self,
+        windows: &[u64],
+    ) -> Result<CountsBy<(String, crate::outbox::DeliveryStatus)>>;
 
     // --- Routing ----------------------------------------------------------------------
 
@@ -449,6 +487,19 @@ impl Store {
     /// See [`Backend::event_count`].
     pub async fn event_count(&self) -> Result<usize> {
         self.backend.event_count().await
+    }
+
+    /// See [`Backend::event_counts`].
+    pub async fn event_counts(&self, windows: &[u64]) -> Result<CountsBy<(String, EventStatus)>> {
+        self.backend.event_counts(windows).await
+    }
+
+    /// See [`Backend::action_counts`].
+    pub async fn action_counts(
+        &self,
+        windows: &[u64],
+    ) -> Result<CountsBy<(String, crate::outbox::DeliveryStatus)>> {
+        self.backend.action_counts(windows).await
     }
 
     /// See [`Backend::take_inbox`].

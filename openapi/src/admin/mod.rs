@@ -1,23 +1,35 @@
 //! The admin API: stored events, the quarantine, the outbox and its deliveries, route
-//! scripts, and replays. Protected by its own bearer token; secret values are masked unless
-//! `admin.reveal_secrets` is set.
+//! scripts, replays, recent counts, and trying a script against a stored event. Protected
+//! by its own bearer token; secret values are masked unless `admin.reveal_secrets` is set.
+//! Request bodies are limited to `server.body_limit` ([`AdminBodyLimit`]).
+//!
+//! - `views.rs`: the documented shapes of answers, with their examples.
+//! - `try_run.rs`: "try a script", the one place it runs a script.
+//! - `limit.rs`: the body limit of admin and console requests.
 
+mod limit;
+mod try_run;
 mod views;
 
+use chrono::{DateTime, Utc};
+pub use limit::AdminBodyLimit;
 use poem::web::Data;
 use poem_openapi::{
     ApiResponse, Object, OpenApi, SecurityScheme, Tags,
     auth::Bearer,
     param::{Path, Query},
     payload::Json,
+    types::Example,
 };
 use switchboard_core::{
     event::{EventId, EventStatus},
     outbox::{ActionFilter, ActionId, DeliveryStatus},
+    route::scripts::Source,
     secret::Secret,
-    store::{EventFilter, Store},
+    store::{EventFilter, Store, first_id_at},
 };
 use switchboard_plugins::{http::ErrorBody, providers::reparse};
+pub use try_run::run_limits;
 pub use views::*;
 
 use crate::app::AdminCtx;
@@ -36,6 +48,7 @@ pub struct AdminToken(Bearer);
 
 /// A page of events, newest first.
 #[derive(Object, Debug, Clone)]
+#[oai(example)]
 pub struct EventPage {
     /// The events.
     pub items: Vec<EventView>,
@@ -45,6 +58,7 @@ pub struct EventPage {
 
 /// A page of deliveries, newest first.
 #[derive(Object, Debug, Clone)]
+#[oai(example)]
 pub struct DeliveryPage {
     /// The actions.
     pub items: Vec<ActionView>,
@@ -54,6 +68,7 @@ pub struct DeliveryPage {
 
 /// The route scripts.
 #[derive(Object, Debug, Clone)]
+#[oai(example)]
 pub struct RoutesView {
     /// `dir:<path>` (watched for changes) or `embedded` (the defaults built in).
     pub source: String,
@@ -101,11 +116,14 @@ pub struct ReplayRequest {
     pub deliveries: Option<DeliverySelector>,
     /// At most this many of each, 1 to 10000 (default 1000).
     pub limit: Option<u32>,
+    /// Change nothing: only count what would be replayed (to confirm before replaying).
+    #[oai(rename = "dryRun")]
+    pub dry_run: Option<bool>,
 }
 
-/// What a bulk replay did.
+/// What a bulk replay did (or, with `dryRun`, would do).
 #[derive(Object, Debug, Clone)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", example)]
 pub struct ReplaySummary {
     /// Events put back in the inbox.
     pub events: u32,
@@ -113,6 +131,55 @@ pub struct ReplaySummary {
     pub deliveries: u32,
     /// Quarantined events whose body still does not parse (left as they are).
     pub still_unparseable: u32,
+    /// Nothing was changed: the counts say what a replay would do.
+    pub dry_run: bool,
+}
+
+impl Example for EventPage {
+    fn example() -> Self {
+        EventPage {
+            items: vec![EventView {
+                body: None,
+                actions: None,
+                ..EventView::example()
+            }],
+            next: Some("01936f4e-8a11-7f00-8c2b-3d4e5f60718a".into()),
+        }
+    }
+}
+
+impl Example for DeliveryPage {
+    fn example() -> Self {
+        DeliveryPage {
+            items: vec![ActionView::example()],
+            next: None,
+        }
+    }
+}
+
+impl Example for RoutesView {
+    fn example() -> Self {
+        RoutesView {
+            source: "dir:/etc/switchboard/routes".into(),
+            scripts: vec![
+                "_default.rhai".into(),
+                "pomelo/tokenization_otp.rhai".into(),
+                "verifyvasp/_default.rhai".into(),
+            ],
+            errors: vec![CompileErrorView::example()],
+        }
+    }
+}
+
+impl Example for ReplaySummary {
+    fn example() -> Self {
+        ReplaySummary {
+            events: 12,
+            deliveries: 3,
+            still_unparseable: 1,
+            dry_run: false,
+        }
+    }
 }
 
 macro_rules! answers {
@@ -164,6 +231,11 @@ answers!(ReplayDeliveryAnswer, replay_delivery_bad_request = "replay_delivery_ba
     409 Conflict : "The action is being sent right now, or it expired (its `valid_for` ran out: it is never sent late).");
 answers!(BulkReplayAnswer, bulk_bad_request = "bulk_bad_request", ok = 202 Replayed(ReplaySummary) : "What was replayed.");
 answers!(RoutesAnswer, routes_bad_request = "routes_bad_request", ok = 200 Routes(RoutesView) : "The route scripts and their compile errors.");
+answers!(SourceAnswer, source_bad_request = "source_bad_request", ok = 200 Source(ScriptSourceView) : "The script's text.",
+    404 NotFound : "No script has this name.");
+answers!(StatsAnswer, stats_bad_request = "stats_bad_request", ok = 200 Stats(StatsView) : "Counts over the last hour and day.");
+answers!(TryAnswer, try_bad_request = "try_bad_request", ok = 200 Tried(Box<TryResult>) : "What the script did (it may have failed: see `outcome`). Nothing was queued.",
+    404 NotFound : "No event has this id.");
 
 fn body(error: &str, message: impl Into<String>) -> Json<ErrorBody> {
     Json(ErrorBody {
@@ -220,6 +292,7 @@ impl AdminApi {
         filter: EventFilter,
         limit: Option<u32>,
         before: Option<String>,
+        window: Window,
     ) -> ListAnswer {
         let before = match before.map(|b| b.parse::<EventId>()).transpose() {
             Ok(b) => b,
@@ -229,6 +302,19 @@ impl AdminApi {
         };
         let Some(limit) = page_size(limit) else {
             return ListAnswer::BadRequest(body("bad_request", PAGE_SIZE));
+        };
+        // `until` is inclusive: every id of its millisecond sorts before the first id of
+        // the next one.
+        let until = window
+            .until
+            .map(|u| EventId(first_id_at(ms(u).saturating_add(1))));
+        let before = match (before, until) {
+            (Some(b), Some(u)) => Some(b.min(u)),
+            (b, u) => b.or(u),
+        };
+        let filter = EventFilter {
+            since_ms: window.since.map(ms),
+            ..filter
         };
         match store.events(&filter, before, limit).await {
             Ok(page) => ListAnswer::Page(Json(EventPage {
@@ -243,11 +329,13 @@ impl AdminApi {
         }
     }
 
+    /// Replays one event; with `dry`, only says what a replay would do.
     async fn replay_one(
         &self,
         store: &Store,
         ctx: &AdminCtx,
         id: EventId,
+        dry: bool,
     ) -> Result<ReplayOutcome, switchboard_core::Error> {
         let Some(e) = store.event(id).await? else {
             return Ok(ReplayOutcome::NotFound);
@@ -269,6 +357,9 @@ impl AdminApi {
             }
             EventStatus::Routed | EventStatus::Failed => None,
         };
+        if dry {
+            return Ok(ReplayOutcome::Replayed(Box::new(e)));
+        }
         Ok(match store.replay_event(id, reparsed).await? {
             Some(e) => {
                 tracing::info!(event_id = %id, provider = %e.provider, event_type = %e.event_type, "event replayed by an operator");
@@ -277,6 +368,18 @@ impl AdminApi {
             None => ReplayOutcome::NotFound,
         })
     }
+}
+
+/// A time window of a listing: received at or after `since`, at or before `until`.
+#[derive(Default)]
+struct Window {
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+}
+
+/// Milliseconds since the epoch (0 before it).
+fn ms(t: DateTime<Utc>) -> u64 {
+    u64::try_from(t.timestamp_millis()).unwrap_or(0)
 }
 
 enum ReplayOutcome {
@@ -312,6 +415,10 @@ impl AdminApi {
         event_type: Query<Option<String>>,
         /// Only events in this status.
         status: Query<Option<Status>>,
+        /// Only events received at or after this time (RFC 3339).
+        since: Query<Option<DateTime<Utc>>>,
+        /// Only events received at or before this time (RFC 3339).
+        until: Query<Option<DateTime<Utc>>>,
         /// Page size, 1 to 500 (default 50).
         limit: Query<Option<u32>>,
         /// Only events older than this event id (the `next` of the previous page).
@@ -324,8 +431,13 @@ impl AdminApi {
             provider: provider.0,
             event_type: event_type.0,
             status: status.0.map(Into::into),
+            ..EventFilter::default()
         };
-        self.page(&store, filter, limit.0, before.0).await
+        let window = Window {
+            since: since.0,
+            until: until.0,
+        };
+        self.page(&store, filter, limit.0, before.0, window).await
     }
 
     /// List the quarantine
@@ -355,7 +467,7 @@ impl AdminApi {
             status: Some(EventStatus::Quarantined),
             ..EventFilter::default()
         };
-        self.page(&store, filter, limit.0, before.0).await
+        self.page(&store, filter, limit.0, before.0, Window::default()).await
     }
 
     /// Get an event
@@ -418,7 +530,7 @@ impl AdminApi {
         let Ok(id) = id.0.parse::<EventId>() else {
             return ReplayEventAnswer::BadRequest(bad_id("an event"));
         };
-        match self.replay_one(&store, &ctx, id).await {
+        match self.replay_one(&store, &ctx, id, false).await {
             Ok(ReplayOutcome::Replayed(e)) => {
                 ReplayEventAnswer::Replayed(Json(Box::new(event(*e, None, self.reveal))))
             }
@@ -564,7 +676,8 @@ impl AdminApi {
     ///
     /// Routes again every event that matches `events` (e.g. all `failed` events of a
     /// provider, once the script is fixed) and sends again every delivery that matches
-    /// `deliveries` (e.g. all `dead` emails, once the SMTP server is back).
+    /// `deliveries` (e.g. all `dead` emails, once the SMTP server is back). With `dryRun`,
+    /// changes nothing and answers how many would be replayed.
     #[oai(path = "/admin/replay", method = "post", operation_id = "adminReplay")]
     async fn replay(
         &self,
@@ -592,10 +705,12 @@ impl AdminApi {
                 ));
             }
         };
+        let dry = request.dry_run.unwrap_or(false);
         let mut summary = ReplaySummary {
             events: 0,
             deliveries: 0,
             still_unparseable: 0,
+            dry_run: dry,
         };
         // Checked before anything is replayed, so that a refusal changes nothing.
         if request
@@ -628,6 +743,7 @@ impl AdminApi {
                 provider: sel.provider.clone(),
                 event_type: sel.event_type.clone(),
                 status: Some(sel.status.into()),
+                ..EventFilter::default()
             };
             // Collect first: replaying changes the status the filter selects on.
             let mut ids = Vec::new();
@@ -648,7 +764,7 @@ impl AdminApi {
             }
             ids.truncate(limit);
             for id in ids {
-                match self.replay_one(&store, &ctx, id).await {
+                match self.replay_one(&store, &ctx, id, dry).await {
                     Ok(ReplayOutcome::Replayed(_)) => summary.events += 1,
                     Ok(ReplayOutcome::Unparseable(_)) => summary.still_unparseable += 1,
                     Ok(_) => {}
@@ -684,6 +800,11 @@ impl AdminApi {
                 }
             }
             ids.truncate(limit);
+            if dry {
+                // Listed in a status bulk replay takes; none of them is being sent.
+                summary.deliveries = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+                ids.clear();
+            }
             for id in ids {
                 match store.replay_action(id).await {
                     Ok(Some(a)) if a.status != DeliveryStatus::Sending => summary.deliveries += 1,
@@ -697,11 +818,13 @@ impl AdminApi {
                 }
             }
         }
-        tracing::info!(
-            events = summary.events,
-            deliveries = summary.deliveries,
-            "bulk replay by an operator"
-        );
+        if !dry {
+            tracing::info!(
+                events = summary.events,
+                deliveries = summary.deliveries,
+                "bulk replay by an operator"
+            );
+        }
         BulkReplayAnswer::Replayed(Json(summary))
     }
 
@@ -731,5 +854,153 @@ impl AdminApi {
                 })
                 .collect(),
         }))
+    }
+
+    /// Recent counts
+    ///
+    /// Events received over the last hour and the last 24 hours, per provider and current
+    /// status; deliveries queued over the same windows, per channel and current status.
+    #[oai(path = "/admin/stats", method = "get", operation_id = "adminStats")]
+    async fn stats(&self, store: Data<&Store>, token: AdminToken) -> StatsAnswer {
+        if !self.authorized(&token) {
+            return stats_bad_request(poem_openapi::error::AuthorizationError.into());
+        }
+        let now = Utc::now();
+        let windows = [
+            ms(now - chrono::Duration::hours(1)),
+            ms(now - chrono::Duration::hours(24)),
+        ];
+        let counted = match store.event_counts(&windows).await {
+            Ok(e) => store.action_counts(&windows).await.map(|a| (e, a)),
+            Err(e) => Err(e),
+        };
+        let (events, actions) = match counted {
+            Ok(c) => c,
+            Err(e) => return StatsAnswer::Unavailable(unavailable("counting", &e)),
+        };
+        let at = |c: &switchboard_core::store::Counts, i: usize| {
+            c.counts.get(i).copied().unwrap_or(0)
+        };
+        let mut events: Vec<EventCountView> = events
+            .into_iter()
+            .map(|((provider, status), c)| EventCountView {
+                provider,
+                status: status.into(),
+                last_hour: at(&c, 0),
+                last_day: at(&c, 1),
+            })
+            .collect();
+        events.sort_by(|a, b| {
+            (a.provider.as_str(), a.status as u8).cmp(&(b.provider.as_str(), b.status as u8))
+        });
+        let mut deliveries: Vec<DeliveryCountView> = actions
+            .into_iter()
+            .map(|((channel, status), c)| DeliveryCountView {
+                channel,
+                status: status.into(),
+                last_hour: at(&c, 0),
+                last_day: at(&c, 1),
+            })
+            .collect();
+        deliveries.sort_by(|a, b| {
+            (a.channel.as_str(), a.status as u8).cmp(&(b.channel.as_str(), b.status as u8))
+        });
+        StatsAnswer::Stats(Json(StatsView {
+            at: now.to_rfc3339(),
+            events,
+            deliveries,
+        }))
+    }
+
+    /// A script's text
+    ///
+    /// The text of a route script, as the routes directory holds it now (or as built in),
+    /// to edit and try.
+    #[oai(
+        path = "/admin/routes/source",
+        method = "get",
+        operation_id = "adminRouteSource"
+    )]
+    async fn route_source(
+        &self,
+        ctx: Data<&AdminCtx>,
+        token: AdminToken,
+        /// The script, relative to the routes directory (`pomelo/tokenization_otp.rhai`).
+        file: Query<String>,
+    ) -> SourceAnswer {
+        if !self.authorized(&token) {
+            return source_bad_request(poem_openapi::error::AuthorizationError.into());
+        }
+        let file = file.0;
+        // Only a script the server knows, never a path of the caller's choosing.
+        let known = ctx.scripts.names().contains(&file)
+            || ctx.scripts.errors().iter().any(|e| e.file == file);
+        let text = match ctx.scripts.source() {
+            _ if !known => None,
+            Source::Dir(d) => std::fs::read_to_string(d.join(&file)).ok(),
+            Source::Embedded(list) => list
+                .iter()
+                .find(|(n, _)| *n == file)
+                .map(|(_, t)| (*t).to_owned()),
+        };
+        match text {
+            Some(text) => SourceAnswer::Source(Json(ScriptSourceView { file, text })),
+            None => SourceAnswer::NotFound(body("not_found", "No script has this name.")),
+        }
+    }
+
+    /// Try a script
+    ///
+    /// Runs a route script against a stored event, in the sandbox and with the limits of
+    /// a real run, and answers the actions it would queue, what it printed, the lookups it
+    /// made and any error, without queuing or sending anything. The script is the event's
+    /// current one, or `script` (text to try before saving it). Lookups are answered from
+    /// `answers`, then, with `live`, by the configured services.
+    #[oai(
+        path = "/admin/routes/try",
+        method = "post",
+        operation_id = "adminTryRoute"
+    )]
+    async fn try_route(
+        &self,
+        store: Data<&Store>,
+        ctx: Data<&AdminCtx>,
+        token: AdminToken,
+        request: Json<TryRequest>,
+    ) -> TryAnswer {
+        if !self.authorized(&token) {
+            return try_bad_request(poem_openapi::error::AuthorizationError.into());
+        }
+        let request = request.0;
+        let Ok(id) = request.event_id.parse::<EventId>() else {
+            return TryAnswer::BadRequest(bad_id("an event"));
+        };
+        let event = match store.event(id).await {
+            Ok(Some(e)) => e,
+            Ok(None) => return TryAnswer::NotFound(body("not_found", "No event has this id.")),
+            Err(e) => return TryAnswer::Unavailable(unavailable("reading an event", &e)),
+        };
+        if event.data.is_none() {
+            return TryAnswer::BadRequest(body(
+                "bad_request",
+                "A quarantined event has no parsed body for a script to read.",
+            ));
+        }
+        let lookups = try_run::Recorder::new(
+            request.answers.unwrap_or_default(),
+            ctx.lookups.clone(),
+            request.live.unwrap_or(false),
+        );
+        let result = try_run::try_script(
+            &ctx.routes,
+            &ctx.scripts,
+            event,
+            request.script,
+            lookups,
+            self.reveal,
+        )
+        .await;
+        tracing::info!(event_id = %id, script = result.script.as_deref().unwrap_or("none"), outcome = ?result.outcome, "route script tried by an operator");
+        TryAnswer::Tried(Json(Box::new(result)))
     }
 }

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use poem_openapi::{Enum, Object};
-use serde_json::Value;
+use poem_openapi::{Enum, Object, types::Example};
+use serde_json::{Value, json};
 use switchboard_core::{
     event::{Event, EventStatus},
     mask::{mask_by_name, mask_pointers, mask_raw_body, mask_values},
@@ -94,7 +94,7 @@ impl From<DeliveryStatus> for Delivery {
 
 /// The route of an event: its last run, and the actions of every run.
 #[derive(Object, Debug, Clone)]
-#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none, example)]
 pub struct RouteView {
     /// The script that ran, if one matched.
     pub script: Option<String>,
@@ -110,7 +110,7 @@ pub struct RouteView {
 
 /// A stored event, as an operator sees it.
 #[derive(Object, Debug, Clone)]
-#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none, example)]
 pub struct EventView {
     /// Id (UUIDv7: ids sort by arrival).
     pub id: String,
@@ -151,7 +151,7 @@ pub struct EventView {
 
 /// One delivery attempt.
 #[derive(Object, Debug, Clone)]
-#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none, example)]
 pub struct AttemptView {
     /// When it started (RFC 3339).
     pub started_at: String,
@@ -168,7 +168,7 @@ pub struct AttemptView {
 
 /// An action in the outbox.
 #[derive(Object, Debug, Clone)]
-#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none, example)]
 pub struct ActionView {
     /// Id; also the `Idempotency-Key` of its HTTP deliveries and its email's Message-ID.
     pub id: String,
@@ -194,7 +194,7 @@ pub struct ActionView {
 
 /// A script that does not compile (its last good version keeps running).
 #[derive(Object, Debug, Clone)]
-#[oai(skip_serializing_if_is_none)]
+#[oai(skip_serializing_if_is_none, example)]
 pub struct CompileErrorView {
     /// The script, relative to the routes directory.
     pub file: String,
@@ -310,5 +310,375 @@ pub fn event(e: Event, detail: Option<Vec<Action>>, reveal: bool) -> EventView {
         }),
         body,
         actions: detail.map(|acts| acts.into_iter().map(|a| action(a, reveal)).collect()),
+    }
+}
+
+// Examples: what Swagger UI shows for each schema. Realistic values from the providers'
+// own samples (a Pomelo tokenization OTP), secrets masked as the API masks them.
+
+const EXAMPLE_EVENT: &str = "01936f4e-8b2a-7c41-9d3e-5a1b2c3d4e5f";
+const EXAMPLE_ACTION: &str = "01936f4e-8b40-7a02-b1c4-0e9f8a7b6c5d";
+
+impl Example for RouteView {
+    fn example() -> Self {
+        RouteView {
+            script: Some("pomelo/tokenization_otp.rhai".into()),
+            at: "2026-11-23T09:14:07.412+00:00".into(),
+            runs: 1,
+            error: None,
+            actions: vec![EXAMPLE_ACTION.into()],
+        }
+    }
+}
+
+impl Example for AttemptView {
+    fn example() -> Self {
+        AttemptView {
+            started_at: "2026-11-23T09:14:07.430+00:00".into(),
+            finished_at: Some("2026-11-23T09:14:07.981+00:00".into()),
+            outcome: "failed".into(),
+            error: Some("SMTP 451 4.3.0 mailbox temporarily unavailable".into()),
+            detail: None,
+        }
+    }
+}
+
+impl Example for ActionView {
+    fn example() -> Self {
+        ActionView {
+            id: EXAMPLE_ACTION.into(),
+            event_id: EXAMPLE_EVENT.into(),
+            provider: "pomelo".into(),
+            event_type: "tokenization_otp".into(),
+            channel: "email".into(),
+            status: Delivery::Retrying,
+            payload: json!({
+                "to": "jan.kowalski@example.com",
+                "subject": "Your verification code",
+                "text": "Your code to add your card to Apple Pay is ******. Never share it.",
+                "valid_for": "10m"
+            }),
+            attempts: vec![AttemptView::example()],
+            created_at: "2026-11-23T09:14:07.412+00:00".into(),
+            due_at: Some("2026-11-23T09:14:12.981+00:00".into()),
+        }
+    }
+}
+
+impl Example for EventView {
+    fn example() -> Self {
+        let data = json!({
+            "token": {"origin": "APPLE_PAY", "card_id": "card_123456789", "user_id": "user_123456789"},
+            "otp": "******",
+            "to": "m***@example.com",
+            "contact_method": "EMAIL"
+        });
+        EventView {
+            id: EXAMPLE_EVENT.into(),
+            provider: "pomelo".into(),
+            endpoint: "/pomelo/tokenization/otp".into(),
+            event_type: "tokenization_otp".into(),
+            received_at: "2026-11-23T09:14:07.398+00:00".into(),
+            status: Status::Routed,
+            idempotency_key: "pomelo:h3Ws4Cv0:7f3c1a9e".into(),
+            fingerprint: "9b1c4e0f6a2d8b7c5e3f1a0d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b".into(),
+            data: Some(data.clone()),
+            meta: BTreeMap::from([("api_key".into(), "h3Ws4Cv0…".into())]),
+            flags: vec![],
+            conflict_of: None,
+            quarantine_reason: None,
+            route: Some(RouteView::example()),
+            body: Some(data),
+            actions: Some(vec![ActionView::example()]),
+        }
+    }
+}
+
+impl Example for CompileErrorView {
+    fn example() -> Self {
+        CompileErrorView {
+            file: "pomelo/tokenization_otp.rhai".into(),
+            line: Some(27),
+            column: Some(14),
+            message: "Expecting ')' to close the parameters list of function 'send'".into(),
+            running: true,
+        }
+    }
+}
+
+/// Events of one provider in one status, received over the last hour and day.
+#[derive(Object, Debug, Clone)]
+#[oai(rename_all = "camelCase", example)]
+pub struct EventCountView {
+    /// The provider.
+    pub provider: String,
+    /// The status the events are in now.
+    pub status: Status,
+    /// Received in the last hour.
+    pub last_hour: u64,
+    /// Received in the last 24 hours.
+    pub last_day: u64,
+}
+
+impl Example for EventCountView {
+    fn example() -> Self {
+        EventCountView {
+            provider: "pomelo".into(),
+            status: Status::Failed,
+            last_hour: 2,
+            last_day: 7,
+        }
+    }
+}
+
+/// Deliveries of one channel in one status, queued over the last hour and day.
+#[derive(Object, Debug, Clone)]
+#[oai(rename_all = "camelCase", example)]
+pub struct DeliveryCountView {
+    /// The channel.
+    pub channel: String,
+    /// The status the deliveries are in now.
+    pub status: Delivery,
+    /// Queued in the last hour.
+    pub last_hour: u64,
+    /// Queued in the last 24 hours.
+    pub last_day: u64,
+}
+
+impl Example for DeliveryCountView {
+    fn example() -> Self {
+        DeliveryCountView {
+            channel: "email".into(),
+            status: Delivery::Dead,
+            last_hour: 1,
+            last_day: 3,
+        }
+    }
+}
+
+/// What happened recently: events per provider and status, deliveries per channel and
+/// status, over the last hour and the last day.
+#[derive(Object, Debug, Clone)]
+#[oai(rename_all = "camelCase", example)]
+pub struct StatsView {
+    /// When the counts were taken (RFC 3339).
+    pub at: String,
+    /// Events received in the windows, by provider and current status.
+    pub events: Vec<EventCountView>,
+    /// Deliveries queued in the windows, by channel and current status.
+    pub deliveries: Vec<DeliveryCountView>,
+}
+
+impl Example for StatsView {
+    fn example() -> Self {
+        StatsView {
+            at: "2026-11-23T09:30:00+00:00".into(),
+            events: vec![
+                EventCountView {
+                    provider: "pomelo".into(),
+                    status: Status::Routed,
+                    last_hour: 412,
+                    last_day: 9_870,
+                },
+                EventCountView::example(),
+            ],
+            deliveries: vec![
+                DeliveryCountView {
+                    channel: "email".into(),
+                    status: Delivery::Sent,
+                    last_hour: 380,
+                    last_day: 9_121,
+                },
+                DeliveryCountView::example(),
+            ],
+        }
+    }
+}
+
+/// A script's text, as the routes directory (or the binary) holds it.
+#[derive(Object, Debug, Clone)]
+#[oai(example)]
+pub struct ScriptSourceView {
+    /// The script, relative to the routes directory.
+    pub file: String,
+    /// Its text.
+    pub text: String,
+}
+
+impl Example for ScriptSourceView {
+    fn example() -> Self {
+        ScriptSourceView {
+            file: "verifyvasp/_default.rhai".into(),
+            text: "http::deliver(\"compliance\", `/travel-rule/${event.type}`, event.data);\n"
+                .into(),
+        }
+    }
+}
+
+/// The answer to one lookup of a try, typed in by the operator.
+#[derive(Object, Debug, Clone)]
+#[oai(rename_all = "camelCase", deny_unknown_fields, example)]
+pub struct LookupAnswer {
+    /// The service (`customers`).
+    pub service: String,
+    /// `GET` (default) or `POST`.
+    pub method: Option<String>,
+    /// The path the script asks for (`/cards/card_123456789/holder`).
+    pub path: String,
+    /// The JSON the service answers.
+    pub answer: Option<Value>,
+    /// Or: the lookup fails with this message.
+    pub fail: Option<String>,
+}
+
+impl Example for LookupAnswer {
+    fn example() -> Self {
+        LookupAnswer {
+            service: "customers".into(),
+            method: Some("GET".into()),
+            path: "/cards/card_123456789/holder".into(),
+            answer: Some(json!({"email": "jan.kowalski@example.com", "phone": "+48500100200"})),
+            fail: None,
+        }
+    }
+}
+
+/// A try: run a route script against a stored event, queuing nothing.
+#[derive(Object, Debug, Clone)]
+#[oai(rename_all = "camelCase", deny_unknown_fields, example)]
+pub struct TryRequest {
+    /// The stored event to run against.
+    pub event_id: String,
+    /// Script text to run instead of the event's current script (pasted into an editor).
+    pub script: Option<String>,
+    /// Answer lookups without a typed-in answer by calling the configured services for
+    /// real (default: no, such lookups fail).
+    pub live: Option<bool>,
+    /// Typed-in answers to lookups; they take precedence over live ones.
+    pub answers: Option<Vec<LookupAnswer>>,
+}
+
+impl Example for TryRequest {
+    fn example() -> Self {
+        TryRequest {
+            event_id: EXAMPLE_EVENT.into(),
+            script: None,
+            live: Some(false),
+            answers: Some(vec![LookupAnswer::example()]),
+        }
+    }
+}
+
+/// How a try ended.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum TryOutcome {
+    /// The script finished: these are the actions it would queue.
+    Ok,
+    /// The script failed (a `throw`, a limit, a lookup): a real run would park the event.
+    Failed,
+    /// The pasted text does not compile (see `line` and `column`).
+    CompileError,
+    /// No script exists for the event's provider and type: a real run does nothing.
+    NoScript,
+}
+
+/// An action a try would queue.
+#[derive(Object, Debug, Clone)]
+#[oai(example)]
+pub struct TryAction {
+    /// `email`, `sms`, `http` or `log`.
+    pub channel: String,
+    /// What would be sent (secret values masked unless revealed).
+    pub payload: Value,
+}
+
+impl Example for TryAction {
+    fn example() -> Self {
+        TryAction {
+            channel: "email".into(),
+            payload: json!({
+                "to": "jan.kowalski@example.com",
+                "subject": "Your verification code",
+                "text": "Your code to add your card to Apple Pay is ******. Never share it.",
+                "valid_for": "10m"
+            }),
+        }
+    }
+}
+
+/// A lookup the script made during a try.
+#[derive(Object, Debug, Clone)]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none, example)]
+pub struct LookupCall {
+    /// The service.
+    pub service: String,
+    /// `GET` or `POST`.
+    pub method: String,
+    /// The path.
+    pub path: String,
+    /// `typed` (an answer given in the request), `live` (the service was called) or
+    /// `none` (no answer: the lookup failed).
+    pub answered_by: String,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// The answer (secret values masked unless revealed).
+    pub answer: Option<Value>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl Example for LookupCall {
+    fn example() -> Self {
+        LookupCall {
+            service: "customers".into(),
+            method: "GET".into(),
+            path: "/cards/card_123456789/holder".into(),
+            answered_by: "typed".into(),
+            ok: true,
+            answer: Some(json!({"email": "jan.kowalski@example.com"})),
+            error: None,
+        }
+    }
+}
+
+/// What a try did: the actions the script would queue, what it printed, the lookups it
+/// made, or why it failed. Nothing was queued or sent.
+#[derive(Object, Debug, Clone)]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none, example)]
+pub struct TryResult {
+    /// How it ended.
+    pub outcome: TryOutcome,
+    /// The script that ran: its file, or `(pasted)`.
+    pub script: Option<String>,
+    /// The actions it would queue, in order.
+    pub actions: Vec<TryAction>,
+    /// What it printed (`print`, `debug`), secret values masked unless revealed.
+    pub log: Vec<String>,
+    /// The lookups it made, in order.
+    pub lookups: Vec<LookupCall>,
+    /// Why it failed or does not compile.
+    pub error: Option<String>,
+    /// For a compile error: 1-based line.
+    pub line: Option<u64>,
+    /// For a compile error: 1-based column.
+    pub column: Option<u64>,
+    /// How long it ran, lookups included, in milliseconds.
+    pub took_ms: u64,
+}
+
+impl Example for TryResult {
+    fn example() -> Self {
+        TryResult {
+            outcome: TryOutcome::Ok,
+            script: Some("pomelo/tokenization_otp.rhai".into()),
+            actions: vec![TryAction::example()],
+            log: vec!["holder found for card_123456789".into()],
+            lookups: vec![LookupCall::example()],
+            error: None,
+            line: None,
+            column: None,
+            took_ms: 3,
+        }
     }
 }

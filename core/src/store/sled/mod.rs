@@ -33,6 +33,7 @@
 //! they work on, and nothing else opens the directory (sled locks it).
 
 mod outbox;
+mod stats;
 
 use std::{
     collections::HashSet,
@@ -48,7 +49,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, watch};
 
 use super::{
-    Backend, Claim, ClaimRequest, EventFilter, OwnedClaim, Page, Repaired, StoreStats,
+    Backend, Claim, ClaimRequest, CountsBy, EventFilter, OwnedClaim, Page, Repaired, StoreStats,
     StoredResponse, Swept, millis, now_ms,
 };
 use crate::{
@@ -644,11 +645,16 @@ impl Inner {
         let mut next = None;
         // Quarantined events are found through their index instead of every event.
         let prefix = if quarantine_only { QUARANTINE } else { EVENT };
+        let since = filter.since();
+        let start = key(prefix, since.as_ref().map_or(&[][..], |s| &s.as_bytes()[..]));
         let end = match before {
             Some(id) => key(prefix, id.as_bytes()),
             None => key(prefix + 1, &[]),
         };
-        for entry in self.tree.range(key(prefix, &[])..end).rev() {
+        if start >= end {
+            return Ok(Page { items, next });
+        }
+        for entry in self.tree.range(start..end).rev() {
             let (k, v) = entry?;
             let found = if quarantine_only {
                 match EventId::from_slice(&k[1..])
@@ -910,6 +916,19 @@ impl Backend for SledBackend {
 
     async fn event_count(&self) -> Result<usize> {
         Ok(self.inner.tree.scan_prefix([EVENT]).count())
+    }
+
+    async fn event_counts(&self, windows: &[u64]) -> Result<CountsBy<(String, EventStatus)>> {
+        let windows = windows.to_vec();
+        blocking(&self.inner, move |inner| inner.event_counts(&windows)).await
+    }
+
+    async fn action_counts(
+        &self,
+        windows: &[u64],
+    ) -> Result<CountsBy<(String, crate::outbox::DeliveryStatus)>> {
+        let windows = windows.to_vec();
+        blocking(&self.inner, move |inner| inner.action_counts(&windows)).await
     }
 
     async fn take_inbox(&self, after: Option<EventId>, limit: usize) -> Result<Vec<EventId>> {
