@@ -13,7 +13,9 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod config;
+pub mod ctx;
 pub mod devsecrets;
 pub mod error;
 pub mod front;

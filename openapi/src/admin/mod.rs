@@ -6,21 +6,19 @@ mod views;
 
 use poem::web::Data;
 use poem_openapi::{
-    ApiResponse, Object, OpenApi, SecurityScheme, Tags,
-    auth::Bearer,
+    ApiResponse, Object, OpenApi, Tags,
     param::{Path, Query},
     payload::Json,
 };
 use switchboard_core::{
     event::{EventId, EventStatus},
     outbox::{ActionFilter, ActionId, DeliveryStatus},
-    secret::Secret,
     store::{EventFilter, Store},
 };
-use switchboard_plugins::{http::ErrorBody, providers::reparse};
+use switchboard_plugins::http::ErrorBody;
 pub use views::*;
 
-use crate::app::AdminCtx;
+use crate::ctx::AdminCtx;
 
 #[derive(Tags)]
 enum AdminTag {
@@ -29,10 +27,7 @@ enum AdminTag {
     Admin,
 }
 
-/// `Authorization: Bearer <admin.token>`.
-#[derive(SecurityScheme)]
-#[oai(ty = "bearer")]
-pub struct AdminToken(Bearer);
+pub use crate::auth::AdminToken;
 
 /// A page of events, newest first.
 #[derive(Object, Debug, Clone)]
@@ -180,9 +175,9 @@ fn unavailable(what: &str, e: &switchboard_core::Error) -> Json<ErrorBody> {
     )
 }
 
-/// The admin operations.
+/// The admin operations. Each takes an [`AdminToken`]: the scheme checks the token
+/// before the operation runs.
 pub struct AdminApi {
-    token: Option<Secret>,
     reveal: bool,
 }
 
@@ -203,15 +198,9 @@ const BULK_MAX: usize = 10_000;
 const BULK_MAX_U32: u32 = BULK_MAX as u32;
 
 impl AdminApi {
-    /// The API; without a token it refuses everything.
-    pub fn new(token: Option<Secret>, reveal: bool) -> Self {
-        AdminApi { token, reveal }
-    }
-
-    fn authorized(&self, presented: &AdminToken) -> bool {
-        self.token
-            .as_ref()
-            .is_some_and(|t| t.matches(presented.0.token.as_bytes()))
+    /// The API; `reveal` shows secret values unmasked.
+    pub fn new(reveal: bool) -> Self {
+        AdminApi { reveal }
     }
 
     fn page(
@@ -255,14 +244,10 @@ impl AdminApi {
         let reparsed = match e.status {
             EventStatus::Received => return Ok(ReplayOutcome::Waiting),
             EventStatus::Quarantined => {
-                match reparse(
-                    &e.provider,
-                    &e.event_type,
-                    &e.body,
-                    &ctx.limits,
-                    &ctx.verestro,
-                    &e.meta,
-                ) {
+                match ctx
+                    .providers
+                    .reparse(&e.provider, &e.event_type, &e.body, &e.meta)
+                {
                     Ok(r) => Some((r.event_type, r.data, r.flags)),
                     Err(reason) => return Ok(ReplayOutcome::Unparseable(reason)),
                 }
@@ -304,7 +289,7 @@ impl AdminApi {
     async fn list_events(
         &self,
         store: Data<&Store>,
-        token: AdminToken,
+        _token: AdminToken,
         /// Only events of this provider (`pomelo`, `verifyvasp`, `verestro`).
         provider: Query<Option<String>>,
         /// Only events of this type (`tokenization_otp`, `tx_report`, `otp`, ...).
@@ -317,9 +302,6 @@ impl AdminApi {
         /// Only events older than this event id (the `next` of the previous page).
         before: Query<Option<String>>,
     ) -> ListAnswer {
-        if !self.authorized(&token) {
-            return list_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         let filter = EventFilter {
             provider: provider.0,
             event_type: event_type.0,
@@ -339,7 +321,7 @@ impl AdminApi {
     async fn list_quarantine(
         &self,
         store: Data<&Store>,
-        token: AdminToken,
+        _token: AdminToken,
         /// Only events of this provider.
         provider: Query<Option<String>>,
         /// Page size, 1 to 500 (default 50).
@@ -347,9 +329,6 @@ impl AdminApi {
         /// Only events older than this event id (the `next` of the previous page).
         before: Query<Option<String>>,
     ) -> ListAnswer {
-        if !self.authorized(&token) {
-            return list_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         let filter = EventFilter {
             provider: provider.0,
             status: Some(EventStatus::Quarantined),
@@ -370,13 +349,10 @@ impl AdminApi {
     async fn get_event(
         &self,
         store: Data<&Store>,
-        token: AdminToken,
+        _token: AdminToken,
         /// The event id.
         id: Path<String>,
     ) -> DetailAnswer {
-        if !self.authorized(&token) {
-            return detail_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         let Ok(id) = id.0.parse::<EventId>() else {
             return DetailAnswer::BadRequest(bad_id("an event"));
         };
@@ -407,13 +383,10 @@ impl AdminApi {
         &self,
         store: Data<&Store>,
         ctx: Data<&AdminCtx>,
-        token: AdminToken,
+        _token: AdminToken,
         /// The event id.
         id: Path<String>,
     ) -> ReplayEventAnswer {
-        if !self.authorized(&token) {
-            return replay_event_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         let Ok(id) = id.0.parse::<EventId>() else {
             return ReplayEventAnswer::BadRequest(bad_id("an event"));
         };
@@ -447,7 +420,7 @@ impl AdminApi {
     async fn list_deliveries(
         &self,
         store: Data<&Store>,
-        token: AdminToken,
+        _token: AdminToken,
         /// Only deliveries in this status.
         status: Query<Option<Delivery>>,
         /// Only this channel (`email`, `sms`, `http`, `log`).
@@ -459,9 +432,6 @@ impl AdminApi {
         /// Only actions older than this action id (the `next` of the previous page).
         before: Query<Option<String>>,
     ) -> DeliveriesAnswer {
-        if !self.authorized(&token) {
-            return deliveries_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         let before = match before.0.map(|b| b.parse::<ActionId>()).transpose() {
             Ok(b) => b,
             Err(_) => {
@@ -499,13 +469,10 @@ impl AdminApi {
     async fn get_delivery(
         &self,
         store: Data<&Store>,
-        token: AdminToken,
+        _token: AdminToken,
         /// The action id.
         id: Path<String>,
     ) -> DeliveryAnswer {
-        if !self.authorized(&token) {
-            return delivery_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         let Ok(id) = id.0.parse::<ActionId>() else {
             return DeliveryAnswer::BadRequest(bad_id("an action"));
         };
@@ -530,13 +497,10 @@ impl AdminApi {
     async fn replay_delivery(
         &self,
         store: Data<&Store>,
-        token: AdminToken,
+        _token: AdminToken,
         /// The action id.
         id: Path<String>,
     ) -> ReplayDeliveryAnswer {
-        if !self.authorized(&token) {
-            return replay_delivery_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         let Ok(id) = id.0.parse::<ActionId>() else {
             return ReplayDeliveryAnswer::BadRequest(bad_id("an action"));
         };
@@ -569,12 +533,9 @@ impl AdminApi {
         &self,
         store: Data<&Store>,
         ctx: Data<&AdminCtx>,
-        token: AdminToken,
+        _token: AdminToken,
         request: Json<ReplayRequest>,
     ) -> BulkReplayAnswer {
-        if !self.authorized(&token) {
-            return bulk_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         if request.events.is_none() && request.deliveries.is_none() {
             return BulkReplayAnswer::BadRequest(body(
                 "bad_request",
@@ -709,10 +670,7 @@ impl AdminApi {
     /// The scripts running and those that do not compile (with file, line and column; their
     /// last good version keeps running).
     #[oai(path = "/admin/routes", method = "get", operation_id = "adminRoutes")]
-    async fn routes(&self, ctx: Data<&AdminCtx>, token: AdminToken) -> RoutesAnswer {
-        if !self.authorized(&token) {
-            return routes_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
+    async fn routes(&self, ctx: Data<&AdminCtx>, _token: AdminToken) -> RoutesAnswer {
         let source = match ctx.scripts.source() {
             switchboard_core::route::scripts::Source::Dir(d) => format!("dir:{}", d.display()),
             switchboard_core::route::scripts::Source::Embedded(_) => "embedded".into(),

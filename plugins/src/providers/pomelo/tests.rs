@@ -15,7 +15,7 @@ fn cfg() -> PomeloConfig {
         keys: vec![
             PomeloKey {
                 api_key: "old".into(),
-                api_secret: SecretRef::Literal("b3RoZXI=".into()),
+                api_secret: SecretRef::Literal("b3RoZXItc2VjcmV0LTE2Ynl0ZXM=".into()),
             },
             PomeloKey {
                 api_key: "k1".into(),
