@@ -478,14 +478,19 @@ mod tests {
 
     #[test]
     fn clashing_paths_are_refused() {
-        use switchboard_plugins::providers::{pomelo::PomeloConfig, verifyvasp::VerifyVaspConfig};
         let mut c = Config::default();
-        c.providers.typed_mut::<VerifyVaspConfig>().path =
-            c.providers.typed::<PomeloConfig>().path.clone();
+        c.providers
+            .set(
+                "verifyvasp",
+                serde_json::json!({"path": "/pomelo/tokenization/otp"}),
+            )
+            .unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("providers.verifyvasp.path"), "{e}");
         let mut c = Config::default();
-        c.providers.typed_mut::<PomeloConfig>().path = "/admin/x".into();
+        c.providers
+            .set("pomelo", serde_json::json!({"path": "/admin/x"}))
+            .unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("reserved"));
         assert!(
             is_reserved("/metrics") && is_reserved("/admin/events") && !is_reserved("/metricsx")

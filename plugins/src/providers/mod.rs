@@ -453,6 +453,12 @@ pub fn api_endpoint<T: poem_openapi::OpenApi + 'static>(
         .boxed()
 }
 
+/// Whether `pin` is a SHA-256 certificate fingerprint: 64 hex digits, colons allowed.
+pub fn is_sha256_fingerprint(pin: &str) -> bool {
+    let hex: String = pin.trim().chars().filter(|c| *c != ':').collect();
+    hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit())
+}
+
 /// Checks that a configured path is usable: absolute, no query, no spaces.
 pub fn validate_path(key: &str, path: &str) -> crate::Result<()> {
     let ok = path.starts_with('/')

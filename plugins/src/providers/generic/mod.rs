@@ -197,7 +197,7 @@ impl Generic {
             return bad("auth.username", "is required for HTTP Basic");
         }
         for (i, pin) in a.pin_sha256.iter().flatten().enumerate() {
-            if !super::verestro::is_sha256_fingerprint(pin) {
+            if !super::is_sha256_fingerprint(pin) {
                 return bad(
                     &format!("auth.pin_sha256[{i}]"),
                     "is not a SHA-256 fingerprint (64 hex digits, colons allowed)",

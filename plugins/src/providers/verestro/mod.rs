@@ -73,7 +73,7 @@ pub fn validate(cfg: &VerestroConfig) -> crate::Result<()> {
         }
     }
     for (i, pin) in cfg.pin_sha256.iter().enumerate() {
-        if !is_sha256_fingerprint(pin) {
+        if !super::is_sha256_fingerprint(pin) {
             return Err(Error::config(
                 format!("providers.verestro.pin_sha256[{i}]"),
                 "is not a SHA-256 fingerprint (64 hex digits, colons allowed), such as the one `switchboard ca sign-csr` prints",
@@ -81,12 +81,6 @@ pub fn validate(cfg: &VerestroConfig) -> crate::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Whether `pin` is a SHA-256 fingerprint: 64 hex digits, colons allowed.
-pub fn is_sha256_fingerprint(pin: &str) -> bool {
-    let hex: String = pin.trim().chars().filter(|c| *c != ':').collect();
-    hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 impl Provider for VerestroConfig {
