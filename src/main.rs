@@ -168,10 +168,26 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { config } => {
-            let config = Config::load(config.as_deref())?;
+        Command::Serve { config: path } => {
+            let config = Config::load(path.as_deref())?;
             logging::init(&config.log);
-            runtime()?.block_on(serve(config))
+            runtime()?.block_on(serve(config)).map_err(|e| match &path {
+                // Errors that name a setting (a secret that cannot be read, a weak key)
+                // also name the file it is in.
+                Some(p)
+                    if e.downcast_ref::<switchboard_openapi::Error>()
+                        .is_some_and(|e| {
+                            matches!(
+                                e,
+                                switchboard_openapi::Error::Config(_)
+                                    | switchboard_openapi::Error::Plugin(_)
+                            )
+                        }) =>
+                {
+                    anyhow::anyhow!("{}: {e}", p.display())
+                }
+                _ => e,
+            })
         }
         Command::Openapi { format, config } => {
             let config = Config::load(config.as_deref())?;

@@ -93,7 +93,14 @@ impl Fetch for Target<'_> {
                 .send()
                 .await
                 .map_err(|e| explain(&e, &url))?;
-            let r = r.error_for_status().map_err(|e| e.to_string())?;
+            let status = r.status().as_u16();
+            if !r.status().is_success() {
+                let text = r.text().await.unwrap_or_default();
+                return Err(format!(
+                    "{status} {text}{}",
+                    hint(status, &text).unwrap_or_default()
+                ));
+            }
             r.json().await.map_err(|e| e.to_string())
         })
     }
@@ -138,6 +145,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         _ => bail!("--cert and --key go together"),
     }
     let client = client.build()?;
+    // A mutual-TLS listener ends the handshake of a client without a certificate, which
+    // the client sees only as a connection that closed or was never ready.
+    let listener = config.listener_of(&args.provider).to_owned();
+    let mutual = match config.listeners.get(&listener) {
+        Some(l) => l.tls.client_ca.is_some(),
+        None => config
+            .server
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some()),
+    };
+    let needs_cert = (mutual || provider.client_certificates()) && args.cert.is_none();
+    NEEDS_CERT.store(needs_cert, std::sync::atomic::Ordering::Relaxed);
     let opts = SampleOptions {
         event: args.event.clone(),
         body: args
@@ -170,8 +190,27 @@ struct Request {
     body: Vec<u8>,
 }
 
+/// What an operator should know about a refusal: a certificate the listener accepted but
+/// the provider's pins do not (Verestro answers every request so, `GET /public-key`
+/// included, before the notification itself is sent).
+fn hint(status: u16, body: &str) -> Option<&'static str> {
+    if status == 403 && body.contains("CLIENT_CERTIFICATE_NOT_ALLOWED") {
+        Some(
+            " (the client certificate chains to the listener's CA but is not pinned: add its SHA-256 fingerprint, as `switchboard ca sign-csr` printed it, to the provider's pin_sha256; `switchboard check` prints the pins enforced)",
+        )
+    } else if status == 401 && body.contains("CLIENT_CERTIFICATE_REQUIRED") {
+        Some(
+            " (the provider is served only on a mutual-TLS listener: send to that listener, with --cert and --key)",
+        )
+    } else {
+        None
+    }
+}
+
 /// A failed request, explained: a TLS listener that wants a client certificate closes the
 /// connection during the handshake, which reqwest reports only as a closed connection.
+static NEEDS_CERT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn explain(e: &reqwest::Error, url: &str) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
@@ -179,11 +218,12 @@ fn explain(e: &reqwest::Error, url: &str) -> String {
         text.push_str(&format!(": {s}"));
         source = s.source();
     }
+    let needs_cert = NEEDS_CERT.load(std::sync::atomic::Ordering::Relaxed);
     if url.starts_with("https://")
-        && (text.contains("connection closed")
+        && !e.is_status()
+        && (needs_cert
             || text.contains("CertificateRequired")
-            || text.contains("certificate required")
-            || text.contains("handshake"))
+            || text.contains("certificate required"))
     {
         text.push_str(
             " (the listener requires a client certificate: pass --cert and --key, e.g. the ones `switchboard ca client-cert` wrote)",
@@ -222,7 +262,8 @@ async fn send(client: &reqwest::Client, req: &Request, copies: usize) -> anyhow:
     for t in tasks {
         match t.await? {
             Ok((status, text)) => {
-                out!("POST {} -> {} {}", req.url, status.as_u16(), text);
+                let hint = hint(status.as_u16(), &text).unwrap_or_default();
+                out!("POST {} -> {} {}{hint}", req.url, status.as_u16(), text);
                 failed |= !status.is_success();
             }
             Err(e) => {

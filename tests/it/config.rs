@@ -316,7 +316,9 @@ fn weak_pomelo_secrets_are_refused_by_check_and_at_start_up() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("providers.pomelo.keys[0].api_secret") && err.contains("16"),
+        err.contains("weak.toml")
+            && err.contains("providers.pomelo.keys[0].api_secret")
+            && err.contains("16"),
         "{err}"
     );
 }
@@ -342,7 +344,10 @@ fn pins_must_be_fingerprints_and_check_prints_them() {
     );
     let (ok, out, err) = check(&dir, &pinned, &[]);
     assert!(ok, "{err}");
-    assert!(out.contains(&format!("pin sha256 {}", "ab".repeat(32))), "{out}");
+    assert!(
+        out.contains(&format!("pin sha256 {}", "ab".repeat(32))),
+        "{out}"
+    );
     assert!(out.contains("pin subject CN=verestro"), "{out}");
 }
 
@@ -353,7 +358,11 @@ fn relative_paths_are_resolved_against_the_config_files_directory() {
     let dir = Dir::new();
     let conf = dir.path().join("etc");
     std::fs::create_dir_all(conf.join("secrets")).unwrap();
-    std::fs::write(conf.join("secrets/admin-token"), "a-long-admin-token-0123456789").unwrap();
+    std::fs::write(
+        conf.join("secrets/admin-token"),
+        "a-long-admin-token-0123456789",
+    )
+    .unwrap();
     std::fs::write(conf.join("secrets/pomelo"), pomelo_secret_b64()).unwrap();
     let text = base_config(&dir.data(), &[])
         .replace(

@@ -786,9 +786,11 @@ async fn idempotency_keys_are_scoped_by_endpoint() {
     let c = pki.provider();
     let k = key();
     let kyc = |status: &str| {
-        serde_json::to_vec(&json!({"verificationId": "6faaa45a-41f6-4922-95fe-16e316ba7e91",
+        serde_json::to_vec(
+            &json!({"verificationId": "6faaa45a-41f6-4922-95fe-16e316ba7e91",
             "userId": "1337", "email": "leon@example.com", "firstName": "Leon",
-            "lastName": "Bakiewicz", "status": status, "reason": null}))
+            "lastName": "Bakiewicz", "status": status, "reason": null}),
+        )
         .unwrap()
     };
     for (endpoint, status) in [
@@ -856,15 +858,24 @@ async fn plausible_shapes_are_accepted_and_flagged() {
     assert_eq!(r.status(), 204);
     let c2 = client();
     let lock = &events(&c2, &s, "type=cardLocked").await[0];
-    assert_eq!(lock["data"]["date"], "2025-06-17T13:42:54+00:00", "normalised");
+    assert_eq!(
+        lock["data"]["date"], "2025-06-17T13:42:54+00:00",
+        "normalised"
+    );
     assert!(
-        lock["flags"][0].as_str().unwrap().starts_with("date_format"),
+        lock["flags"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("date_format"),
         "{lock}"
     );
     let otp = &events(&c2, &s, "type=otp").await[0];
     assert_eq!(otp["data"]["amount"], 10.5, "passed on as it came");
     assert!(
-        otp["flags"][0].as_str().unwrap().starts_with("decimal_amount"),
+        otp["flags"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("decimal_amount"),
         "{otp}"
     );
     assert!(
@@ -872,5 +883,59 @@ async fn plausible_shapes_are_accepted_and_flagged() {
             .as_array()
             .unwrap()
             .is_empty()
+    );
+}
+
+/// Issue 12 §2: `simulate` says what is wrong: no client certificate for a mutual-TLS
+/// listener, or one that is not pinned (refused at `GET /public-key`, before the POST).
+#[tokio::test]
+async fn simulate_explains_a_missing_or_unpinned_client_certificate() {
+    let dir = Dir::new();
+    let pki = Pki::new(dir.path());
+    let other = "ab".repeat(32);
+    let s = verestro_server(
+        dir.clone(),
+        &pki,
+        &format!("pin_sha256 = [\"{other}\"]"),
+        "",
+    );
+    let target = format!("https://{}", s.listeners["verestro"]);
+    let ca = pki.path("ca/ca.crt");
+    let simulate = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("SWITCHBOARD_CONFIG")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let out = simulate(&[
+        "simulate", "verestro", "otp", "--target", &target, "--ca", &ca,
+    ]);
+    assert!(out.contains("requires a client certificate"), "{out}");
+    let (cert, key) = (pki.path("provider.crt"), pki.path("provider.key"));
+    let out = simulate(&[
+        "simulate",
+        "verestro",
+        "otp",
+        "--encrypt",
+        "--target",
+        &target,
+        "--ca",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+    ]);
+    assert!(
+        out.contains("/public-key") && out.contains("403") && out.contains("not pinned"),
+        "{out}"
     );
 }
