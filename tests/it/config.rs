@@ -399,3 +399,61 @@ fn relative_paths_are_resolved_against_the_config_files_directory() {
         .unwrap();
     assert!(out.status.success());
 }
+
+/// `switchboard init` writes a commented generic-provider example; uncommented as it is,
+/// it passes `check` and the provider is listed (issue 11).
+#[test]
+fn init_writes_a_generic_provider_example_that_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["init"])
+        .current_dir(dir.path())
+        .env_remove("SWITCHBOARD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = dir.path().join("switchboard.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("# [providers.stripe]"), "{text}");
+    // Uncomment the Stripe example, with a literal secret instead of the variable.
+    let mut on = false;
+    let mut out_text = String::new();
+    for line in text.lines() {
+        if line == "# [providers.stripe]" {
+            on = true;
+        }
+        if on && line == "#" {
+            on = false;
+        }
+        match line.strip_prefix("# ").filter(|_| on) {
+            Some(l) => out_text.push_str(&l.replace(
+                "env:STRIPE_WEBHOOK_SECRET",
+                "whsec_a-secret-of-enough-bytes",
+            )),
+            None => out_text.push_str(line),
+        }
+        out_text.push('\n');
+    }
+    std::fs::write(&path, out_text).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .current_dir(elsewhere.path())
+        .env_remove("SWITCHBOARD_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("stripe") && stdout.contains("/hooks/stripe"),
+        "{stdout}"
+    );
+}

@@ -46,7 +46,7 @@ pub const PLUGIN: Plugin = Plugin {
 # [listeners.verestro]
 # listen = "127.0.0.1:8443"
 # providers = ["verestro"]
-# tls = { cert = "data/tls/server.pem", key = "data/tls/server.key", client_ca = "data/ca/ca.pem" }
+# tls = { cert = "data/tls/server.crt", key = "data/tls/server.key", client_ca = "data/ca/ca.crt" }
 # [providers.verestro]   # (the table `init` wrote above: add the pins there)
 # pin_sha256 = ["<the SHA-256 fingerprint `ca sign-csr` printed>"]
 "#,
