@@ -131,7 +131,7 @@ fn every_provider_folder_has_the_common_shape() {
     }
 }
 
-/// The registry is the only list of providers: `BUILTIN` names every folder once, and no
+/// The registry is the only list of providers: `registry!` names every folder once, and no
 /// other source file outside the provider folders names more than one built-in provider's
 /// module (no `match` over providers, no hand-kept list, no per-provider wiring).
 #[test]

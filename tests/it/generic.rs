@@ -26,6 +26,8 @@ struct Case {
     event_type: &'static str,
     /// The configured answer (status, body).
     answer: (u16, &'static str),
+    /// The body is a form, not JSON.
+    form: bool,
 }
 
 fn sign(
@@ -72,6 +74,7 @@ fn cases() -> Vec<Case> {
             extra: |_| vec![],
             event_type: "invoice_paid",
             answer: (204, ""),
+            form: false,
         },
         Case {
             name: "stripe",
@@ -83,6 +86,7 @@ fn cases() -> Vec<Case> {
             extra: |_| vec![],
             event_type: "invoice_paid",
             answer: (200, "{\"received\":true}"),
+            form: false,
         },
         Case {
             name: "github",
@@ -99,6 +103,7 @@ fn cases() -> Vec<Case> {
             },
             event_type: "push",
             answer: (204, ""),
+            form: false,
         },
         Case {
             name: "shopify",
@@ -115,6 +120,7 @@ fn cases() -> Vec<Case> {
             },
             event_type: "orders_create",
             answer: (200, ""),
+            form: false,
         },
         Case {
             name: "slack",
@@ -126,6 +132,7 @@ fn cases() -> Vec<Case> {
             extra: |_| vec![],
             event_type: "invoice_paid",
             answer: (200, "ok"),
+            form: false,
         },
         Case {
             name: "acme",
@@ -153,6 +160,7 @@ tolerance = "2m""#,
             extra: |_| vec![],
             event_type: "invoice_paid",
             answer: (202, "{\"ok\":1}"),
+            form: false,
         },
         Case {
             name: "legacy",
@@ -167,6 +175,19 @@ auth = { scheme = "hmac", algorithm = "sha1", signature_header = "X-Legacy-Sig",
             extra: |_| vec![],
             event_type: "ping",
             answer: (204, ""),
+            form: false,
+        },
+        Case {
+            name: "twilio",
+            table: "kind = \"twilio\"\npath = \"/hooks/twilio\"\nauth = { public_url = \"https://hooks.example.com\" }\nanswer = { status = 200, body = '<Response/>', content_type = \"text/xml\" }",
+            scheme: "twilio",
+            new_secret: "twilio-auth-token-new-0123",
+            old_secret: "twilio-auth-token-old-0123",
+            timestamped: false,
+            extra: |id| vec![("I-Twilio-Idempotency-Token", id.into())],
+            event_type: "delivered",
+            answer: (200, "<Response/>"),
+            form: true,
         },
     ]
 }
@@ -174,6 +195,10 @@ auth = { scheme = "hmac", algorithm = "sha1", signature_header = "X-Legacy-Sig",
 fn body(id: &str) -> String {
     json!({"id": id, "event_id": id, "type": "invoice.paid", "data": {"otp": "123456", "amount": 1000}})
         .to_string()
+}
+
+fn form_body(id: &str) -> String {
+    format!("MessageSid={id}&MessageStatus=delivered&Price=1000&Body=Hello+world%21&To=%2B15005550006")
 }
 
 fn config_tail(case: &Case, routes: &std::path::Path) -> String {
@@ -194,10 +219,12 @@ async fn post(
     headers: &[(String, String)],
     body: &str,
 ) -> reqwest::Response {
-    let mut r = c
-        .post(s.url(path))
-        .header("content-type", "application/json")
-        .body(body.to_owned());
+    let ct = if body.starts_with('{') {
+        "application/json"
+    } else {
+        "application/x-www-form-urlencoded"
+    };
+    let mut r = c.post(s.url(path)).header("content-type", ct).body(body.to_owned());
     for (k, v) in headers {
         r = r.header(k.as_str(), v.as_str());
     }
@@ -227,6 +254,7 @@ async fn exercise(case: Case) {
         }
     );
     let name = case.name;
+    let body = |id: &str| if case.form { form_body(id) } else { body(id) };
     let signed = |secret: &str, body: &str, ts: i64, id: &str| {
         let mut h = sign(case.scheme, secret, body, ts, id, &path);
         h.extend((case.extra)(id).into_iter().map(|(k, v)| (k.to_owned(), v)));
@@ -397,6 +425,11 @@ async fn slack_preset() {
 }
 
 #[tokio::test]
+async fn twilio_preset() {
+    exercise(cases().remove(7)).await;
+}
+
+#[tokio::test]
 async fn a_hand_configured_sha512_provider_over_method_path_and_time() {
     exercise(cases().remove(5)).await;
 }
@@ -504,6 +537,17 @@ auth = { scheme = "header", header = "X-Api-Key" }
     assert_eq!(r.status(), 204);
     let q = until_items(&c, &s, "/admin/quarantine", 1, "the quarantined body").await;
     assert_eq!(q["items"][0]["provider"], "tok");
+    // Admin replay: the kept body is parsed again by its provider (still not JSON), and a
+    // routed event routes again.
+    let id = q["items"][0]["id"].as_str().unwrap().to_owned();
+    let r = admin_post(&c, &s, &format!("/admin/events/{id}/replay")).await;
+    assert_eq!(r.status(), 422, "still unparseable");
+    assert!(r.text().await.unwrap().contains("not JSON"));
+    until_routed(&c, &s).await;
+    let routed = events(&c, &s, "provider=tok&status=routed").await;
+    let id = routed[0]["id"].as_str().unwrap().to_owned();
+    let r = admin_post(&c, &s, &format!("/admin/events/{id}/replay")).await;
+    assert_eq!(r.status(), 202);
 }
 
 #[test]

@@ -4,7 +4,8 @@
 Reads one JSON object on stdin: {"scheme", "secret", "body", "timestamp", "id", "method",
 "path"} and prints the headers to send as a JSON object. Standard Webhooks uses the
 `standardwebhooks` package's own signer; Stripe the official `stripe` library's (and checks
-the header with the library's own verification); the others Python's hmac from each
+the header with the library's own verification); Twilio the `twilio` library's
+RequestValidator; the others Python's hmac from each
 provider's documented recipe.
 """
 import base64
@@ -51,6 +52,18 @@ elif scheme == "slack":
         "X-Slack-Request-Timestamp": ts,
         "X-Slack-Signature": "v0=" + mac(secret.encode(), basestring).hexdigest(),
     }
+elif scheme == "twilio":
+    # Twilio's own library: RequestValidator over the URL it called and the form fields.
+    import urllib.parse
+
+    from twilio.request_validator import RequestValidator
+
+    url = "https://hooks.example.com" + req["path"]
+    params = dict(urllib.parse.parse_qsl(body, keep_blank_values=True))
+    validator = RequestValidator(secret)
+    sig = validator.compute_signature(url, params)
+    assert validator.validate(url, params, sig)
+    headers = {"X-Twilio-Signature": sig}
 elif scheme == "acme":
     # A hand-configured provider: HMAC-SHA512 with a hex key over method, path,
     # timestamp and body on separate lines, base64 after "sig=".

@@ -14,9 +14,6 @@
 //! [`switchboard_core::ingest::Submission`] to the engine and answers what it returns.
 
 pub mod generic;
-pub mod pomelo;
-pub mod verestro;
-pub mod verifyvasp;
 
 use std::{any::Any, collections::BTreeMap, fmt, future::Future, pin::Pin, sync::Arc};
 
@@ -25,9 +22,18 @@ use serde_json::Value;
 
 use crate::http::Limits;
 
-/// Every built-in provider, in the order the spec documents them. Adding one is this line
-/// and its folder.
-pub const BUILTIN: &[&Plugin] = &[&pomelo::PLUGIN, &verifyvasp::PLUGIN, &verestro::PLUGIN];
+/// Declares each provider folder's module and lists its [`Plugin`] in [`BUILTIN`].
+macro_rules! registry {
+    ($($provider:ident),* $(,)?) => {
+        $(pub mod $provider;)*
+
+        /// Every built-in provider, in the order the spec documents them.
+        pub const BUILTIN: &[&Plugin] = &[$(&$provider::PLUGIN),*];
+    };
+}
+
+// The registry: adding a provider is its folder and its name here.
+registry!(pomelo, verifyvasp, verestro);
 
 /// A built-in provider, as registered in [`BUILTIN`].
 pub struct Plugin {

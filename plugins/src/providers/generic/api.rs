@@ -52,7 +52,7 @@ impl Inner {
             path: g.cfg.path.clone(),
             auth,
             resolved: g.resolved(),
-            format: g.cfg.format,
+            format: g.format(),
             answer,
             secret_paths: g.cfg.secret_paths.clone(),
             body_limit: g.cfg.body_limit.map(|b| b.as_usize()),
@@ -85,7 +85,7 @@ impl Inner {
                 for pair in text.split('&').filter(|p| !p.is_empty()) {
                     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
                     let dec = |s: &str| {
-                        percent_decode(&s.replace('+', " ")).ok_or_else(|| {
+                        verify::percent_decode(&s.replace('+', " ")).ok_or_else(|| {
                             "a form field is not valid percent-encoded UTF-8".to_owned()
                         })
                     };
@@ -186,6 +186,7 @@ impl Inner {
             header: &header,
             method: req.method().as_str(),
             path: req.uri().path(),
+            query: req.uri().query(),
             body: &body,
             conn: req.extensions().get::<ConnectionInfo>(),
             now: chrono::Utc::now().timestamp(),
@@ -266,23 +267,6 @@ impl Inner {
             Err(e) => to_response(&unavailable(&self.name, &e)),
         }
     }
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(h, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The endpoint of one generic provider.
@@ -401,7 +385,7 @@ pub fn spec(g: &Generic) -> Value {
         err("The body is larger than the configured limit."),
     );
     responses.insert("503".into(), err("Not stored (storage trouble, or the same notification is still being stored by a concurrent request). Retry."));
-    let content_type = match g.cfg.format {
+    let content_type = match g.format() {
         BodyFormat::Json => "application/json",
         BodyFormat::Form => "application/x-www-form-urlencoded",
     };

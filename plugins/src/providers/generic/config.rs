@@ -12,7 +12,8 @@ use switchboard_core::{
 #[serde(deny_unknown_fields)]
 pub struct GenericConfig {
     /// `generic`, or a preset that fills in `auth`, `event_type` and `dedup_key` for a
-    /// well-known provider: `standard-webhooks`, `stripe`, `github`, `shopify`, `slack`.
+    /// well-known provider: `standard-webhooks`, `stripe`, `github`, `shopify`, `slack`,
+    /// `twilio`.
     /// Anything set here explicitly wins over the preset.
     pub kind: Kind,
     /// The path the provider posts to. Required.
@@ -42,8 +43,9 @@ pub struct GenericConfig {
     pub dedup_window: Option<HumanDuration>,
     /// How the body is read for routes: `json` (an object; anything else is kept in
     /// quarantine) or `form` (`application/x-www-form-urlencoded`, as an object of strings).
+    /// Default `json` (`form` for `twilio`).
     #[serde(default)]
-    pub format: BodyFormat,
+    pub format: Option<BodyFormat>,
     /// The answer to an accepted (or quarantined) notification, stored with it and given
     /// byte for byte to every repeat. Default `204` with no body.
     #[serde(default)]
@@ -76,6 +78,9 @@ pub enum Kind {
     Shopify,
     /// Slack (`X-Slack-Signature: v0=<hex>` over `v0:<timestamp>:<body>`).
     Slack,
+    /// Twilio (`X-Twilio-Signature: <base64 HMAC-SHA1>` over the public URL and the sorted
+    /// form fields). Needs `auth.public_url`.
+    Twilio,
 }
 
 impl Kind {
@@ -88,6 +93,7 @@ impl Kind {
             Kind::Github => "github",
             Kind::Shopify => "shopify",
             Kind::Slack => "slack",
+            Kind::Twilio => "twilio",
         }
     }
 }
@@ -119,13 +125,18 @@ pub struct AuthConfig {
     /// HMAC: how signatures are written: `hex` or `base64`.
     pub signature_encoding: Option<Encoding>,
     /// HMAC: what is signed, with `{body}` (the raw bytes), `{timestamp}`, `{id}`,
-    /// `{method}` and `{path}`. Default `{body}`.
+    /// `{method}`, `{path}`, `{url}` (`public_url` + path + query) and `{form}` (the form
+    /// fields sorted by name, each name then its value). Default `{body}`.
     pub signed_content: Option<String>,
     /// HMAC: the header with the Unix timestamp that is signed (Stripe's is inside its
     /// signature header).
     pub timestamp_header: Option<String>,
     /// HMAC: the header `{id}` comes from (`webhook-id`).
     pub id_header: Option<String>,
+    /// HMAC: the public base URL the provider calls (`https://hooks.example.com`), which
+    /// `{url}` starts with (the path and query follow): a proxy in front may change the
+    /// URL switchboard sees, so it is configured.
+    pub public_url: Option<String>,
     /// HMAC: how far the timestamp may be from our clock, in either direction.
     pub tolerance: Option<HumanDuration>,
     /// `header`: the header that holds the secret (`X-Api-Key`).
@@ -354,6 +365,20 @@ impl Kind {
                 event_type: json("/type"),
                 dedup_key: json("/event_id"),
                 doc: "Slack: `X-Slack-Signature: v0=<hex HMAC-SHA256(signing secret, v0:timestamp:body)>`, `X-Slack-Request-Timestamp` within 5 minutes.",
+            },
+            Kind::Twilio => Preset {
+                auth: AuthConfig {
+                    algorithm: Some(Algorithm::Sha1),
+                    ..hmac(
+                        "X-Twilio-Signature",
+                        SignatureFormat::Plain,
+                        Encoding::Base64,
+                        "{url}{form}",
+                    )
+                },
+                event_type: json("/MessageStatus"),
+                dedup_key: header("I-Twilio-Idempotency-Token"),
+                doc: "Twilio: `X-Twilio-Signature: <base64 HMAC-SHA1(auth token, URL + each form field's name and value, sorted by name)>`, over the public URL Twilio called (`auth.public_url`); form-encoded bodies.",
             },
         })
     }

@@ -1,5 +1,5 @@
 //! Generic providers: a `[providers.<name>]` table with `kind = "generic"` or a preset
-//! (`standard-webhooks`, `stripe`, `github`, `shopify`, `slack`) becomes a provider at
+//! (`standard-webhooks`, `stripe`, `github`, `shopify`, `slack`, `twilio`) becomes a provider at
 //! start-up, with everything a built-in one has: exactly-once ingest, quarantine, routes
 //! under `routes/<name>/`, admin listing and replay, metrics, an operation in the served
 //! spec at its configured path, and `switchboard simulate <name>`.
@@ -35,7 +35,7 @@ use crate::{Error, http::Limits};
 /// The commented example `switchboard init` writes.
 pub const EXAMPLE: &str = r#"# Any other provider, from configuration (see the README, "Add a provider"):
 # [providers.stripe]
-# kind = "stripe"                  # or standard-webhooks, github, shopify, slack, generic
+# kind = "stripe"                  # or standard-webhooks, github, shopify, slack, twilio, generic
 # path = "/hooks/stripe"
 # secrets = ["env:STRIPE_WEBHOOK_SECRET"]   # several while rotating
 # answer = { status = 200, body = '{"received":true}' }
@@ -127,6 +127,15 @@ impl Generic {
         }
     }
 
+    /// How the body is read.
+    pub fn format(&self) -> BodyFormat {
+        self.cfg.format.unwrap_or(if self.cfg.kind == Kind::Twilio {
+            BodyFormat::Form
+        } else {
+            BodyFormat::Json
+        })
+    }
+
     /// Checks the settings (not the secrets): `(key relative to the table, message)`.
     fn check(&self) -> Result<(), (String, String)> {
         let bad = |k: &str, m: &str| Err((k.to_owned(), m.to_owned()));
@@ -179,6 +188,12 @@ impl Generic {
             }
             if a.tolerance.is_some_and(|t| t.get().is_zero()) {
                 return bad("auth.tolerance", "must be greater than zero");
+            }
+            if parts.contains(&Part::Url) && a.public_url.as_deref().is_none_or(str::is_empty) {
+                return bad("auth.public_url", "is required when the signed content has {url} (the URL the provider calls, e.g. https://hooks.example.com)");
+            }
+            if parts.contains(&Part::Form) && self.format() != BodyFormat::Form {
+                return bad("format", "must be \"form\" when the signed content has {form}");
             }
             if parts.contains(&Part::Id) && a.id_header.is_none() {
                 return bad(
@@ -295,6 +310,7 @@ impl Generic {
                         .map_err(|m| Error::config(self.key("auth.signed_content"), m))?,
                     timestamp_header: lower(&a.timestamp_header),
                     id_header: lower(&a.id_header),
+                    public_url: a.public_url.clone().unwrap_or_default(),
                     tolerance_secs: a
                         .tolerance
                         .map_or(0, |t| i64::try_from(t.get().as_secs()).unwrap_or(i64::MAX)),
@@ -467,7 +483,7 @@ impl Generic {
         let id = format!("evt_{}", uuid::Uuid::new_v4().simple());
         let body = match &opts.body {
             Some(b) => b.clone(),
-            None => match self.cfg.format {
+            None => match self.format() {
                 BodyFormat::Json => serde_json::to_vec(&json!({
                     "id": id, "event_id": id, "type": opts.event.as_deref().unwrap_or("sample.event"),
                     "data": {"otp": opts.otp.clone().unwrap_or_else(|| format!("{:06}", rand::random::<u32>() % 1_000_000))},
@@ -478,7 +494,7 @@ impl Generic {
         };
         let mut headers = vec![(
             "content-type".to_owned(),
-            match self.cfg.format {
+            match self.format() {
                 BodyFormat::Json => "application/json",
                 BodyFormat::Form => "application/x-www-form-urlencoded",
             }
@@ -532,6 +548,7 @@ impl Generic {
                     id: &msg_id,
                     method: "POST",
                     path: &self.cfg.path,
+                    query: None,
                     body: &body,
                 });
                 let key = h.keys.first().cloned().unwrap_or_default();
@@ -557,8 +574,8 @@ impl Generic {
     }
 }
 
-/// Kind names, for messages.
-pub fn kinds() -> [Kind; 6] {
+/// Every kind, for messages.
+pub fn kinds() -> [Kind; 7] {
     [
         Kind::Generic,
         Kind::StandardWebhooks,
@@ -566,5 +583,6 @@ pub fn kinds() -> [Kind; 6] {
         Kind::Github,
         Kind::Shopify,
         Kind::Slack,
+        Kind::Twilio,
     ]
 }

@@ -73,6 +73,10 @@ pub enum Part {
     Method,
     /// The request path.
     Path,
+    /// The public URL the provider called: `auth.public_url` + path + query (Twilio).
+    Url,
+    /// The form fields sorted by name, each name followed by its value (Twilio).
+    Form,
 }
 
 /// Parses a `signed_content` template. The error names the unknown placeholder.
@@ -90,9 +94,11 @@ pub fn template(t: &str) -> Result<Vec<Part>, String> {
             "id" => Part::Id,
             "method" => Part::Method,
             "path" => Part::Path,
+            "url" => Part::Url,
+            "form" => Part::Form,
             other => {
                 return Err(format!(
-                    "unknown placeholder `{{{other}}}` (known: {{body}}, {{timestamp}}, {{id}}, {{method}}, {{path}})"
+                    "unknown placeholder `{{{other}}}` (known: {{body}}, {{timestamp}}, {{id}}, {{method}}, {{path}}, {{url}}, {{form}})"
                 ));
             }
         });
@@ -127,6 +133,8 @@ pub struct HmacScheme {
     pub id_header: Option<String>,
     /// Two-sided tolerance, in seconds.
     pub tolerance_secs: i64,
+    /// The public base URL `{url}` starts with.
+    pub public_url: String,
 }
 
 /// A generic provider's authentication, resolved.
@@ -154,6 +162,8 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// The path as received.
     pub path: &'a str,
+    /// The query string as received, if any.
+    pub query: Option<&'a str>,
     /// The raw body.
     pub body: &'a [u8],
     /// The connection (for mTLS).
@@ -250,6 +260,41 @@ fn any_equal(secrets: &[Vec<u8>], presented: &[u8]) -> Result<usize, Refusal> {
     found.ok_or(Refusal::BadCredentials)
 }
 
+/// The fields of an `application/x-www-form-urlencoded` body, decoded (`+` is a space).
+/// A field that does not decode is kept as it was sent.
+pub fn form_fields(body: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(body);
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let dec = |s: &str| {
+                let s = s.replace('+', " ");
+                percent_decode(&s).unwrap_or(s)
+            };
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes; `None` if one is malformed or the result is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Decodes text as `encoding` (base64: standard or URL-safe, padded or not).
 pub fn decode(text: &str, encoding: Encoding) -> Option<Vec<u8>> {
     let t = text.trim();
@@ -288,6 +333,8 @@ pub struct Values<'a> {
     pub method: &'a str,
     /// The path.
     pub path: &'a str,
+    /// The query string, if any.
+    pub query: Option<&'a str>,
     /// The raw body.
     pub body: &'a [u8],
 }
@@ -304,6 +351,29 @@ impl HmacScheme {
                 Part::Id => out.extend_from_slice(v.id.as_bytes()),
                 Part::Method => out.extend_from_slice(v.method.as_bytes()),
                 Part::Path => out.extend_from_slice(v.path.as_bytes()),
+                Part::Url => {
+                    out.extend_from_slice(self.public_url.trim_end_matches('/').as_bytes());
+                    out.extend_from_slice(v.path.as_bytes());
+                    if let Some(q) = v.query.filter(|q| !q.is_empty()) {
+                        out.push(b'?');
+                        out.extend_from_slice(q.as_bytes());
+                    }
+                }
+                Part::Form => {
+                    // As Twilio's libraries: names sorted, each name's distinct values
+                    // sorted, every one as name + value.
+                    let mut fields: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+                        Default::default();
+                    for (k, val) in form_fields(v.body) {
+                        fields.entry(k).or_default().insert(val);
+                    }
+                    for (k, vals) in fields {
+                        for val in vals {
+                            out.extend_from_slice(k.as_bytes());
+                            out.extend_from_slice(val.as_bytes());
+                        }
+                    }
+                }
             }
         }
         out
@@ -393,6 +463,7 @@ impl HmacScheme {
             id: &id,
             method: r.method,
             path: r.path,
+            query: r.query,
             body: r.body,
         });
         // Every key against every signature, without stopping at the first match.
