@@ -167,10 +167,10 @@ impl Generic {
             }
             let parts = verify::template(a.signed_content.as_deref().unwrap_or("{body}"))
                 .map_err(|m| ("auth.signed_content".to_owned(), m))?;
-            if !parts.contains(&Part::Body) {
+            if !parts.contains(&Part::Body) && !parts.contains(&Part::Form) {
                 return bad(
                     "auth.signed_content",
-                    "must contain {body}: the signature must cover the body",
+                    "must contain {body} (or {form}): the signature must cover the body",
                 );
             }
             let stripe = a.signature_format == Some(SignatureFormat::Stripe);
