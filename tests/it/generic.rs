@@ -198,7 +198,9 @@ fn body(id: &str) -> String {
 }
 
 fn form_body(id: &str) -> String {
-    format!("MessageSid={id}&MessageStatus=delivered&Price=1000&Body=Hello+world%21&To=%2B15005550006")
+    format!(
+        "MessageSid={id}&MessageStatus=delivered&Price=1000&Body=Hello+world%21&To=%2B15005550006"
+    )
 }
 
 fn config_tail(case: &Case, routes: &std::path::Path) -> String {
@@ -224,7 +226,10 @@ async fn post(
     } else {
         "application/x-www-form-urlencoded"
     };
-    let mut r = c.post(s.url(path)).header("content-type", ct).body(body.to_owned());
+    let mut r = c
+        .post(s.url(path))
+        .header("content-type", ct)
+        .body(body.to_owned());
     for (k, v) in headers {
         r = r.header(k.as_str(), v.as_str());
     }
@@ -603,4 +608,50 @@ fn none_is_refused_off_loopback_and_bad_settings_name_file_and_key() {
     );
     let (ok, out) = check();
     assert!(ok && out.contains("legacy"), "{out}");
+}
+
+/// `switchboard simulate <name>` signs a generic provider's sample as it is configured:
+/// with its configured secret, and with a development secret it generated itself.
+#[tokio::test]
+async fn simulate_signs_generic_providers_as_configured() {
+    let dir = Dir::new();
+    let tail = r#"
+[providers.stripe]
+kind = "stripe"
+path = "/hooks/stripe"
+secrets = ["whsec_simulated-secret-0123456789"]
+
+[providers.billing]
+kind = "standard-webhooks"
+path = "/hooks/billing"
+"#;
+    let s = Server::start_env(
+        dir.clone(),
+        &[("tail", tail), ("dev", "")],
+        &[("SWITCHBOARD_DEV__SECRETS", "true")],
+    );
+    let target = format!("http://{}", s.addr);
+    let config = dir.path().join("switchboard.toml");
+    for provider in ["stripe", "billing"] {
+        let out = std::process::Command::new(BIN)
+            .args(["simulate", provider, "--target", &target, "--repeat", "3"])
+            .args(["--config", config.to_str().unwrap()])
+            .env_remove("SWITCHBOARD_CONFIG")
+            .env("SWITCHBOARD_DEV__SECRETS", "true")
+            .env("SWITCHBOARD_TEST_VASP_TOKEN", VASP_TOKEN)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{provider}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("-> 204"), "{provider}: {stdout}");
+        let c = client();
+        let evs = events(&c, &s, &format!("provider={provider}")).await;
+        assert_eq!(evs.len(), 1, "{provider}: three copies, one event");
+    }
+    let secrets = std::fs::read_to_string(dir.data().join("dev-secrets.toml")).unwrap();
+    assert!(secrets.contains("billing_secret = \"whsec_"), "{secrets}");
 }

@@ -221,7 +221,8 @@ impl fmt::Debug for DevSecrets {
 }
 
 impl DevSecrets {
-    fn take(&mut self, name: &str, make: impl FnOnce() -> String) -> Option<String> {
+    /// The value stored as `name`, or (when generating) `make()`, then stored.
+    pub fn take(&mut self, name: &str, make: impl FnOnce() -> String) -> Option<String> {
         if let Some(v) = self.values.get(name) {
             return Some(v.clone());
         }
@@ -241,11 +242,14 @@ impl DevSecrets {
         })
     }
 
-    /// `bytes` random bytes as base64 text, stored as `name`.
-    pub fn base64(&mut self, name: &str, bytes: usize) -> Option<String> {
+    /// `bytes` random bytes as base64 text after `prefix`, stored as `name`.
+    pub fn base64(&mut self, name: &str, prefix: &str, bytes: usize) -> Option<String> {
         use base64::Engine;
         self.take(name, || {
-            base64::engine::general_purpose::STANDARD.encode(random_bytes(bytes))
+            format!(
+                "{prefix}{}",
+                base64::engine::general_purpose::STANDARD.encode(random_bytes(bytes))
+            )
         })
     }
 

@@ -190,10 +190,16 @@ impl Generic {
                 return bad("auth.tolerance", "must be greater than zero");
             }
             if parts.contains(&Part::Url) && a.public_url.as_deref().is_none_or(str::is_empty) {
-                return bad("auth.public_url", "is required when the signed content has {url} (the URL the provider calls, e.g. https://hooks.example.com)");
+                return bad(
+                    "auth.public_url",
+                    "is required when the signed content has {url} (the URL the provider calls, e.g. https://hooks.example.com)",
+                );
             }
             if parts.contains(&Part::Form) && self.format() != BodyFormat::Form {
-                return bad("format", "must be \"form\" when the signed content has {form}");
+                return bad(
+                    "format",
+                    "must be \"form\" when the signed content has {form}",
+                );
             }
             if parts.contains(&Part::Id) && a.id_header.is_none() {
                 return bad(
@@ -425,12 +431,8 @@ impl Provider for Generic {
         let name = format!("{}_secret", self.name.replace('-', "_"));
         let prefix = r.auth.key_prefix.clone().unwrap_or_default();
         let value = match (r.auth.scheme, r.auth.key_encoding) {
-            (Some(Scheme::Hmac), Some(Encoding::Base64)) => {
-                dev.base64(&name, 32).map(|b| format!("{prefix}{b}"))
-            }
-            (Some(Scheme::Hmac), Some(Encoding::Hex)) => {
-                dev.token(&name, "").map(|t| format!("{prefix}{t}"))
-            }
+            (Some(Scheme::Hmac), Some(Encoding::Base64)) => dev.base64(&name, &prefix, 32),
+            (Some(Scheme::Hmac), Some(Encoding::Hex)) => dev.token(&name, &prefix),
             _ => dev.token(&name, &format!("{prefix}dev-{}-", self.name)),
         };
         if let Some(v) = value {

@@ -362,8 +362,10 @@ impl HmacScheme {
                 Part::Form => {
                     // As Twilio's libraries: names sorted, each name's distinct values
                     // sorted, every one as name + value.
-                    let mut fields: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
-                        Default::default();
+                    let mut fields: std::collections::BTreeMap<
+                        String,
+                        std::collections::BTreeSet<String>,
+                    > = Default::default();
                     for (k, val) in form_fields(v.body) {
                         fields.entry(k).or_default().insert(val);
                     }

@@ -115,7 +115,7 @@ impl Provider for PomeloConfig {
         }
         let (Some(api_key), Some(api_secret)) = (
             dev.token("pomelo_api_key", "dev-pomelo-"),
-            dev.base64("pomelo_api_secret", 32),
+            dev.base64("pomelo_api_secret", "", 32),
         ) else {
             return;
         };
