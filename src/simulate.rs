@@ -226,7 +226,7 @@ fn explain(e: &reqwest::Error, url: &str) -> String {
             || text.contains("certificate required"))
     {
         text.push_str(
-            " (the listener requires a client certificate: pass --cert and --key, e.g. the ones `switchboard ca client-cert` wrote)",
+            " (the listener requires a client certificate: pass --cert and --key, e.g. from `switchboard ca issue-client`)",
         );
     }
     text

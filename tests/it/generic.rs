@@ -655,3 +655,89 @@ path = "/hooks/billing"
     let secrets = std::fs::read_to_string(dir.data().join("dev-secrets.toml")).unwrap();
     assert!(secrets.contains("billing_secret = \"whsec_"), "{secrets}");
 }
+
+/// A generic provider authenticated by mutual TLS with a pin, on its own listener; a
+/// certificate of the same CA that is not pinned is refused, and the provider is not
+/// served on `[server]`. `none` passes `check` on a mutual-TLS listener.
+#[tokio::test]
+async fn mutual_tls_generic_providers_are_pinned_and_served_on_their_listener() {
+    let dir = Dir::new();
+    let pki = crate::pki::Pki::new(dir.path());
+    crate::pki::switchboard(
+        &pki.dir,
+        &[
+            "ca",
+            "issue-client",
+            "--dir",
+            "ca",
+            "--name",
+            "other",
+            "--out-cert",
+            "other.crt",
+            "--out-key",
+            "other.key",
+        ],
+    );
+    let fp = pki.fingerprint("provider.crt");
+    let tail = format!(
+        r#"
+[listeners.partners]
+listen = "127.0.0.1:0"
+providers = ["partner", "open"]
+tls = {{ cert = "{cert}", key = "{key}", client_ca = "{ca}" }}
+
+[providers.partner]
+kind = "generic"
+path = "/hooks/partner"
+auth = {{ scheme = "mtls", pin_sha256 = ["{fp}"] }}
+
+[providers.open]
+kind = "generic"
+path = "/hooks/open"
+auth = {{ scheme = "none" }}
+"#,
+        cert = pki.path("server.crt"),
+        key = pki.path("server.key"),
+        ca = pki.path("ca/ca.crt"),
+    );
+    let s = Server::start_in(dir, &[("tail", &tail)]);
+    let url = |p: &str| format!("https://{}{p}", s.listeners["partners"]);
+    let b = body("evt_m");
+    let pinned = pki.provider();
+    let r = pinned
+        .post(url("/hooks/partner"))
+        .body(b.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let other = pki.client(Some(("other.crt", "other.key")));
+    let r = other
+        .post(url("/hooks/partner"))
+        .body(b.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "same CA, not pinned");
+    let r = other
+        .post(url("/hooks/open"))
+        .body(b.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "`none` behind mutual TLS");
+    let r = client()
+        .post(s.url("/hooks/partner"))
+        .body(b)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "served only on its listener");
+    let evs = events(&client(), &s, "provider=partner").await;
+    assert_eq!(evs.len(), 1);
+    assert!(
+        evs[0]["meta"]["client_sha256"]
+            .as_str()
+            .is_some_and(|f| f == fp)
+    );
+}
