@@ -19,6 +19,9 @@ use super::{
 };
 use crate::http::{Ctx, Limits, error_json, json_depth_exceeds, to_response, unavailable};
 
+/// The event type of a body kept in quarantine whose type would come from the body.
+const UNPARSED: &str = "unparsed";
+
 /// What the endpoint runs with.
 pub struct Inner {
     name: String,
@@ -96,11 +99,26 @@ impl Inner {
         }
     }
 
-    /// Parses a kept body again (replay of a quarantined event).
-    pub fn reparse(&self, body: &[u8]) -> Result<super::super::Reparsed, String> {
+    /// Parses a kept body again (replay of a quarantined event). Headers are not kept, so
+    /// an event type that came from one is the one stored on arrival.
+    pub fn reparse(
+        &self,
+        stored_type: &str,
+        body: &[u8],
+    ) -> Result<super::super::Reparsed, String> {
         let data = self.parse(body)?;
+        let from_header = self
+            .resolved
+            .event_type
+            .as_ref()
+            .is_some_and(|s| s.header.is_some());
+        let event_type = if from_header && stored_type != UNPARSED {
+            stored_type.to_owned()
+        } else {
+            self.event_type(Some(&data), &|_| None)
+        };
         Ok(super::super::Reparsed {
-            event_type: self.event_type(&data, &|_| None),
+            event_type,
             data,
             flags: Vec::new(),
         })
@@ -126,12 +144,16 @@ impl Inner {
         s.constant.clone()
     }
 
-    fn event_type(&self, data: &Value, header: &dyn Fn(&str) -> Option<String>) -> String {
-        self.resolved
-            .event_type
-            .as_ref()
-            .and_then(|s| self.value(s, Some(data), header))
-            .map_or_else(|| "event".into(), |v| event_type(&v))
+    /// The event type: from its source, `event` when the source has nothing, `unparsed`
+    /// when it needs a body that could not be read.
+    fn event_type(&self, data: Option<&Value>, header: &dyn Fn(&str) -> Option<String>) -> String {
+        match &self.resolved.event_type {
+            Some(s) if s.json.is_some() && data.is_none() => UNPARSED.into(),
+            Some(s) => self
+                .value(s, data, header)
+                .map_or_else(|| "event".into(), |v| event_type(&v)),
+            None => "event".into(),
+        }
     }
 
     async fn handle(&self, mut req: Request) -> Response {
@@ -224,10 +246,7 @@ impl Inner {
             Ok(data) => (None, Some(data)),
             Err(reason) => (Some(reason), None),
         };
-        let event_type = match &data {
-            Some(d) => self.event_type(d, &header),
-            None => "unparsed".into(),
-        };
+        let event_type = self.event_type(data.as_ref(), &header);
         let id = self
             .resolved
             .dedup_key

@@ -411,7 +411,9 @@ impl Provider for Generic {
         Ok(Built {
             info,
             endpoint: poem::EndpointExt::boxed(api::GenericEndpoint(inner)),
-            reparse: Arc::new(move |_: &str, body: &[u8], _: &_| reparser.reparse(body)),
+            reparse: Arc::new(move |event_type: &str, body: &[u8], _: &_| {
+                reparser.reparse(event_type, body)
+            }),
         })
     }
 

@@ -139,3 +139,15 @@ fn the_seed_example_parses_and_unknown_methods_are_flagged() {
         "{err}"
     );
 }
+
+#[test]
+fn secrets_shorter_than_16_bytes_are_refused() {
+    let mut c = cfg();
+    c.keys[1].api_secret = SecretRef::Literal("QQ==".into());
+    let err = Verifier::new(&c).err().unwrap().to_string();
+    assert!(
+        err.contains("providers.pomelo.keys[1].api_secret") && err.contains("16"),
+        "{err}"
+    );
+    assert!(!err.contains("QQ=="), "{err}");
+}
