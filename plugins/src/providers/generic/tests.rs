@@ -102,3 +102,42 @@ fn presets_fill_what_the_table_leaves_out() {
     );
     assert!(g.check_notes().iter().any(|n| n.contains("legacy")));
 }
+
+#[test]
+fn standard_webhooks_headers_may_carry_several_signatures() {
+    let g = generic(json!({"kind": "standard-webhooks", "path": "/w",
+        "secrets": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]}));
+    let Auth::Hmac(h) = g.auth().unwrap() else {
+        panic!()
+    };
+    let body = br#"{"type":"a"}"#;
+    let content = [b"msg_1.100.".as_slice(), body].concat();
+    let good = h.sign(&h.keys[0], &content, "100");
+    // A signature of another key first, an unknown version, then ours.
+    let value = format!("v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= v2,xyz {good}");
+    let headers = |n: &str| match n {
+        "webhook-signature" => Some(value.clone()),
+        "webhook-id" => Some("msg_1".into()),
+        "webhook-timestamp" => Some("100".into()),
+        _ => None,
+    };
+    let r = Request {
+        header: &headers,
+        method: "POST",
+        path: "/w",
+        query: None,
+        body,
+        conn: None,
+        now: 100,
+    };
+    assert_eq!(Auth::Hmac(h.clone()).verify(&r), Ok(0));
+    let only_bad = |n: &str| match n {
+        "webhook-signature" => Some("v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
+        other => headers(other),
+    };
+    let r = Request {
+        header: &only_bad,
+        ..r
+    };
+    assert_eq!(Auth::Hmac(h).verify(&r), Err(Refusal::BadSignature));
+}
