@@ -512,32 +512,32 @@ impl Generic {
                 ));
             }
         }
-        let secret = || -> crate::Result<String> {
-            match (&opts.secret, self.cfg.secrets.first()) {
-                (Some(s), _) => Ok(s.clone()),
-                (None, Some(s)) => Ok(s
-                    .resolve()
-                    .map_err(|m| Error::config(self.key("secrets[0]"), m))?
-                    .expose()
-                    .to_owned()),
-                (None, None) => Err(Error::config(
-                    self.key("secrets"),
-                    "no secret: pass --secret, configure one, or start `switchboard serve` once to generate development secrets",
-                )),
-            }
+        // The secret to sign with: `--secret`, else the first configured one.
+        let signer = match &opts.secret {
+            Some(s) => Generic {
+                name: self.name.clone(),
+                cfg: GenericConfig {
+                    secrets: vec![switchboard_core::secret::SecretRef::Literal(s.clone())],
+                    ..self.cfg.clone()
+                },
+            },
+            None => self.clone(),
         };
-        match self.auth()? {
-            Auth::Hmac(mut h) => {
-                let with = Generic {
-                    name: self.name.clone(),
-                    cfg: GenericConfig {
-                        secrets: vec![switchboard_core::secret::SecretRef::Literal(secret()?)],
-                        ..self.cfg.clone()
-                    },
-                };
-                if let Auth::Hmac(signed) = with.auth()? {
-                    h.keys = signed.keys;
-                }
+        let auth = signer.auth()?;
+        if auth.credentials() == 0 {
+            return Err(Error::config(
+                self.key("secrets"),
+                "no secret: pass --secret, configure one, or start `switchboard serve` once to generate development secrets",
+            ));
+        }
+        let secret = || -> crate::Result<String> {
+            let s = signer.cfg.secrets.first().map(|s| s.resolve()).transpose();
+            Ok(s.map_err(|m| Error::config(self.key("secrets[0]"), m))?
+                .map(|s| s.expose().trim().to_owned())
+                .unwrap_or_default())
+        };
+        match auth {
+            Auth::Hmac(h) => {
                 let ts = chrono::Utc::now().timestamp().to_string();
                 let msg_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
                 if let Some(t) = &h.timestamp_header {
@@ -555,8 +555,7 @@ impl Generic {
                     query: None,
                     body: &body,
                 });
-                let key = h.keys.first().cloned().unwrap_or_default();
-                headers.push((h.header.clone(), h.sign(&key, &content, &ts)));
+                headers.push((h.header.clone(), h.sign(&h.keys[0], &content, &ts)));
             }
             Auth::Bearer(_) => {
                 headers.push(("authorization".into(), format!("Bearer {}", secret()?)))
