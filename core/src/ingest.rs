@@ -80,6 +80,9 @@ pub struct Submission {
     /// concurrent duplicate then waits for the first request at most this long, when
     /// that is shorter than `store.duplicate_wait`.
     pub answer_within: Option<Duration>,
+    /// How long a finished key recognises repeats (the provider's retry horizon); past
+    /// it the same key is a new event. `None`: the whole retention (`store.retention`).
+    pub dedup_window: Option<Duration>,
 }
 
 /// What happened to a submission.
@@ -194,7 +197,7 @@ impl Inner {
             let settled = self.settled.notified();
             tokio::pin!(settled);
             settled.as_mut().enable();
-            match self.store.claim(&key, &fp)? {
+            match self.store.claim_within(&key, &fp, sub.dedup_window)? {
                 Claim::Owned {
                     event_id,
                     taken_over,
@@ -403,6 +406,7 @@ mod tests {
             secret_paths: vec![],
             response: StoredResponse::json(200, &json!({"result": true})),
             answer_within: None,
+            dedup_window: None,
         }
     }
 

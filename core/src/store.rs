@@ -119,6 +119,10 @@ pub enum IdemState {
         event_id: Option<EventId>,
         /// The answer given.
         response: StoredResponse,
+        /// When the key was finished (Unix ms); absent in records written before
+        /// de-duplication windows existed, which then last the whole retention.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
     },
 }
 
@@ -322,6 +326,19 @@ impl Store {
     /// A pending claim left by an earlier process run (a crash between claim and commit)
     /// is taken over, with the event id it reserved.
     pub fn claim(&self, idem_key: &str, fingerprint: &str) -> Result<Claim> {
+        self.claim_within(idem_key, fingerprint, None)
+    }
+
+    /// [`Store::claim`] with a de-duplication window: a key finished longer than `window`
+    /// ago is free again (taken over by compare-and-swap, under a new event id), so a
+    /// genuine resend after the provider's retry horizon is a new event. `None`: a
+    /// finished key holds for the whole retention.
+    pub fn claim_within(
+        &self,
+        idem_key: &str,
+        fingerprint: &str,
+        window: Option<Duration>,
+    ) -> Result<Claim> {
         let k = key(IDEM, idem_key.as_bytes());
         let mut event_id = EventId::new();
         let mut expected: Option<sled::IVec> = None;
@@ -360,7 +377,22 @@ impl Store {
                             event_id = reserved;
                             expected = Some(current);
                         }
-                        IdemState::Done { event_id, response } => {
+                        IdemState::Done {
+                            at_ms: Some(at), ..
+                        } if window.is_some_and(|w| {
+                            now_ms().saturating_sub(at)
+                                > u64::try_from(w.as_millis()).unwrap_or(u64::MAX)
+                        }) =>
+                        {
+                            // Past the window: the key is free again. The old event keeps
+                            // its expiry entry; the sweeper removes a key only while it
+                            // still belongs to the expired event.
+                            event_id = EventId::new();
+                            expected = Some(current);
+                        }
+                        IdemState::Done {
+                            event_id, response, ..
+                        } => {
                             return Ok(Claim::Done {
                                 fingerprint: rec.fingerprint,
                                 event_id,
@@ -408,6 +440,7 @@ impl Store {
             state: IdemState::Done {
                 event_id: Some(event.id),
                 response: response.clone(),
+                at_ms: Some(now_ms()),
             },
         });
         self.write(|tree| {
@@ -738,6 +771,63 @@ mod tests {
             other => panic!("expected done, got {other:?}"),
         }
         assert_eq!(store.event(e.id).unwrap(), Some(e));
+    }
+
+    /// A finished key holds for its provider's de-duplication window, then is free again
+    /// (a new event id); without a window it holds for the whole retention.
+    #[tokio::test]
+    async fn a_finished_key_is_free_again_past_its_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&cfg(dir.path())).unwrap();
+        let Claim::Owned { event_id, .. } = store.claim("k", "f").unwrap() else {
+            panic!("fresh key");
+        };
+        let mut e = event(EventStatus::Received);
+        e.id = event_id;
+        let seq = store
+            .commit(
+                "k",
+                "f",
+                &e,
+                true,
+                &StoredResponse::empty(204),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        store.durable(seq).await.unwrap();
+        let hour = Some(Duration::from_secs(3600));
+        assert!(matches!(
+            store.claim_within("k", "f", hour).unwrap(),
+            Claim::Done { .. }
+        ));
+        assert!(matches!(
+            store.claim_within("k", "f", None).unwrap(),
+            Claim::Done { .. }
+        ));
+        std::thread::sleep(Duration::from_millis(5));
+        match store
+            .claim_within("k", "f", Some(Duration::from_millis(1)))
+            .unwrap()
+        {
+            Claim::Owned {
+                event_id: again,
+                taken_over,
+            } => {
+                assert_ne!(again, e.id, "a new event, not the old one's id");
+                assert!(taken_over);
+            }
+            other => panic!("expected the key free again, got {other:?}"),
+        }
+        // Now pending for this run: a concurrent repeat waits, as for any claim.
+        assert!(matches!(
+            store.claim_within("k", "f", None).unwrap(),
+            Claim::Pending
+        ));
+        assert_eq!(
+            store.event(e.id).unwrap(),
+            Some(e),
+            "the first event is kept"
+        );
     }
 
     #[tokio::test]
