@@ -169,12 +169,14 @@ impl Client {
                 .map_err(|m| anyhow::anyhow!("admin.token: {m}"))?
                 .expose()
                 .to_owned(),
-            (None, None) => match DevSecrets::read(config.data_dir())? {
-                Some(d) => d.admin_token,
-                None => bail!(
-                    "no admin token: pass --token, set SWITCHBOARD_ADMIN_TOKEN, or configure admin.token"
-                ),
-            },
+            (None, None) => {
+                match DevSecrets::read(config.data_dir())?.and_then(|d| d.admin_token()) {
+                    Some(t) => t,
+                    None => bail!(
+                        "no admin token: pass --token, set SWITCHBOARD_ADMIN_TOKEN, or configure admin.token"
+                    ),
+                }
+            }
         };
         Ok(Client {
             base,

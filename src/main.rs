@@ -179,10 +179,26 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { config } => {
-            let config = Config::load(config.as_deref())?;
+        Command::Serve { config: path } => {
+            let config = Config::load(path.as_deref())?;
             logging::init(&config.log);
-            runtime()?.block_on(serve(config))
+            runtime()?.block_on(serve(config)).map_err(|e| match &path {
+                // Errors that name a setting (a secret that cannot be read, a weak key)
+                // also name the file it is in.
+                Some(p)
+                    if e.downcast_ref::<switchboard_openapi::Error>()
+                        .is_some_and(|e| {
+                            matches!(
+                                e,
+                                switchboard_openapi::Error::Config(_)
+                                    | switchboard_openapi::Error::Plugin(_)
+                            )
+                        }) =>
+                {
+                    anyhow::anyhow!("{}: {e}", p.display())
+                }
+                _ => e,
+            })
         }
         Command::Openapi { format, config } => {
             let config = Config::load(config.as_deref())?;
@@ -262,12 +278,15 @@ async fn wait_for_signal(shutdown: CancellationToken) {
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(Some(path))?;
     let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let (_, pomelo) = switchboard_plugins::providers::pomelo::build(&config.providers.pomelo)
-        .map_err(|e| anyhow::anyhow!(at(&e)))?;
-    let (_, vasp) = switchboard_plugins::providers::verifyvasp::build(&config.providers.verifyvasp)
-        .map_err(|e| anyhow::anyhow!(at(&e)))?;
-    let (_, verestro) = switchboard_plugins::providers::verestro::build(&config.providers.verestro)
-        .map_err(|e| anyhow::anyhow!(at(&e)))?;
+    let limits = switchboard_plugins::http::Limits {
+        body: config.server.body_limit.as_usize(),
+        json_depth: config.server.json_max_depth,
+    };
+    let mut providers = Vec::new();
+    for p in config.providers.iter() {
+        let built = p.build(limits).map_err(|e| anyhow::anyhow!(at(&e)))?;
+        providers.push((built.info, p.check_notes()));
+    }
     let mut tls = Vec::new();
     if let Some(t) = &config.server.tls {
         tls.push((switchboard_openapi::config::MAIN_LISTENER.to_owned(), t));
@@ -305,9 +324,9 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             t.cert.display()
         );
     }
-    for p in [pomelo, vasp, verestro] {
+    for (p, notes) in providers {
         let paths: Vec<&str> = p.endpoints.iter().map(|e| e.path.as_str()).collect();
-        let listener = config.listener_of(p.name);
+        let listener = config.listener_of(&p.name);
         if p.client_certificates {
             let mutual = tls
                 .iter()
@@ -339,6 +358,9 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
                 paths.join(", "),
                 p.credentials
             );
+        }
+        for note in notes {
+            out!("  {:<12} {note}", "");
         }
     }
     if config.admin.token.is_none() {

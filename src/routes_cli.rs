@@ -67,8 +67,23 @@ pub fn test(dir: Option<PathBuf>, config: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-const CONFIG: &str = r#"# switchboard configuration, written by `switchboard init`. Run switchboard from this
-# directory (paths below are relative to it). Every key is in the README's reference.
+/// `switchboard.toml` as `init` writes it: [`CONFIG`], every provider's commented example
+/// (from the registry, then a generic one), [`CONFIG_TAIL`].
+fn config_template() -> String {
+    let mut s = CONFIG.to_owned();
+    for p in switchboard_plugins::providers::BUILTIN {
+        s.push_str(p.example);
+        s.push('\n');
+    }
+    s.push_str(switchboard_plugins::providers::generic::EXAMPLE);
+    s.push_str(CONFIG_TAIL);
+    s
+}
+
+/// The start of `switchboard.toml` as `init` writes it; each provider's commented example
+/// follows ([`config_template`]), then [`CONFIG_TAIL`].
+const CONFIG: &str = r#"# switchboard configuration, written by `switchboard init`. Relative paths below are
+# resolved against this file's directory. Every key is in the README's reference.
 
 [server]
 listen = "127.0.0.1:8080"
@@ -87,22 +102,14 @@ secrets = true
 [routes]
 dir = "routes"
 
-# Verestro behind mutual TLS: sign its CSR with `switchboard ca sign-csr`, then:
-# [listeners.verestro]
-# listen = "0.0.0.0:8443"
-# providers = ["verestro"]
-# tls = { cert = "data/tls/server.crt", key = "data/tls/server.key", client_ca = "data/ca/ca.crt" }
-
+# Verestro's key for encrypted requests (`init` generated it; `GET /public-key` serves it).
 [[providers.verestro.jwe_keys]]
 private_key = "file:data/keys/jwe.pem"
 
-# [[providers.pomelo.keys]]
-# api_key = "<X-Api-Key>"
-# api_secret = "env:POMELO_API_SECRET"
+"#;
 
-# [providers.verifyvasp]
-# token = "env:VEGA_VERIFICATION_AUTHORIZATION_TOKEN"
-
+/// The end of `switchboard.toml` as `init` writes it, after the providers' examples.
+const CONFIG_TAIL: &str = r#"
 # Where the default routes look card holders up, and deliver card and compliance events:
 # [services.customers]
 # base_url = "https://customers.internal/api"
@@ -152,7 +159,7 @@ pub fn init(dir: &Path, force: bool) -> anyhow::Result<()> {
     out!("Initialising {}", dir.display());
     write_new(
         &dir.join("switchboard.toml"),
-        CONFIG.as_bytes(),
+        config_template().as_bytes(),
         false,
         force,
     )?;

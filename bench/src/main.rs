@@ -44,7 +44,7 @@ use switchboard_openapi::{
     config::Config,
     server::{Listener, ServeOptions, SharedEndpoint, serve},
 };
-use switchboard_plugins::providers::pomelo::config::PomeloKey;
+use switchboard_plugins::providers::pomelo::config::{PomeloConfig, PomeloKey};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -458,10 +458,13 @@ async fn real_server(
     let mut cfg = Config::default();
     cfg.store.path = dir.join("data");
     cfg.dev.secrets = false;
-    cfg.providers.pomelo.keys.push(PomeloKey {
-        api_key: API_KEY.into(),
-        api_secret: SecretRef::Literal(STANDARD.encode(secret)),
-    });
+    cfg.providers
+        .typed_mut::<PomeloConfig>()
+        .keys
+        .push(PomeloKey {
+            api_key: API_KEY.into(),
+            api_secret: SecretRef::Literal(STANDARD.encode(secret)),
+        });
     let app = App::build(cfg).await?;
     let (addr, stop) = start(app.endpoint()).await?;
     Ok((addr, stop, app))
@@ -655,10 +658,13 @@ async fn delivery_phases(o: &Options) -> anyhow::Result<()> {
     cfg.store.path = dir.path().join("data");
     cfg.dev.secrets = false;
     cfg.routes.dir = dir.path().join("routes");
-    cfg.providers.pomelo.keys.push(PomeloKey {
-        api_key: API_KEY.into(),
-        api_secret: SecretRef::Literal(STANDARD.encode(&secret)),
-    });
+    cfg.providers
+        .typed_mut::<PomeloConfig>()
+        .keys
+        .push(PomeloKey {
+            api_key: API_KEY.into(),
+            api_secret: SecretRef::Literal(STANDARD.encode(&secret)),
+        });
     let email = &mut cfg.channels.email;
     email.kind = switchboard_plugins::channels::email::config::EmailKind::Smtp;
     email.host = "127.0.0.1".into();

@@ -102,7 +102,7 @@ pub struct RouteRun {
     /// Why it failed: the script's own message, or the limit it hit.
     pub error: Option<String>,
     /// The actions it queued, in order.
-    pub actions: Vec<crate::outbox::ActionId>,
+    pub actions: Vec<ActionId>,
 }
 
 impl FromStr for EventStatus {
@@ -185,5 +185,41 @@ pub(crate) mod base64_bytes {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
         STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An action's id: a UUIDv7, so ids sort by creation. Also the `Idempotency-Key` its
+/// HTTP deliveries carry and the Message-ID of its email.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ActionId(pub Uuid);
+
+impl ActionId {
+    /// A fresh id.
+    pub fn new() -> Self {
+        ActionId(Uuid::now_v7())
+    }
+
+    pub(crate) fn from_slice(b: &[u8]) -> Option<Self> {
+        Uuid::from_slice(b).ok().map(ActionId)
+    }
+}
+
+impl Default for ActionId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for ActionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for ActionId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(ActionId)
     }
 }

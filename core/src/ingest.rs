@@ -177,7 +177,6 @@ impl Inner {
                     key: &key,
                     fingerprint: &fp,
                     wait: deadline.saturating_duration_since(Instant::now()),
-                    dedup_window: sub.dedup_window,
                 })
                 .await;
             match claim {
@@ -360,7 +359,6 @@ mod tests {
             key,
             fingerprint: fp,
             wait: Duration::ZERO,
-            dedup_window: None,
         }
     }
 

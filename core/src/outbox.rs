@@ -9,12 +9,11 @@
 //! [`Action::start`], [`Action::finish`], ...) are the only place these rules are written;
 //! the backends in [`crate::store`] store their results.
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use uuid::Uuid;
 
 use crate::{
     Error, Result,
@@ -22,42 +21,7 @@ use crate::{
     units::HumanDuration,
 };
 
-/// An action's id: a UUIDv7, so ids sort by creation. Also the `Idempotency-Key` its
-/// HTTP deliveries carry and the Message-ID of its email.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ActionId(pub Uuid);
-
-impl ActionId {
-    /// A fresh id.
-    pub fn new() -> Self {
-        ActionId(Uuid::now_v7())
-    }
-
-    /// Rebuilds an id from its 16 bytes.
-    pub fn from_slice(b: &[u8]) -> Option<Self> {
-        Uuid::from_slice(b).ok().map(ActionId)
-    }
-}
-
-impl Default for ActionId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for ActionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl FromStr for ActionId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(ActionId)
-    }
-}
+pub use crate::event::ActionId;
 
 /// What a script asked for: a channel and what to send through it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,6 @@ use poem::{EndpointExt, Route, endpoint::make_sync, middleware::CatchPanic, web:
 use poem_openapi::OpenApiService;
 use serde_json::Value;
 use switchboard_core::{
-    config::RoutesConfig,
     delivery::Deliverer,
     ingest::{Ingestor, run_sweeper},
     metrics::Metrics,
@@ -20,12 +19,7 @@ use switchboard_core::{
 use switchboard_plugins::{
     channels,
     http::{Ctx, Limits},
-    providers::{
-        ProviderInfo,
-        pomelo::{self, PomeloApi},
-        verestro::{self, VerestroApi},
-        verifyvasp::{self, VerifyVaspApi},
-    },
+    providers::{ProviderInfo, Reparsers},
     services::Services,
 };
 use tokio::net::TcpListener;
@@ -34,29 +28,21 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     Error, Result,
     admin::{AdminApi, AdminBodyLimit},
+    auth::AdminAuth,
     config::{Config, MAIN_LISTENER, TlsConfig},
     console::Console,
+    ctx::AdminCtx,
     devsecrets,
-    front::{Front, RouteTable, SYSTEM_PATHS},
+    front::{Front, RouteTable},
     server::{Listener, ServeOptions, SharedEndpoint, serve},
     system::SystemApi,
     tls::TlsSource,
 };
 
-/// Path prefixes switchboard serves itself; no provider may be configured under them.
-pub const RESERVED_PREFIXES: &[&str] = &[
-    "/admin",
-    "/console",
-    "/docs",
-    "/openapi.json",
-    "/openapi.yaml",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-];
-
-/// Every API in the spec, in the order they are documented.
-pub type Apis = (PomeloApi, VerifyVaspApi, VerestroApi, AdminApi, SystemApi);
+/// switchboard's own APIs. The providers' operations are merged into their spec (each
+/// provider documents its own, [`switchboard_plugins::providers::Provider::spec`]), after
+/// them, in the registry's order.
+pub type Apis = (AdminApi, SystemApi);
 
 const DESCRIPTION: &str = "switchboard receives notifications from card-issuing, tokenization and \
 compliance providers, proves each one genuine, records it exactly once and hands it to a route \
@@ -70,43 +56,69 @@ fn service(apis: Apis) -> OpenApiService<Apis, ()> {
     OpenApiService::new(apis, "switchboard", env!("CARGO_PKG_VERSION")).description(DESCRIPTION)
 }
 
-/// Every provider's endpoints as `cfg` configures them (no secrets needed).
-pub fn provider_infos(cfg: &Config) -> Vec<ProviderInfo> {
-    vec![
-        pomelo::info(&cfg.providers.pomelo, 0),
-        verestro::info(&cfg.providers.verestro, 0),
-        verifyvasp::info(&cfg.providers.verifyvasp, 0),
-    ]
-}
-
 fn route_table(cfg: &Config, infos: &[ProviderInfo]) -> RouteTable {
     RouteTable::new(infos, |p| cfg.listener_of(p).to_owned())
 }
 
-/// The spec as served for `cfg`: providers' paths as configured.
+/// The spec as served for `cfg`: every provider's operations, at their paths as
+/// configured, then switchboard's own.
 pub fn spec(cfg: &Config) -> Value {
-    let apis = (
-        pomelo::describe(&cfg.providers.pomelo),
-        verifyvasp::describe(&cfg.providers.verifyvasp),
-        verestro::describe(&cfg.providers.verestro),
-        AdminApi::new(None, false),
-        SystemApi,
-    );
-    served_spec(&service(apis), &route_table(cfg, &provider_infos(cfg)))
+    let providers: Vec<Value> = cfg.providers.iter().map(|p| p.spec()).collect();
+    served_spec(
+        &service((AdminApi::new(false), SystemApi)),
+        &providers,
+        &route_table(cfg, &cfg.provider_infos()),
+    )
 }
 
-/// The service's spec with declared paths renamed to configured ones.
+/// The service's spec with the providers' operations merged in (paths first, in order;
+/// tags, schemas and security schemes by name) and declared paths renamed to configured
+/// ones.
 pub fn served_spec<T: poem_openapi::OpenApi>(
     svc: &OpenApiService<T, ()>,
+    providers: &[Value],
     table: &RouteTable,
 ) -> Value {
     let mut spec: Value = serde_json::from_str(&svc.spec()).unwrap_or(Value::Null);
     let renames = table.renames();
-    if let Some(paths) = spec.get_mut("paths").and_then(Value::as_object_mut) {
-        let old = std::mem::take(paths);
-        for (k, v) in old {
-            let key = renames.get(k.as_str()).cloned().unwrap_or(k);
-            paths.insert(key, v);
+    let own = spec
+        .get_mut("paths")
+        .and_then(Value::as_object_mut)
+        .map(std::mem::take)
+        .unwrap_or_default();
+    let mut paths = serde_json::Map::new();
+    for (k, v) in providers
+        .iter()
+        .filter_map(|p| p.get("paths").and_then(Value::as_object))
+        .flat_map(|m| m.clone())
+        .chain(own)
+    {
+        let key = renames.get(k.as_str()).cloned().unwrap_or(k);
+        paths.insert(key, v);
+    }
+    spec["paths"] = Value::Object(paths);
+    let mut tags: Vec<Value> = spec["tags"].as_array().cloned().unwrap_or_default();
+    for p in providers {
+        for t in p["tags"].as_array().into_iter().flatten() {
+            if !tags.iter().any(|o| o["name"] == t["name"]) {
+                tags.push(t.clone());
+            }
+        }
+    }
+    tags.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    spec["tags"] = Value::Array(tags);
+    for section in ["schemas", "securitySchemes"] {
+        let mut merged: std::collections::BTreeMap<String, Value> = spec["components"][section]
+            .as_object()
+            .map(|m| m.clone().into_iter().collect())
+            .unwrap_or_default();
+        for p in providers {
+            if let Some(m) = p["components"][section].as_object() {
+                merged.extend(m.clone());
+            }
+        }
+        if !merged.is_empty() {
+            spec["components"][section] = Value::Object(merged.into_iter().collect());
         }
     }
     spec
@@ -163,23 +175,6 @@ pub struct App {
     endpoint: SharedEndpoint,
 }
 
-/// What admin endpoints need beyond the store: the scripts and the parsing limits (to
-/// parse a quarantined body again on replay).
-#[derive(Clone)]
-pub struct AdminCtx {
-    /// The route scripts.
-    pub scripts: Arc<Scripts>,
-    /// Body and JSON limits.
-    pub limits: Limits,
-    /// Verestro's keys and encryption policy: a body quarantined because it could not be
-    /// decrypted is decrypted on replay; plaintext where encryption is required stays out.
-    pub verestro: switchboard_plugins::providers::verestro::Replay,
-    /// The route settings (engine limits, deadline, lookups), for trying a script.
-    pub routes: RoutesConfig,
-    /// The named services, for a try's live lookups.
-    pub lookups: Arc<dyn Lookup>,
-}
-
 /// Where route scripts come from: the configured directory if it exists, otherwise the
 /// defaults embedded in the binary.
 pub fn script_source(cfg: &Config) -> Source {
@@ -204,9 +199,14 @@ impl App {
     pub async fn build(mut config: Config) -> Result<App> {
         config.validate()?;
         let dev = devsecrets::apply(&mut config)?;
-        let (pomelo_api, pomelo_info) = pomelo::build(&config.providers.pomelo)?;
-        let (vasp_api, vasp_info) = verifyvasp::build(&config.providers.verifyvasp)?;
-        let (verestro_api, verestro_info) = verestro::build(&config.providers.verestro)?;
+        let limits = Limits {
+            body: config.server.body_limit.as_usize(),
+            json_depth: config.server.json_max_depth,
+        };
+        let mut built = Vec::new();
+        for p in config.providers.iter() {
+            built.push(p.build(limits)?);
+        }
         let admin_token = config
             .admin
             .token
@@ -216,7 +216,7 @@ impl App {
                     .map_err(|m| Error::Config(format!("admin.token: {m}")))
             })
             .transpose()?;
-        let providers = vec![pomelo_info, verestro_info, vasp_info];
+        let providers: Vec<ProviderInfo> = built.iter().map(|b| b.info.clone()).collect();
 
         let mut tls = Vec::new();
         if let Some(t) = &config.server.tls {
@@ -240,10 +240,6 @@ impl App {
         let metrics = Metrics::shared();
         let store = crate::storage::open(&config.store).await?;
         let ingest = Ingestor::new(store.clone(), metrics.clone(), &config.store);
-        let limits = Limits {
-            body: config.server.body_limit.as_usize(),
-            json_depth: config.server.json_max_depth,
-        };
         let ctx = Ctx { ingest, limits };
         let lookups: Arc<dyn Lookup> = Arc::new(services);
         let router = Router::new(
@@ -259,27 +255,31 @@ impl App {
             config.delivery.clone(),
             metrics.clone(),
         );
+        let mut reparsers = Reparsers::default();
+        let mut route = Route::new();
+        let mut fragments = Vec::new();
+        for (p, b) in config.providers.iter().zip(built) {
+            reparsers.insert(&b.info.name, b.reparse);
+            fragments.push(p.spec());
+            let endpoint: Arc<_> = Arc::new(b.endpoint);
+            for e in &b.info.endpoints {
+                route = route.at(e.canonical.as_str(), endpoint.clone());
+            }
+        }
         let admin_ctx = AdminCtx {
             scripts: scripts.clone(),
-            limits,
-            verestro: verestro_api.replay(),
+            providers: reparsers,
             routes: config.routes.clone(),
             lookups,
         };
 
-        let svc = service((
-            pomelo_api,
-            vasp_api,
-            verestro_api,
-            AdminApi::new(admin_token.clone(), config.admin.reveal_secrets),
-            SystemApi,
-        ));
+        let svc = service((AdminApi::new(config.admin.reveal_secrets), SystemApi));
         let table = Arc::new(route_table(&config, &providers));
-        let spec = served_spec(&svc, &table);
+        let spec = served_spec(&svc, &fragments, &table);
         let json = spec_json(&spec);
         let yaml = spec_yaml(&spec);
         let docs = docs_html(&svc, &spec);
-        let route = Route::new()
+        let route = route
             .at(
                 "/openapi.json",
                 make_sync(move |_| {
@@ -301,6 +301,7 @@ impl App {
             .with(CatchPanic::new())
             .data(ctx)
             .data(admin_ctx)
+            .data(AdminAuth(admin_token.clone()))
             .data(store.clone())
             .data(metrics.clone())
             .map_to_response();
@@ -314,7 +315,6 @@ impl App {
             metrics: metrics.clone(),
             request_timeout: config.server.request_timeout.get(),
         };
-        debug_assert!(SYSTEM_PATHS.iter().all(|p| RESERVED_PREFIXES.contains(p)));
         Ok(App {
             config,
             providers,
@@ -342,31 +342,31 @@ impl App {
     /// mutual-TLS listener and lack one, development secrets.
     pub fn report(&self) {
         for p in &self.providers {
-            let listener = self.config.listener_of(p.name);
+            let listener = self.config.listener_of(&p.name);
             let paths: Vec<&str> = p.endpoints.iter().map(|e| e.path.as_str()).collect();
             if p.client_certificates {
                 let mutual = self.tls_of(listener).is_some_and(|t| t.mutual());
                 if mutual {
                     tracing::info!(
-                        provider = p.name,
+                        provider = %p.name,
                         listener,
                         jwe_keys = p.credentials,
                         "provider ready behind mutual TLS"
                     );
                 } else {
                     tracing::warn!(
-                        provider = p.name,
+                        provider = %p.name,
                         listener,
                         "not served on a mutual-TLS listener: every request is refused with 401 (see `[listeners.*]` with `tls.client_ca`)"
                     );
                 }
             } else if p.credentials == 0 {
                 tracing::warn!(
-                    provider = p.name,
+                    provider = %p.name,
                     "no secret configured: every request to this provider is refused with 401"
                 );
             } else {
-                tracing::info!(provider = p.name, listener, credentials = p.credentials, paths = ?paths, "provider ready");
+                tracing::info!(provider = %p.name, listener, credentials = p.credentials, paths = ?paths, "provider ready");
             }
         }
         if self.config.admin.token.is_none() {

@@ -15,7 +15,7 @@ use switchboard_core::{
 };
 use switchboard_plugins::{
     channels::ChannelsConfig,
-    providers::{ProvidersConfig, validate_path},
+    providers::{ProviderInfo, ProvidersConfig},
     services::ServiceConfig,
 };
 
@@ -35,7 +35,9 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[dev]`: conveniences for a first run.
     pub dev: DevConfig,
-    /// `[providers.*]`: one table per provider.
+    /// `[providers.<name>]`: one table per provider: a built-in one (`pomelo`, `verestro`,
+    /// `verifyvasp`), or any other name with `kind = "generic"` or a preset (`stripe`,
+    /// `standard-webhooks`, `github`, `shopify`, `slack`, `twilio`).
     pub providers: ProvidersConfig,
     /// `[listeners.<name>]`: further TLS listeners, each serving the providers it lists
     /// (and only there), e.g. Verestro on a mutual-TLS port.
@@ -53,6 +55,29 @@ pub struct Config {
 
 /// The name of the `[server]` listener.
 pub const MAIN_LISTENER: &str = "main";
+
+/// Paths switchboard serves itself: no provider may be configured at or under them. The
+/// one list: the front labels requests by it and `validate` refuses provider paths in it.
+pub const RESERVED_PATHS: &[&str] = &[
+    "/admin",
+    "/console",
+    "/docs",
+    "/openapi.json",
+    "/openapi.yaml",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+
+/// Whether `path` is one of [`RESERVED_PATHS`] or under one.
+pub fn is_reserved(path: &str) -> bool {
+    RESERVED_PATHS.iter().any(|r| {
+        path == *r
+            || path
+                .strip_prefix(r)
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
 
 /// TLS settings of a listener.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -84,8 +109,8 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     /// Its TLS settings (required: further listeners are always TLS).
     pub tls: TlsConfig,
-    /// The providers served here (`verestro`, `pomelo`, `verifyvasp`). They are then served
-    /// only here, not on the `[server]` listener.
+    /// The providers served here (their `[providers.<name>]` names: `verestro`, a generic
+    /// provider, ...). They are then served only here, not on the `[server]` listener.
     pub providers: Vec<String>,
 }
 
@@ -206,9 +231,15 @@ impl Config {
             }
         }
         // figment's messages name the key and its source (the file, or the environment).
-        let cfg: Config = switchboard_core::config::layered(file).map_err(|e| {
+        let mut cfg: Config = switchboard_core::config::layered(file).map_err(|e| {
             Error::Config(e.to_string().replace("for key \"default.", "for key \""))
         })?;
+        if let Some(dir) = file.and_then(Path::parent) {
+            cfg = cfg.relative_to(dir).map_err(|e| match file {
+                Some(p) => Error::Config(format!("{}: {e}", p.display())),
+                None => e,
+            })?;
+        }
         cfg.validate().map_err(|e| match file {
             Some(p) => Error::Config(format!("{}: {e}", p.display())),
             None => e,
@@ -251,46 +282,48 @@ impl Config {
         self.delivery
             .validate()
             .map_err(|e| Error::Config(e.to_string()))?;
-        for (key, path) in [
-            ("providers.pomelo.path", &self.providers.pomelo.path),
-            ("providers.verifyvasp.path", &self.providers.verifyvasp.path),
-        ] {
-            validate_path(key, path).map_err(|e| Error::Config(e.to_string()))?;
+        for p in self.providers.iter() {
+            p.validate().map_err(|e| Error::Config(e.to_string()))?;
         }
-        switchboard_plugins::providers::verestro::validate(&self.providers.verestro)
-            .map_err(|e| Error::Config(e.to_string()))?;
         // Every configured path: none under switchboard's own, no two alike.
-        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
-        for info in crate::app::provider_infos(self) {
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for info in self.provider_infos() {
             for e in &info.endpoints {
-                let key = match info.name {
-                    "verestro" => "providers.verestro.path_prefix",
-                    "pomelo" => "providers.pomelo.path",
-                    _ => "providers.verifyvasp.path",
-                };
-                if crate::app::RESERVED_PREFIXES
-                    .iter()
-                    .any(|r| e.path == *r || e.path.starts_with(&format!("{r}/")))
-                {
+                if is_reserved(&e.path) {
                     return bad(
-                        key,
+                        &e.key,
                         &format!("`{}` is reserved for switchboard itself", e.path),
                     );
                 }
-                if let Some(other) = seen.insert(e.path.clone(), info.name) {
-                    return bad(key, &format!("`{}` is already served for {other}", e.path));
+                if let Some(other) = seen.insert(e.path.clone(), info.name.clone()) {
+                    return bad(
+                        &e.key,
+                        &format!("`{}` is already served for {other}", e.path),
+                    );
                 }
             }
-        }
-        if let Some(e) = &self.providers.pomelo.signed_endpoint {
-            validate_path("providers.pomelo.signed_endpoint", e)
-                .map_err(|e| Error::Config(e.to_string()))?;
         }
         if let Err(e) = tracing_subscriber_filter_check(&self.log.level) {
             return bad("log.level", &e);
         }
         if self.server.tls_reload_interval.get().is_zero() {
             return bad("server.tls_reload_interval", "must be greater than zero");
+        }
+        for p in self.providers.iter().filter(|p| p.unauthenticated()) {
+            let listener = self.listener_of(p.name());
+            let (addr, tls) = match self.listeners.get(listener) {
+                Some(l) => (l.listen, Some(&l.tls)),
+                None => (self.server.listen, self.server.tls.as_ref()),
+            };
+            let mutual = tls.is_some_and(|t| t.client_ca.is_some());
+            if !addr.ip().is_loopback() && !mutual {
+                return bad(
+                    &format!("providers.{}.auth.scheme", p.name()),
+                    &format!(
+                        "`none` is allowed only on a loopback listener or a mutual-TLS one, and it is served on {listener} ({addr})"
+                    ),
+                );
+            }
         }
         let mut bound: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, l) in &self.listeners {
@@ -308,12 +341,12 @@ impl Config {
                 return bad(&format!("{at}.providers"), "lists no provider");
             }
             for p in &l.providers {
-                if !switchboard_plugins::providers::NAMES.contains(&p.as_str()) {
+                if self.providers.get(p).is_none() {
                     return bad(
                         &format!("{at}.providers"),
                         &format!(
                             "unknown provider `{p}` (known: {})",
-                            switchboard_plugins::providers::NAMES.join(", ")
+                            self.providers.names().join(", ")
                         ),
                     );
                 }
@@ -328,6 +361,30 @@ impl Config {
         Ok(())
     }
 
+    /// Every provider's endpoints as configured (no secrets needed).
+    pub fn provider_infos(&self) -> Vec<ProviderInfo> {
+        self.providers
+            .iter()
+            .map(|p| ProviderInfo {
+                name: p.name().to_owned(),
+                credentials: 0,
+                endpoints: p.endpoints(),
+                client_certificates: p.client_certificates(),
+            })
+            .collect()
+    }
+
+    /// The configuration with every relative path resolved against `dir` (the
+    /// configuration file's directory): `file:` secrets, TLS files, CA files, the store and
+    /// the routes directory. So `switchboard check -c /etc/switchboard/switchboard.toml`
+    /// reads the same files from any working directory, as systemd units and containers
+    /// expect.
+    pub fn relative_to(&self, dir: &Path) -> Result<Config> {
+        let mut v = serde_json::to_value(self).map_err(|e| Error::Config(e.to_string()))?;
+        resolve_paths(&mut v, dir, None);
+        serde_json::from_value(v).map_err(|e| Error::Config(e.to_string()))
+    }
+
     /// The listener each provider is served on (`main` unless a `[listeners.*]` lists it).
     pub fn listener_of(&self, provider: &str) -> &str {
         self.listeners
@@ -340,6 +397,44 @@ impl Config {
     /// The directory holding the database and generated files.
     pub fn data_dir(&self) -> &PathBuf {
         &self.store.path
+    }
+}
+
+/// Walks a serialized configuration: `file:` strings anywhere, and the settings that are
+/// file system paths, become absolute under `dir`.
+fn resolve_paths(v: &mut serde_json::Value, dir: &Path, parent: Option<&str>) {
+    use serde_json::Value;
+    let absolute = |p: &str| -> String {
+        let path = Path::new(p);
+        if path.is_absolute() || p.is_empty() {
+            p.to_owned()
+        } else {
+            dir.join(path).to_string_lossy().into_owned()
+        }
+    };
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                let is_path = matches!(
+                    (parent, k.as_str()),
+                    (Some("tls"), "cert" | "key" | "client_ca")
+                        | (Some("store"), "path")
+                        | (Some("routes"), "dir")
+                        | (_, "ca_file")
+                );
+                match child {
+                    Value::String(s) if is_path => *s = absolute(s),
+                    _ => resolve_paths(child, dir, Some(k)),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| resolve_paths(i, dir, parent)),
+        Value::String(s) => {
+            if let Some(p) = s.strip_prefix("file:") {
+                *s = format!("file:{}", absolute(p));
+            }
+        }
+        _ => {}
     }
 }
 
@@ -385,11 +480,21 @@ mod tests {
     #[test]
     fn clashing_paths_are_refused() {
         let mut c = Config::default();
-        c.providers.verifyvasp.path = c.providers.pomelo.path.clone();
+        c.providers
+            .set(
+                "verifyvasp",
+                serde_json::json!({"path": "/pomelo/tokenization/otp"}),
+            )
+            .unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("providers.verifyvasp.path"), "{e}");
         let mut c = Config::default();
-        c.providers.pomelo.path = "/admin/x".into();
+        c.providers
+            .set("pomelo", serde_json::json!({"path": "/admin/x"}))
+            .unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("reserved"));
+        assert!(
+            is_reserved("/metrics") && is_reserved("/admin/events") && !is_reserved("/metricsx")
+        );
     }
 }

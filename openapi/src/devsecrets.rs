@@ -7,35 +7,29 @@
 //! be signed: the secrets are only generated, never skipped.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     fs,
     path::{Path, PathBuf},
 };
 
-use base64::{Engine, engine::general_purpose::STANDARD};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use switchboard_core::secret::SecretRef;
-use switchboard_plugins::providers::pomelo::config::PomeloKey;
+use switchboard_plugins::providers;
 
 use crate::{Error, Result, config::Config};
 
 /// The file name under the data directory.
 pub const FILE_NAME: &str = "dev-secrets.toml";
 
-/// The generated secrets.
-#[derive(Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DevSecrets {
-    /// Bearer token of the admin API.
-    pub admin_token: String,
-    /// Pomelo `X-Api-Key`.
-    pub pomelo_api_key: String,
-    /// Pomelo api-secret (base64 text, as Pomelo hands them over).
-    pub pomelo_api_secret: String,
-    /// VerifyVASP bearer token.
-    pub verifyvasp_token: String,
-}
+/// The name of the admin token in the file.
+const ADMIN_TOKEN: &str = "admin_token";
+
+/// The generated secrets, by name (`admin_token`, `pomelo_api_key`, `<provider>_secret`,
+/// ...): each provider names and generates its own ([`providers::Provider::dev_secrets`]).
+#[derive(Clone, Default, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct DevSecrets(pub BTreeMap<String, String>);
 
 impl std::fmt::Debug for DevSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,35 +43,14 @@ pub struct Applied {
     /// Where the secrets are.
     pub path: PathBuf,
     /// The settings that were filled.
-    pub filled: Vec<&'static str>,
-    /// Whether the file was created just now (then its contents are printed, once).
+    pub filled: Vec<String>,
+    /// Whether secrets were generated just now (then they are printed, once).
     pub generated: bool,
-    /// The secrets, for printing once.
-    pub secrets: DevSecrets,
-}
-
-fn random_token(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut b);
-    hex_encode(&b)
-}
-
-fn hex_encode(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    /// What to print once: (label, value) of each secret generated just now.
+    pub shown: Vec<(String, String)>,
 }
 
 impl DevSecrets {
-    fn generate() -> Self {
-        let mut secret = [0u8; 32];
-        rand::rng().fill_bytes(&mut secret);
-        DevSecrets {
-            admin_token: format!("dev-admin-{}", random_token(16)),
-            pomelo_api_key: format!("dev-pomelo-{}", random_token(8)),
-            pomelo_api_secret: STANDARD.encode(secret),
-            verifyvasp_token: format!("dev-vasp-{}", random_token(16)),
-        }
-    }
-
     /// Reads the file if it exists.
     pub fn read(dir: &Path) -> Result<Option<Self>> {
         let path = dir.join(FILE_NAME);
@@ -90,7 +63,12 @@ impl DevSecrets {
         }
     }
 
-    fn write_new(&self, dir: &Path) -> Result<PathBuf> {
+    /// The admin token, if one was generated.
+    pub fn admin_token(&self) -> Option<String> {
+        self.0.get(ADMIN_TOKEN).cloned()
+    }
+
+    fn write(&self, dir: &Path) -> Result<PathBuf> {
         fs::create_dir_all(dir).map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
         let path = dir.join(FILE_NAME);
         let text = format!(
@@ -104,54 +82,69 @@ impl DevSecrets {
     }
 }
 
-/// Fills the secrets the configuration leaves empty, when development secrets apply.
+/// Fills the secrets the configuration leaves empty, when development secrets apply:
+/// generating (and saving) any that are missing. `serve` does this at start-up.
 pub fn apply(cfg: &mut Config) -> Result<Option<Applied>> {
+    fill(cfg, true)
+}
+
+/// Fills the secrets the configuration leaves empty from the development secrets already
+/// saved, generating none (`simulate` signs with them).
+pub fn read_into(cfg: &mut Config) -> Result<()> {
+    fill(cfg, false).map(|_| ())
+}
+
+fn fill(cfg: &mut Config, generate: bool) -> Result<Option<Applied>> {
     if !cfg.dev.secrets {
         return Ok(None);
     }
-    let missing_admin = cfg.admin.token.is_none();
-    let missing_pomelo = cfg.providers.pomelo.keys.is_empty();
-    let missing_vasp = cfg.providers.verifyvasp.token.is_none();
-    if !(missing_admin || missing_pomelo || missing_vasp) {
-        return Ok(None);
-    }
-    if !cfg.server.listen.ip().is_loopback() {
-        tracing::warn!(
-            listen = %cfg.server.listen,
-            "development secrets are only generated for a loopback listener; unconfigured providers refuse every request"
-        );
-        return Ok(None);
-    }
     let dir = cfg.data_dir().clone();
-    let (secrets, generated) = match DevSecrets::read(&dir)? {
-        Some(s) => (s, false),
-        None => {
-            let s = DevSecrets::generate();
-            s.write_new(&dir)?;
-            (s, true)
-        }
+    let existing = DevSecrets::read(&dir)?;
+    let mut dev = providers::DevSecrets {
+        values: existing.unwrap_or_default().0,
+        generate: generate && cfg.server.listen.ip().is_loopback(),
+        ..Default::default()
     };
-    let mut filled = Vec::new();
-    if missing_admin {
-        cfg.admin.token = Some(SecretRef::Literal(secrets.admin_token.clone()));
-        filled.push("admin.token");
+    if generate && !dev.generate {
+        // Say so only when something would have been generated.
+        let missing = cfg.admin.token.is_none()
+            || cfg.providers.iter().any(|p| {
+                let mut probe = providers::DevSecrets {
+                    generate: true,
+                    ..Default::default()
+                };
+                p.clone_box().dev_secrets(&mut probe);
+                !probe.filled.is_empty()
+            });
+        if missing {
+            tracing::warn!(
+                listen = %cfg.server.listen,
+                "development secrets are only generated for a loopback listener; unconfigured providers refuse every request"
+            );
+        }
+        return Ok(None);
     }
-    if missing_pomelo {
-        cfg.providers.pomelo.keys.push(PomeloKey {
-            api_key: secrets.pomelo_api_key.clone(),
-            api_secret: SecretRef::Literal(secrets.pomelo_api_secret.clone()),
-        });
-        filled.push("providers.pomelo.keys");
+    if cfg.admin.token.is_none() {
+        if let Some(t) = dev.token(ADMIN_TOKEN, "dev-admin-") {
+            dev.filled("admin.token", &[("admin token", &t)]);
+            cfg.admin.token = Some(SecretRef::Literal(t));
+        }
     }
-    if missing_vasp {
-        cfg.providers.verifyvasp.token = Some(SecretRef::Literal(secrets.verifyvasp_token.clone()));
-        filled.push("providers.verifyvasp.token");
+    for p in cfg.providers.iter_mut() {
+        p.dev_secrets(&mut dev);
+    }
+    if dev.filled.is_empty() {
+        return Ok(None);
+    }
+    let path = dir.join(FILE_NAME);
+    if dev.changed {
+        DevSecrets(dev.values.clone()).write(&dir)?;
     }
     Ok(Some(Applied {
-        path: dir.join(FILE_NAME),
-        filled,
-        generated,
-        secrets,
+        path,
+        filled: dev.filled,
+        generated: dev.changed,
+        shown: if dev.changed { dev.shown } else { Vec::new() },
     }))
 }
 
@@ -159,7 +152,6 @@ impl Applied {
     /// The notice printed (to the terminal, never to the log) when the secrets were just
     /// generated.
     pub fn banner(&self) -> String {
-        let s = &self.secrets;
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -170,15 +162,8 @@ impl Applied {
             out,
             "  They are printed this once. Do not use them in production.\n"
         );
-        if self.filled.contains(&"admin.token") {
-            let _ = writeln!(out, "    admin token        {}", s.admin_token);
-        }
-        if self.filled.contains(&"providers.pomelo.keys") {
-            let _ = writeln!(out, "    pomelo api-key     {}", s.pomelo_api_key);
-            let _ = writeln!(out, "    pomelo api-secret  {}", s.pomelo_api_secret);
-        }
-        if self.filled.contains(&"providers.verifyvasp.token") {
-            let _ = writeln!(out, "    verifyvasp token   {}", s.verifyvasp_token);
+        for (label, value) in &self.shown {
+            let _ = writeln!(out, "    {label:<18} {value}");
         }
         out
     }

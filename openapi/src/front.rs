@@ -12,27 +12,18 @@ use poem::{Endpoint, IntoResponse, Request, Response, http::StatusCode};
 use switchboard_core::{metrics::Metrics, peer::ConnectionInfo};
 
 pub use crate::config::MAIN_LISTENER;
+use crate::config::RESERVED_PATHS;
 use switchboard_plugins::{http::error_json, http::to_response, providers::ProviderInfo};
-
-/// Paths switchboard serves itself, which no provider may take.
-pub const SYSTEM_PATHS: &[&str] = &[
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/openapi.json",
-    "/openapi.yaml",
-    "/docs",
-];
 
 /// How a path is labelled and routed.
 #[derive(Default)]
 pub struct RouteTable {
     /// Configured path → (provider, declared path).
-    providers: HashMap<String, (&'static str, &'static str)>,
+    providers: HashMap<String, (String, String)>,
     /// Declared paths served elsewhere: not found here.
-    hidden: Vec<&'static str>,
+    hidden: Vec<String>,
     /// Provider → the listener it is served on (absent: the main listener).
-    listeners: HashMap<&'static str, String>,
+    listeners: HashMap<String, String>,
 }
 
 impl RouteTable {
@@ -40,32 +31,36 @@ impl RouteTable {
     pub fn new(providers: &[ProviderInfo], listener_of: impl Fn(&str) -> String) -> Self {
         let mut t = RouteTable::default();
         for p in providers {
-            t.listeners.insert(p.name, listener_of(p.name));
+            t.listeners.insert(p.name.clone(), listener_of(&p.name));
             for e in &p.endpoints {
-                t.providers.insert(e.path.clone(), (p.name, e.canonical));
+                t.providers
+                    .insert(e.path.clone(), (p.name.clone(), e.canonical.clone()));
                 if e.path != e.canonical {
-                    t.hidden.push(e.canonical);
+                    t.hidden.push(e.canonical.clone());
                 }
             }
         }
-        t.hidden.retain(|h| !t.providers.contains_key(*h));
+        t.hidden.retain(|h| !t.providers.contains_key(h));
         t
     }
 
     /// The declared path → configured path renames, for the spec.
-    pub fn renames(&self) -> HashMap<&'static str, String> {
+    pub fn renames(&self) -> HashMap<&str, String> {
         self.providers
             .iter()
-            .map(|(path, (_, canonical))| (*canonical, path.clone()))
+            .map(|(path, (_, canonical))| (canonical.as_str(), path.clone()))
             .collect()
     }
 
     /// (metric provider label, metric endpoint label, declared path to route to).
-    fn classify(&self, path: &str) -> (&'static str, String, Option<&'static str>) {
+    fn classify(&self, path: &str) -> (&str, String, Option<&str>) {
         if let Some((provider, canonical)) = self.providers.get(path) {
             return (provider, path.to_owned(), Some(canonical));
         }
-        if let Some(p) = SYSTEM_PATHS.iter().find(|p| **p == path) {
+        if let Some(p) = RESERVED_PATHS
+            .iter()
+            .find(|p| **p == path && **p != "/admin")
+        {
             return ("system", (*p).to_owned(), None);
         }
         if let Some(rest) = path.strip_prefix("/admin/") {
@@ -85,7 +80,7 @@ impl RouteTable {
     }
 
     fn is_hidden(&self, path: &str) -> bool {
-        self.hidden.contains(&path)
+        self.hidden.iter().any(|h| h == path)
     }
 
     /// Whether a request for `provider` (or `admin`, `system`) may be served on
@@ -127,7 +122,8 @@ impl<E: Endpoint> Endpoint for Front<E> {
         } else {
             if let Some(declared) = route_to {
                 if declared != req.uri().path() {
-                    rewrite_path(&mut req, declared);
+                    let declared = declared.to_owned();
+                    rewrite_path(&mut req, &declared);
                 }
             }
             match tokio::time::timeout(self.request_timeout, self.inner.get_response(req)).await {
@@ -167,18 +163,14 @@ mod tests {
     use super::*;
     use switchboard_plugins::providers::EndpointInfo;
 
-    fn provider(
-        name: &'static str,
-        canonical: &'static str,
-        path: &str,
-        mtls: bool,
-    ) -> ProviderInfo {
+    fn provider(name: &str, canonical: &str, path: &str, mtls: bool) -> ProviderInfo {
         ProviderInfo {
-            name,
+            name: name.into(),
             credentials: 1,
             endpoints: vec![EndpointInfo {
-                canonical,
+                canonical: canonical.into(),
                 path: path.into(),
+                key: format!("providers.{name}.path"),
             }],
             client_certificates: mtls,
         }
@@ -205,11 +197,11 @@ mod tests {
         let t = table();
         assert_eq!(
             t.classify("/hooks/a"),
-            ("a", "/hooks/a".into(), Some("/a/default"))
+            ("a", "/hooks/a".to_owned(), Some("/a/default"))
         );
         assert_eq!(
             t.classify("/b/default"),
-            ("b", "/b/default".into(), Some("/b/default"))
+            ("b", "/b/default".to_owned(), Some("/b/default"))
         );
         assert!(t.is_hidden("/a/default"));
         assert!(!t.is_hidden("/b/default"));

@@ -14,8 +14,10 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod console;
+pub mod ctx;
 pub mod devsecrets;
 pub mod error;
 pub mod front;

@@ -78,7 +78,7 @@ impl SystemApi {
     /// still runs; they do not make the server unready (notifications are still accepted,
     /// and the events of a script with no good version wait as `failed` for a replay).
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
-    async fn readyz(&self, store: Data<&Store>, admin: Data<&crate::app::AdminCtx>) -> ReadyAnswer {
+    async fn readyz(&self, store: Data<&Store>, admin: Data<&crate::ctx::AdminCtx>) -> ReadyAnswer {
         let mut ok = true;
         let mut checks = Vec::new();
         match store.check().await {

@@ -11,6 +11,9 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// A sample request (`switchboard simulate`) could not be made.
+    #[error("{0}")]
+    Simulate(String),
 }
 
 impl Error {

@@ -289,3 +289,171 @@ fn the_readme_documents_every_configuration_key() {
         );
     }
 }
+
+/// Issue 8 §2: a Pomelo api-secret that decodes to fewer than 16 bytes is refused, by
+/// `check` and at start-up, naming the file and the key (never the secret).
+#[test]
+fn weak_pomelo_secrets_are_refused_by_check_and_at_start_up() {
+    let dir = Dir::new();
+    let weak = base_config(&dir.data(), &[]).replace(&pomelo_secret_b64(), "QQ==");
+    let (ok, out, err) = check(&dir, &weak, &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("check.toml")
+            && err.contains("providers.pomelo.keys[0].api_secret")
+            && err.contains("16"),
+        "{err}"
+    );
+    assert!(!err.contains("QQ=="), "{err}");
+    let path = dir.path().join("weak.toml");
+    std::fs::write(&path, &weak).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env_remove("SWITCHBOARD_CONFIG")
+        .env("SWITCHBOARD_TEST_VASP_TOKEN", VASP_TOKEN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("weak.toml")
+            && err.contains("providers.pomelo.keys[0].api_secret")
+            && err.contains("16"),
+        "{err}"
+    );
+}
+
+/// Issue 12 §2: a placeholder pin fails `check` (pins are SHA-256 fingerprints), and
+/// `check` prints the pins it will enforce.
+#[test]
+fn pins_must_be_fingerprints_and_check_prints_them() {
+    let dir = Dir::new();
+    let base = base_config(&dir.data(), &[]);
+    let placeholder = format!(
+        "{base}\n[providers.verestro]\npin_sha256 = [\"<the fingerprint sign-csr printed>\"]\n"
+    );
+    let (ok, _, err) = check(&dir, &placeholder, &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("providers.verestro.pin_sha256[0]") && err.contains("SHA-256"),
+        "{err}"
+    );
+    let fp = "AB:".repeat(31) + "AB";
+    let pinned = format!(
+        "{base}\n[providers.verestro]\npin_sha256 = [\"{fp}\"]\npin_subject = [\"CN=verestro\"]\n"
+    );
+    let (ok, out, err) = check(&dir, &pinned, &[]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("pin sha256 {}", "ab".repeat(32))),
+        "{out}"
+    );
+    assert!(out.contains("pin subject CN=verestro"), "{out}");
+}
+
+/// Issue 12 §2: relative paths in a configuration file are resolved against the file's
+/// directory, so `check` (and `serve`) read the same files from any working directory.
+#[test]
+fn relative_paths_are_resolved_against_the_config_files_directory() {
+    let dir = Dir::new();
+    let conf = dir.path().join("etc");
+    std::fs::create_dir_all(conf.join("secrets")).unwrap();
+    std::fs::write(
+        conf.join("secrets/admin-token"),
+        "a-long-admin-token-0123456789",
+    )
+    .unwrap();
+    std::fs::write(conf.join("secrets/pomelo"), pomelo_secret_b64()).unwrap();
+    let text = base_config(&dir.data(), &[])
+        .replace(
+            &format!("token = \"{ADMIN_TOKEN}\""),
+            "token = \"file:secrets/admin-token\"",
+        )
+        .replace(
+            &format!("api_secret = \"{}\"", pomelo_secret_b64()),
+            "api_secret = \"file:secrets/pomelo\"",
+        );
+    let path = conf.join("switchboard.toml");
+    std::fs::write(&path, text).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .current_dir(elsewhere.path())
+        .env_remove("SWITCHBOARD_CONFIG")
+        .env("SWITCHBOARD_TEST_VASP_TOKEN", VASP_TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same file, run from its own directory, reads the same files.
+    let out = Command::new(BIN)
+        .args(["check", "--config", "switchboard.toml"])
+        .current_dir(&conf)
+        .env_remove("SWITCHBOARD_CONFIG")
+        .env("SWITCHBOARD_TEST_VASP_TOKEN", VASP_TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+/// `switchboard init` writes a commented generic-provider example; uncommented as it is,
+/// it passes `check` and the provider is listed (issue 11).
+#[test]
+fn init_writes_a_generic_provider_example_that_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["init"])
+        .current_dir(dir.path())
+        .env_remove("SWITCHBOARD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = dir.path().join("switchboard.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("# [providers.stripe]"), "{text}");
+    // Uncomment the Stripe example, with a literal secret instead of the variable.
+    let mut on = false;
+    let mut out_text = String::new();
+    for line in text.lines() {
+        if line == "# [providers.stripe]" {
+            on = true;
+        }
+        if on && line == "#" {
+            on = false;
+        }
+        match line.strip_prefix("# ").filter(|_| on) {
+            Some(l) => out_text.push_str(&l.replace(
+                "env:STRIPE_WEBHOOK_SECRET",
+                "whsec_a-secret-of-enough-bytes",
+            )),
+            None => out_text.push_str(line),
+        }
+        out_text.push('\n');
+    }
+    std::fs::write(&path, out_text).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .current_dir(elsewhere.path())
+        .env_remove("SWITCHBOARD_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("stripe") && stdout.contains("/hooks/stripe"),
+        "{stdout}"
+    );
+}

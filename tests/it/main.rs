@@ -13,6 +13,9 @@ mod verifyvasp;
 // idempotency keys, the onboarding commands.
 mod pki;
 mod verestro;
+// Providers from configuration: every preset and hand-configured HMAC, bearer, Basic,
+// key-header and `none` providers, signed by independent implementations.
+mod generic;
 // Restarts and kill -9: nothing answered 2xx is lost, old keys stay duplicates.
 mod durability;
 // Deliveries: a real SMTP server (aiosmtpd) and real HTTP servers; refusals, retries,

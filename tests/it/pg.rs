@@ -26,6 +26,8 @@ pub struct Cluster {
     port: u16,
     bin: PathBuf,
     _dir: tempfile::TempDir,
+    /// The watchdog shell: it outlives this process on purpose, to stop the server.
+    _watchdog: std::process::Child,
 }
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
@@ -122,10 +124,10 @@ impl Cluster {
         let watchdog = format!(
             "{postgres} >{log} 2>&1 & pg=$!; \
              while kill -0 {parent} 2>/dev/null; do sleep 1; done; \
-             kill -INT $pg; wait $pg; rm -rf {data}",
+             kill -INT $pg; wait $pg; rm -rf {dir}",
             log = log.display(),
             parent = std::process::id(),
-            data = data.display(),
+            dir = dir.path().display(),
         );
         let mut sh = if is_root() {
             let mut c = Command::new("runuser");
@@ -136,7 +138,8 @@ impl Cluster {
             c.args(["-c", &watchdog]);
             c
         };
-        sh.stdin(Stdio::null())
+        let watchdog = sh
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -145,6 +148,7 @@ impl Cluster {
             port,
             bin,
             _dir: dir,
+            _watchdog: watchdog,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !cluster.ready() {

@@ -351,3 +351,24 @@ async fn an_unknown_contact_method_is_accepted_and_flagged() {
         json!(["unknown_enum_value: ContactMethod=PUSH"])
     );
 }
+
+/// Issue 8 §3: Pomelo's repeats are recognised for its de-duplication window, not the
+/// whole retention: past it, an identical body is a new notification.
+#[tokio::test]
+async fn an_identical_body_after_the_dedup_window_is_a_new_notification() {
+    let s = Server::start(&[("pomelo", "dedup_window = \"1s\"")]);
+    let c = client();
+    let body = pomelo_body("424242");
+    accepted_pomelo(&c, &s, &body).await;
+    accepted_pomelo(&c, &s, &body).await;
+    assert_eq!(events(&c, &s, "provider=pomelo").await.len(), 1, "a repeat");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        accepted_pomelo(&c, &s, &body).await;
+        if events(&c, &s, "provider=pomelo").await.len() == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never a new event");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

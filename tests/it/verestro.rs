@@ -774,3 +774,168 @@ async fn a_client_that_stalls_the_tls_handshake_is_cut_off() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(1500), "{took:?}");
 }
+
+/// Issue 8 §3: an idempotency key is scoped by endpoint. The same key on two endpoints is
+/// two notifications (Verestro never retries the 422 a clash would get); on one endpoint
+/// with another body it is still a reuse.
+#[tokio::test]
+async fn idempotency_keys_are_scoped_by_endpoint() {
+    let dir = Dir::new();
+    let pki = Pki::new(dir.path());
+    let s = verestro_server(dir, &pki, "", "");
+    let c = pki.provider();
+    let k = key();
+    let kyc = |status: &str| {
+        serde_json::to_vec(
+            &json!({"verificationId": "6faaa45a-41f6-4922-95fe-16e316ba7e91",
+            "userId": "1337", "email": "leon@example.com", "firstName": "Leon",
+            "lastName": "Bakiewicz", "status": status, "reason": null}),
+        )
+        .unwrap()
+    };
+    for (endpoint, status) in [
+        ("verificationInProgress", "IN_PROGRESS"),
+        ("verificationAccepted", "ACCEPTED"),
+    ] {
+        let r = c
+            .post(s.verestro_url(&format!("/notifications/{endpoint}")))
+            .header("x-idempotency-key", &k)
+            .body(kyc(status))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "{endpoint}");
+    }
+    let evs = events(&client(), &s, "provider=verestro").await;
+    assert_eq!(evs.len(), 2, "two endpoints, two events: {evs:?}");
+    // Same endpoint, other body: a real reuse.
+    let mut other = kyc("ACCEPTED");
+    other.splice(0..1, b"{\"extra\": 1, ".iter().copied());
+    let r = c
+        .post(s.verestro_url("/notifications/verificationAccepted"))
+        .header("x-idempotency-key", &k)
+        .body(other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(detail(r).await, (422, "IDEMPOTENCY_KEY_REUSED".into()));
+    // Same endpoint, same body: the first answer again.
+    let r = c
+        .post(s.verestro_url("/notifications/verificationAccepted"))
+        .header("x-idempotency-key", &k)
+        .body(kyc("ACCEPTED"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(events(&client(), &s, "provider=verestro").await.len(), 2);
+}
+
+/// Issue 8 §3: plausible shapes Verestro may send are accepted and flagged: a date with a
+/// space for the `T` (and no offset), and a decimal amount.
+#[tokio::test]
+async fn plausible_shapes_are_accepted_and_flagged() {
+    let dir = Dir::new();
+    let pki = Pki::new(dir.path());
+    let s = verestro_server(dir, &pki, "", "");
+    let c = pki.provider();
+    let r = c
+        .post(s.verestro_url("/notifications/cardLocked"))
+        .body(r#"{"dcCardId": "11", "date": "2025-06-17 13:42:54", "reason": "CARD_LOST"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let mut otp: Value = serde_json::from_slice(&otp_body("111222")).unwrap();
+    otp["amount"] = json!(10.5);
+    let r = c
+        .post(s.verestro_url("/notifications/otp"))
+        .header("x-idempotency-key", key())
+        .body(otp.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let c2 = client();
+    let lock = &events(&c2, &s, "type=cardLocked").await[0];
+    assert_eq!(
+        lock["data"]["date"], "2025-06-17T13:42:54+00:00",
+        "normalised"
+    );
+    assert!(
+        lock["flags"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("date_format"),
+        "{lock}"
+    );
+    let otp = &events(&c2, &s, "type=otp").await[0];
+    assert_eq!(otp["data"]["amount"], 10.5, "passed on as it came");
+    assert!(
+        otp["flags"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("decimal_amount"),
+        "{otp}"
+    );
+    assert!(
+        admin(&c2, &s, "/admin/quarantine").await["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Issue 12 §2: `simulate` says what is wrong: no client certificate for a mutual-TLS
+/// listener, or one that is not pinned (refused at `GET /public-key`, before the POST).
+#[tokio::test]
+async fn simulate_explains_a_missing_or_unpinned_client_certificate() {
+    let dir = Dir::new();
+    let pki = Pki::new(dir.path());
+    let other = "ab".repeat(32);
+    let s = verestro_server(
+        dir.clone(),
+        &pki,
+        &format!("pin_sha256 = [\"{other}\"]"),
+        "",
+    );
+    let target = format!("https://{}", s.listeners["verestro"]);
+    let ca = pki.path("ca/ca.crt");
+    let simulate = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("SWITCHBOARD_CONFIG")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let out = simulate(&[
+        "simulate", "verestro", "otp", "--target", &target, "--ca", &ca,
+    ]);
+    assert!(out.contains("requires a client certificate"), "{out}");
+    let (cert, key) = (pki.path("provider.crt"), pki.path("provider.key"));
+    let out = simulate(&[
+        "simulate",
+        "verestro",
+        "otp",
+        "--encrypt",
+        "--target",
+        &target,
+        "--ca",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+    ]);
+    assert!(
+        out.contains("/public-key") && out.contains("403") && out.contains("not pinned"),
+        "{out}"
+    );
+}

@@ -11,8 +11,8 @@ use switchboard_core::{
     event::{Event, EventId, EventStatus},
     outbox::{self, Action, ActionFilter, ActionId, ActionSpec, DeliveryStatus, Due, SendResult},
     store::{
-        Backend, Claim, ClaimRequest, Counts, CountsBy, EventFilter, OwnedClaim, Page, Repaired, StoreStats,
-        StoredResponse, Swept, first_id_at, millis, now_ms,
+        Backend, Claim, ClaimRequest, Counts, CountsBy, EventFilter, OwnedClaim, Page, Repaired,
+        StoreStats, StoredResponse, Swept, first_id_at, millis, now_ms,
     },
 };
 use uuid::Uuid;
@@ -394,14 +394,13 @@ impl Backend for PgBackend {
         Ok(out)
     }
 
-    async fn action_counts(
-        &self,
-        windows: &[u64],
-    ) -> Result<CountsBy<(String, DeliveryStatus)>> {
+    async fn action_counts(&self, windows: &[u64]) -> Result<CountsBy<(String, DeliveryStatus)>> {
         let rows = self.count("sb_actions", "channel", windows).await?;
         let mut out = CountsBy::new();
         for (channel, status, c) in rows {
-            let Some(status) = DeliveryStatus::ALL.into_iter().find(|s| s.as_str() == status)
+            let Some(status) = DeliveryStatus::ALL
+                .into_iter()
+                .find(|s| s.as_str() == status)
             else {
                 continue;
             };

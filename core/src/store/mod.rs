@@ -98,9 +98,6 @@ pub struct ClaimRequest<'a> {
     pub fingerprint: &'a str,
     /// How long to wait for a concurrent request that owns the key.
     pub wait: Duration,
-    /// How long the finished key keeps answering duplicates; `None`: as long as the
-    /// event is kept (`store.retention`).
-    pub dedup_window: Option<Duration>,
 }
 
 /// The right to store an event under a key, until [`Backend::commit`] or until dropped

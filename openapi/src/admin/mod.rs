@@ -15,8 +15,7 @@ use chrono::{DateTime, Utc};
 pub use limit::AdminBodyLimit;
 use poem::web::Data;
 use poem_openapi::{
-    ApiResponse, Object, OpenApi, SecurityScheme, Tags,
-    auth::Bearer,
+    ApiResponse, Object, OpenApi, Tags,
     param::{Path, Query},
     payload::Json,
     types::Example,
@@ -25,14 +24,13 @@ use switchboard_core::{
     event::{EventId, EventStatus},
     outbox::{ActionFilter, ActionId, DeliveryStatus},
     route::scripts::Source,
-    secret::Secret,
     store::{EventFilter, Store, first_id_at},
 };
-use switchboard_plugins::{http::ErrorBody, providers::reparse};
+use switchboard_plugins::http::ErrorBody;
 pub use try_run::run_limits;
 pub use views::*;
 
-use crate::app::AdminCtx;
+use crate::ctx::AdminCtx;
 
 #[derive(Tags)]
 enum AdminTag {
@@ -41,10 +39,7 @@ enum AdminTag {
     Admin,
 }
 
-/// `Authorization: Bearer <admin.token>`.
-#[derive(SecurityScheme)]
-#[oai(ty = "bearer")]
-pub struct AdminToken(Bearer);
+pub use crate::auth::AdminToken;
 
 /// A page of events, newest first.
 #[derive(Object, Debug, Clone)]
@@ -252,9 +247,9 @@ fn unavailable(what: &str, e: &switchboard_core::Error) -> Json<ErrorBody> {
     )
 }
 
-/// The admin operations.
+/// The admin operations. Each takes an [`AdminToken`]: the scheme checks the token
+/// before the operation runs.
 pub struct AdminApi {
-    token: Option<Secret>,
     reveal: bool,
 }
 
@@ -275,15 +270,9 @@ const BULK_MAX: usize = 10_000;
 const BULK_MAX_U32: u32 = BULK_MAX as u32;
 
 impl AdminApi {
-    /// The API; without a token it refuses everything.
-    pub fn new(token: Option<Secret>, reveal: bool) -> Self {
-        AdminApi { token, reveal }
-    }
-
-    fn authorized(&self, presented: &AdminToken) -> bool {
-        self.token
-            .as_ref()
-            .is_some_and(|t| t.matches(presented.0.token.as_bytes()))
+    /// The API; `reveal` shows secret values unmasked.
+    pub fn new(reveal: bool) -> Self {
+        AdminApi { reveal }
     }
 
     async fn page(
@@ -343,14 +332,10 @@ impl AdminApi {
         let reparsed = match e.status {
             EventStatus::Received => return Ok(ReplayOutcome::Waiting),
             EventStatus::Quarantined => {
-                match reparse(
-                    &e.provider,
-                    &e.event_type,
-                    &e.body,
-                    &ctx.limits,
-                    &ctx.verestro,
-                    &e.meta,
-                ) {
+                match ctx
+                    .providers
+                    .reparse(&e.provider, &e.event_type, &e.body, &e.meta)
+                {
                     Ok(r) => Some((r.event_type, r.data, r.flags)),
                     Err(reason) => return Ok(ReplayOutcome::Unparseable(reason)),
                 }
@@ -407,7 +392,7 @@ impl AdminApi {
     async fn list_events(
         &self,
         store: Data<&Store>,
-        token: AdminToken,
+        _token: AdminToken,
         /// Only events of this provider (`pomelo`, `verifyvasp`, `verestro`).
         provider: Query<Option<String>>,
         /// Only events of this type (`tokenization_otp`, `tx_report`, `otp`, ...).
@@ -424,9 +409,6 @@ impl AdminApi {
         /// Only events older than this event id (the `next` of the previous page).
         before: Query<Option<String>>,
     ) -> ListAnswer {
-        if !self.authorized(&token) {
-            return list_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         let filter = EventFilter {
             provider: provider.0,
             event_type: event_type.0,
@@ -451,7 +433,7 @@ impl AdminApi {
     async fn list_quarantine(
         &self,
         store: Data<&Store>,
-        token: AdminToken,
+        _token: AdminToken,
         /// Only events of this provider.
         provider: Query<Option<String>>,
         /// Page size, 1 to 500 (default 50).
@@ -459,15 +441,13 @@ impl AdminApi {
         /// Only events older than this event id (the `next` of the previous page).
         before: Query<Option<String>>,
     ) -> ListAnswer {
-        if !self.authorized(&token) {
-            return list_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         let filter = EventFilter {
             provider: provider.0,
             status: Some(EventStatus::Quarantined),
             ..EventFilter::default()
         };
-        self.page(&store, filter, limit.0, before.0, Window::default()).await
+        self.page(&store, filter, limit.0, before.0, Window::default())
+            .await
     }
 
     /// Get an event
@@ -482,13 +462,10 @@ impl AdminApi {
     async fn get_event(
         &self,
         store: Data<&Store>,
-        token: AdminToken,
+        _token: AdminToken,
         /// The event id.
         id: Path<String>,
     ) -> DetailAnswer {
-        if !self.authorized(&token) {
-            return detail_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         let Ok(id) = id.0.parse::<EventId>() else {
             return DetailAnswer::BadRequest(bad_id("an event"));
         };
@@ -520,13 +497,10 @@ impl AdminApi {
         &self,
         store: Data<&Store>,
         ctx: Data<&AdminCtx>,
-        token: AdminToken,
+        _token: AdminToken,
         /// The event id.
         id: Path<String>,
     ) -> ReplayEventAnswer {
-        if !self.authorized(&token) {
-            return replay_event_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         let Ok(id) = id.0.parse::<EventId>() else {
             return ReplayEventAnswer::BadRequest(bad_id("an event"));
         };
@@ -560,7 +534,7 @@ impl AdminApi {
     async fn list_deliveries(
         &self,
         store: Data<&Store>,
-        token: AdminToken,
+        _token: AdminToken,
         /// Only deliveries in this status.
         status: Query<Option<Delivery>>,
         /// Only this channel (`email`, `sms`, `http`, `log`).
@@ -572,9 +546,6 @@ impl AdminApi {
         /// Only actions older than this action id (the `next` of the previous page).
         before: Query<Option<String>>,
     ) -> DeliveriesAnswer {
-        if !self.authorized(&token) {
-            return deliveries_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         let before = match before.0.map(|b| b.parse::<ActionId>()).transpose() {
             Ok(b) => b,
             Err(_) => {
@@ -612,13 +583,10 @@ impl AdminApi {
     async fn get_delivery(
         &self,
         store: Data<&Store>,
-        token: AdminToken,
+        _token: AdminToken,
         /// The action id.
         id: Path<String>,
     ) -> DeliveryAnswer {
-        if !self.authorized(&token) {
-            return delivery_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         let Ok(id) = id.0.parse::<ActionId>() else {
             return DeliveryAnswer::BadRequest(bad_id("an action"));
         };
@@ -643,13 +611,10 @@ impl AdminApi {
     async fn replay_delivery(
         &self,
         store: Data<&Store>,
-        token: AdminToken,
+        _token: AdminToken,
         /// The action id.
         id: Path<String>,
     ) -> ReplayDeliveryAnswer {
-        if !self.authorized(&token) {
-            return replay_delivery_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         let Ok(id) = id.0.parse::<ActionId>() else {
             return ReplayDeliveryAnswer::BadRequest(bad_id("an action"));
         };
@@ -683,12 +648,9 @@ impl AdminApi {
         &self,
         store: Data<&Store>,
         ctx: Data<&AdminCtx>,
-        token: AdminToken,
+        _token: AdminToken,
         request: Json<ReplayRequest>,
     ) -> BulkReplayAnswer {
-        if !self.authorized(&token) {
-            return bulk_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         if request.events.is_none() && request.deliveries.is_none() {
             return BulkReplayAnswer::BadRequest(body(
                 "bad_request",
@@ -833,10 +795,7 @@ impl AdminApi {
     /// The scripts running and those that do not compile (with file, line and column; their
     /// last good version keeps running).
     #[oai(path = "/admin/routes", method = "get", operation_id = "adminRoutes")]
-    async fn routes(&self, ctx: Data<&AdminCtx>, token: AdminToken) -> RoutesAnswer {
-        if !self.authorized(&token) {
-            return routes_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
+    async fn routes(&self, ctx: Data<&AdminCtx>, _token: AdminToken) -> RoutesAnswer {
         let source = match ctx.scripts.source() {
             switchboard_core::route::scripts::Source::Dir(d) => format!("dir:{}", d.display()),
             switchboard_core::route::scripts::Source::Embedded(_) => "embedded".into(),
@@ -861,10 +820,7 @@ impl AdminApi {
     /// Events received over the last hour and the last 24 hours, per provider and current
     /// status; deliveries queued over the same windows, per channel and current status.
     #[oai(path = "/admin/stats", method = "get", operation_id = "adminStats")]
-    async fn stats(&self, store: Data<&Store>, token: AdminToken) -> StatsAnswer {
-        if !self.authorized(&token) {
-            return stats_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
+    async fn stats(&self, store: Data<&Store>, _token: AdminToken) -> StatsAnswer {
         let now = Utc::now();
         let windows = [
             ms(now - chrono::Duration::hours(1)),
@@ -878,9 +834,8 @@ impl AdminApi {
             Ok(c) => c,
             Err(e) => return StatsAnswer::Unavailable(unavailable("counting", &e)),
         };
-        let at = |c: &switchboard_core::store::Counts, i: usize| {
-            c.counts.get(i).copied().unwrap_or(0)
-        };
+        let at =
+            |c: &switchboard_core::store::Counts, i: usize| c.counts.get(i).copied().unwrap_or(0);
         let mut events: Vec<EventCountView> = events
             .into_iter()
             .map(|((provider, status), c)| EventCountView {
@@ -924,13 +879,10 @@ impl AdminApi {
     async fn route_source(
         &self,
         ctx: Data<&AdminCtx>,
-        token: AdminToken,
+        _token: AdminToken,
         /// The script, relative to the routes directory (`pomelo/tokenization_otp.rhai`).
         file: Query<String>,
     ) -> SourceAnswer {
-        if !self.authorized(&token) {
-            return source_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         let file = file.0;
         // Only a script the server knows, never a path of the caller's choosing.
         let known = ctx.scripts.names().contains(&file)
@@ -965,12 +917,9 @@ impl AdminApi {
         &self,
         store: Data<&Store>,
         ctx: Data<&AdminCtx>,
-        token: AdminToken,
+        _token: AdminToken,
         request: Json<TryRequest>,
     ) -> TryAnswer {
-        if !self.authorized(&token) {
-            return try_bad_request(poem_openapi::error::AuthorizationError.into());
-        }
         let request = request.0;
         let Ok(id) = request.event_id.parse::<EventId>() else {
             return TryAnswer::BadRequest(bad_id("an event"));

@@ -646,7 +646,10 @@ impl Inner {
         // Quarantined events are found through their index instead of every event.
         let prefix = if quarantine_only { QUARANTINE } else { EVENT };
         let since = filter.since();
-        let start = key(prefix, since.as_ref().map_or(&[][..], |s| &s.as_bytes()[..]));
+        let start = key(
+            prefix,
+            since.as_ref().map_or(&[][..], |s| &s.as_bytes()[..]),
+        );
         let end = match before {
             Some(id) => key(prefix, id.as_bytes()),
             None => key(prefix + 1, &[]),

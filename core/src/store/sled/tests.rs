@@ -50,7 +50,6 @@ fn req<'a>(key: &'a str, fp: &'a str) -> ClaimRequest<'a> {
         key,
         fingerprint: fp,
         wait: Duration::ZERO,
-        dedup_window: None,
     }
 }
 

@@ -16,12 +16,16 @@ use super::{
     model::{SECRET_PATHS, TokenizationOtp},
     verify::{SignedHeaders, Verifier},
 };
-use crate::{
-    http::{
-        Answer, BodyError, Contract, Ctx, ErrorBody, JsonBody, error_json, parse_json, unavailable,
-    },
-    providers::ProviderTag,
+use crate::http::{
+    Answer, BodyError, Contract, Ctx, ErrorBody, JsonBody, error_json, parse_json, unavailable,
 };
+
+/// The tag of Pomelo's operations.
+#[derive(poem_openapi::Tags)]
+pub enum PomeloTag {
+    /// Pomelo: card tokenization OTP webhook, authenticated by HMAC-SHA256.
+    Pomelo,
+}
 
 /// The api-key Pomelo puts in `X-Api-Key`. It selects the api-secret the request is
 /// signed with; the signature itself is in `X-Signature` (see the operation).
@@ -73,19 +77,22 @@ impl Contract for OtpAnswer {
 pub struct PomeloApi {
     verifier: Arc<Verifier>,
     path: String,
+    dedup_window: std::time::Duration,
 }
 
 impl PomeloApi {
-    /// The API, answering at `path` (its configured path).
-    pub fn new(verifier: Verifier, path: String) -> Self {
+    /// The API, answering at `path` (its configured path), recognising repeats for
+    /// `dedup_window`.
+    pub fn new(verifier: Verifier, path: String, dedup_window: std::time::Duration) -> Self {
         PomeloApi {
             verifier: Arc::new(verifier),
             path,
+            dedup_window,
         }
     }
 }
 
-#[OpenApi(tag = "ProviderTag::Pomelo")]
+#[OpenApi(tag = "PomeloTag::Pomelo")]
 impl PomeloApi {
     /// Tokenization OTP notification
     ///
@@ -174,7 +181,7 @@ impl PomeloApi {
         };
         let submission = Submission {
             answer_within: None,
-            dedup_window: None,
+            dedup_window: Some(self.dedup_window),
             provider: NAME.into(),
             endpoint: self.path.clone(),
             event_type: super::EVENT_TYPE.into(),

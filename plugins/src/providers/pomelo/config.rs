@@ -20,6 +20,12 @@ pub struct PomeloConfig {
     /// The api-key / api-secret pairs Pomelo may sign with. Several may be active at once,
     /// which is how secrets rotate. Without any, every request is refused with 401.
     pub keys: Vec<PomeloKey>,
+    /// How long a repeat of a notification is recognised as one (Pomelo's retry horizon).
+    /// Pomelo bodies carry no id, so repeats are recognised by endpoint + body hash; past
+    /// this window an identical body is a new notification, not a retry. Pomelo does not
+    /// publish its retry schedule; an OTP is useless after minutes, so an hour covers every
+    /// useful retry without swallowing a genuine resend for the whole `store.retention`.
+    pub dedup_window: HumanDuration,
 }
 
 /// One api-key / api-secret pair.
@@ -40,6 +46,7 @@ impl Default for PomeloConfig {
             signed_endpoint: None,
             timestamp_tolerance: HumanDuration::secs(300),
             keys: Vec::new(),
+            dedup_window: HumanDuration::secs(3600),
         }
     }
 }

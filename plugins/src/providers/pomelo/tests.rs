@@ -15,7 +15,7 @@ fn cfg() -> PomeloConfig {
         keys: vec![
             PomeloKey {
                 api_key: "old".into(),
-                api_secret: SecretRef::Literal("b3RoZXI=".into()),
+                api_secret: SecretRef::Literal("b3RoZXItc2VjcmV0LTE2Ynl0ZXM=".into()),
             },
             PomeloKey {
                 api_key: "k1".into(),
@@ -138,4 +138,16 @@ fn the_seed_example_parses_and_unknown_methods_are_flagged() {
         err.contains("found null") && err.contains("TokenizationOtp"),
         "{err}"
     );
+}
+
+#[test]
+fn secrets_shorter_than_16_bytes_are_refused() {
+    let mut c = cfg();
+    c.keys[1].api_secret = SecretRef::Literal("QQ==".into());
+    let err = Verifier::new(&c).err().unwrap().to_string();
+    assert!(
+        err.contains("providers.pomelo.keys[1].api_secret") && err.contains("16"),
+        "{err}"
+    );
+    assert!(!err.contains("QQ=="), "{err}");
 }

@@ -16,6 +16,9 @@ use crate::{Error, Result};
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// The shortest decoded api-secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
 /// The scheme prefix of `X-Signature`.
 pub const SCHEME: &str = "hmac-sha256";
 
@@ -108,6 +111,15 @@ impl Verifier {
                     "is not base64 text (Pomelo hands api-secrets over base64-encoded)",
                 )
             })?;
+            if hmac_key.len() < MIN_SECRET_BYTES {
+                return Err(Error::config(
+                    format!("{at}.api_secret"),
+                    format!(
+                        "decodes to {} bytes; at least {MIN_SECRET_BYTES} are required (a short secret can be guessed)",
+                        hmac_key.len()
+                    ),
+                ));
+            }
             keys.push(Key {
                 api_key: k.api_key.clone(),
                 hmac_key,

@@ -24,10 +24,17 @@ use super::{
     model::*,
     verify,
 };
-use crate::{
-    http::{Answer, BodyError, Contract, Ctx, JsonBody, parse_json_lenient},
-    providers::ProviderTag,
-};
+use crate::http::{Answer, BodyError, Contract, Ctx, JsonBody, parse_json_lenient};
+
+/// The tag of Verestro's operations.
+#[derive(poem_openapi::Tags)]
+pub enum VerestroTag {
+    /// Verestro: card-issuing notifications (3DS OTP, KYC, card locks, transactional lock
+    /// reasons). Authenticated by mutual TLS: the client certificate must chain to the
+    /// CA of the listener Verestro is served on (`switchboard ca sign-csr` signs
+    /// Verestro's CSR) and may be pinned. Bodies may be JWE-encrypted to `GET /public-key`.
+    Verestro,
+}
 
 /// `{"detail": CODE}` with `status`.
 pub fn detail(status: u16, code: ErrorCode) -> StoredResponse {
@@ -326,7 +333,9 @@ impl VerestroApi {
                 };
                 meta.insert("idempotency_key".into(), k.clone());
                 (
-                    format!("key:{k}"),
+                    // Scoped by endpoint: Verestro may reuse a key across endpoints for
+                    // distinct notifications, and never retries the 422 a clash would get.
+                    format!("key:{endpoint}:{k}"),
                     OnConflict::Reject(detail(422, ErrorCode::IdempotencyKeyReused)),
                 )
             }
@@ -406,314 +415,116 @@ pub fn seal(
     Ok(sealed)
 }
 
-macro_rules! headers {
-    ($k:expr, $e:expr, $p:expr) => {
-        Headers {
-            idempotency_key: $k.0,
-            encrypted: $e.0,
-            public_key: $p.0,
+macro_rules! operations {
+    // The two ways the idempotency key is documented, spelled out once each: rows name
+    // them `keyed` or `unkeyed`, and are rewritten with the text before the operations
+    // are emitted (poem-openapi reads doc attributes as literals).
+    (@rows [$($done:tt)*]) => { operations!(@emit $($done)*); };
+    (@rows [$($done:tt)*] $h:ident: $e:tt at $p:tt as $o:tt, $b:ty; $s:tt; $d:tt; key keyed; $($rest:tt)*) => {
+        operations!(@rows [$($done)* $h: $e at $p as $o, $b; $s; $d; key "A unique id of the request (UUID). Repeats on this endpoint get an identical answer;\nthe same key with another body gets `422 IDEMPOTENCY_KEY_REUSED`. The key is scoped by\nendpoint: the same key on another endpoint is another notification."; ] $($rest)*);
+    };
+    (@rows [$($done:tt)*] $h:ident: $e:tt at $p:tt as $o:tt, $b:ty; $s:tt; $d:tt; key unkeyed; $($rest:tt)*) => {
+        operations!(@rows [$($done)* $h: $e at $p as $o, $b; $s; $d; key "A unique id of the request, if sent; otherwise repeats are recognised by body."; ] $($rest)*);
+    };
+    (@emit $(
+        $handler:ident: $endpoint:tt at $path:tt as $op:tt, $body:ty;
+        $summary:tt; $description:tt; key $key_doc:tt;
+    )*) => {
+        /// The notification endpoints: (event type, declared path).
+        pub const ENDPOINTS: &[(&str, &str)] = &[$(($endpoint, $path)),*];
+
+        /// The descriptions of the optional headers are repeated per operation because
+        /// poem-openapi documents parameters where they are declared.
+        #[OpenApi(tag = "VerestroTag::Verestro")]
+        impl VerestroApi {
+            $(
+                #[doc = $summary]
+                #[doc = ""]
+                #[doc = $description]
+                #[oai(path = $path, method = "post", operation_id = $op)]
+                async fn $handler(
+                    &self,
+                    ctx: Data<&Ctx>,
+                    req: &Request,
+                    #[doc = $key_doc]
+                    #[oai(name = "X-Idempotency-Key")]
+                    idempotency_key: Header<Option<String>>,
+                    /// `true` when the body is `{"payload": "<JWE>"}`.
+                    #[oai(name = "Encrypted-Request")]
+                    encrypted: Header<Option<String>>,
+                    /// Verestro's public key, for answers that carry data (kept with the event).
+                    #[oai(name = "Public-Key")]
+                    public_key: Header<Option<String>>,
+                    body: VerestroBody<$body>,
+                ) -> Answer<NotificationAnswer> {
+                    let headers = Headers {
+                        idempotency_key: idempotency_key.0,
+                        encrypted: encrypted.0,
+                        public_key: public_key.0,
+                    };
+                    self.notify($endpoint, &ctx, req, headers, body).await
+                }
+            )*
+
+            /// Our public key
+            ///
+            /// The RSA public key Verestro encrypts requests to: `{"publicKey": base64(PEM)}`. The
+            /// newest configured key; older ones still decrypt while they stay configured.
+            #[oai(
+                path = "/public-key",
+                method = "get",
+                operation_id = "verestroPublicKey"
+            )]
+            async fn public_key(&self, ctx: Data<&Ctx>, req: &Request) -> Answer<PublicKeyAnswer> {
+                if let Some(refused) = self.refuse(&ctx, req) {
+                    return Answer::stored(&refused);
+                }
+                match self.inner.keys.public_key_b64() {
+                    Some(k) => Answer::stored(&StoredResponse::json(200, &json!({"publicKey": k}))),
+                    None => Answer::stored(&detail(404, ErrorCode::NoPublicKey)),
+                }
+            }
         }
     };
+    ($($rows:tt)*) => { operations!(@rows [] $($rows)*); };
 }
 
-/// The descriptions of the optional headers are repeated per operation because
-/// poem-openapi documents parameters where they are declared.
-#[OpenApi(tag = "ProviderTag::Verestro")]
-impl VerestroApi {
-    /// 3DS OTP
-    ///
-    /// A one-time password for a card-not-present transaction, to deliver to the card
-    /// holder. Mutual TLS; optionally encrypted (JWE); idempotent by `X-Idempotency-Key`.
-    #[oai(
-        path = "/notifications/otp",
-        method = "post",
-        operation_id = "verestroOtp"
-    )]
-    async fn otp(
-        &self,
-        ctx: Data<&Ctx>,
-        req: &Request,
-        /// A unique id of the request (UUID). Repeats get an identical answer; the same key
-        /// with another body gets `422 IDEMPOTENCY_KEY_REUSED`.
-        #[oai(name = "X-Idempotency-Key")]
-        idempotency_key: Header<Option<String>>,
-        /// `true` when the body is `{"payload": "<JWE>"}`.
-        #[oai(name = "Encrypted-Request")]
-        encrypted: Header<Option<String>>,
-        /// Verestro's public key, for answers that carry data (kept with the event).
-        #[oai(name = "Public-Key")]
-        public_key: Header<Option<String>>,
-        body: VerestroBody<OtpNotification>,
-    ) -> Answer<NotificationAnswer> {
-        self.notify(
-            "otp",
-            &ctx,
-            req,
-            headers!(idempotency_key, encrypted, public_key),
-            body,
-        )
-        .await
-    }
-
-    /// KYC verification in progress
-    ///
-    /// A user's KYC verification moved to `IN_PROGRESS`. Mutual TLS; optionally encrypted
-    /// (JWE); idempotent by `X-Idempotency-Key`.
-    #[oai(
-        path = "/notifications/verificationInProgress",
-        method = "post",
-        operation_id = "verestroVerificationInProgress"
-    )]
-    async fn verification_in_progress(
-        &self,
-        ctx: Data<&Ctx>,
-        req: &Request,
-        /// A unique id of the request (UUID). Repeats get an identical answer; the same key
-        /// with another body gets `422 IDEMPOTENCY_KEY_REUSED`.
-        #[oai(name = "X-Idempotency-Key")]
-        idempotency_key: Header<Option<String>>,
-        /// `true` when the body is `{"payload": "<JWE>"}`.
-        #[oai(name = "Encrypted-Request")]
-        encrypted: Header<Option<String>>,
-        /// Verestro's public key, for answers that carry data (kept with the event).
-        #[oai(name = "Public-Key")]
-        public_key: Header<Option<String>>,
-        body: VerestroBody<VerificationNotification>,
-    ) -> Answer<NotificationAnswer> {
-        self.notify(
-            "verificationInProgress",
-            &ctx,
-            req,
-            headers!(idempotency_key, encrypted, public_key),
-            body,
-        )
-        .await
-    }
-
-    /// KYC verification accepted
-    ///
-    /// A user's KYC verification moved to `ACCEPTED`. Mutual TLS; optionally encrypted
-    /// (JWE); idempotent by `X-Idempotency-Key`.
-    #[oai(
-        path = "/notifications/verificationAccepted",
-        method = "post",
-        operation_id = "verestroVerificationAccepted"
-    )]
-    async fn verification_accepted(
-        &self,
-        ctx: Data<&Ctx>,
-        req: &Request,
-        /// A unique id of the request (UUID). Repeats get an identical answer; the same key
-        /// with another body gets `422 IDEMPOTENCY_KEY_REUSED`.
-        #[oai(name = "X-Idempotency-Key")]
-        idempotency_key: Header<Option<String>>,
-        /// `true` when the body is `{"payload": "<JWE>"}`.
-        #[oai(name = "Encrypted-Request")]
-        encrypted: Header<Option<String>>,
-        /// Verestro's public key, for answers that carry data (kept with the event).
-        #[oai(name = "Public-Key")]
-        public_key: Header<Option<String>>,
-        body: VerestroBody<VerificationNotification>,
-    ) -> Answer<NotificationAnswer> {
-        self.notify(
-            "verificationAccepted",
-            &ctx,
-            req,
-            headers!(idempotency_key, encrypted, public_key),
-            body,
-        )
-        .await
-    }
-
-    /// KYC verification rejected
-    ///
-    /// A user's KYC verification moved to `REJECTED`, with a reason. Mutual TLS; optionally
-    /// encrypted (JWE); idempotent by `X-Idempotency-Key`.
-    #[oai(
-        path = "/notifications/verificationRejected",
-        method = "post",
-        operation_id = "verestroVerificationRejected"
-    )]
-    async fn verification_rejected(
-        &self,
-        ctx: Data<&Ctx>,
-        req: &Request,
-        /// A unique id of the request (UUID). Repeats get an identical answer; the same key
-        /// with another body gets `422 IDEMPOTENCY_KEY_REUSED`.
-        #[oai(name = "X-Idempotency-Key")]
-        idempotency_key: Header<Option<String>>,
-        /// `true` when the body is `{"payload": "<JWE>"}`.
-        #[oai(name = "Encrypted-Request")]
-        encrypted: Header<Option<String>>,
-        /// Verestro's public key, for answers that carry data (kept with the event).
-        #[oai(name = "Public-Key")]
-        public_key: Header<Option<String>>,
-        body: VerestroBody<VerificationNotification>,
-    ) -> Answer<NotificationAnswer> {
-        self.notify(
-            "verificationRejected",
-            &ctx,
-            req,
-            headers!(idempotency_key, encrypted, public_key),
-            body,
-        )
-        .await
-    }
-
-    /// Card locked
-    ///
-    /// A card was locked, with a reason. Mutual TLS; optionally encrypted (JWE). Verestro
-    /// sends no idempotency key here: repeats are recognised by endpoint and body.
-    #[oai(
-        path = "/notifications/cardLocked",
-        method = "post",
-        operation_id = "verestroCardLocked"
-    )]
-    async fn card_locked(
-        &self,
-        ctx: Data<&Ctx>,
-        req: &Request,
-        /// A unique id of the request, if sent; otherwise repeats are recognised by body.
-        #[oai(name = "X-Idempotency-Key")]
-        idempotency_key: Header<Option<String>>,
-        /// `true` when the body is `{"payload": "<JWE>"}`.
-        #[oai(name = "Encrypted-Request")]
-        encrypted: Header<Option<String>>,
-        /// Verestro's public key, for answers that carry data (kept with the event).
-        #[oai(name = "Public-Key")]
-        public_key: Header<Option<String>>,
-        body: VerestroBody<CardLocked>,
-    ) -> Answer<NotificationAnswer> {
-        self.notify(
-            "cardLocked",
-            &ctx,
-            req,
-            headers!(idempotency_key, encrypted, public_key),
-            body,
-        )
-        .await
-    }
-
-    /// Card unlocked
-    ///
-    /// A card was unlocked. Mutual TLS; optionally encrypted (JWE). Verestro sends no
-    /// idempotency key here: repeats are recognised by endpoint and body.
-    #[oai(
-        path = "/notifications/cardUnlocked",
-        method = "post",
-        operation_id = "verestroCardUnlocked"
-    )]
-    async fn card_unlocked(
-        &self,
-        ctx: Data<&Ctx>,
-        req: &Request,
-        /// A unique id of the request, if sent; otherwise repeats are recognised by body.
-        #[oai(name = "X-Idempotency-Key")]
-        idempotency_key: Header<Option<String>>,
-        /// `true` when the body is `{"payload": "<JWE>"}`.
-        #[oai(name = "Encrypted-Request")]
-        encrypted: Header<Option<String>>,
-        /// Verestro's public key, for answers that carry data (kept with the event).
-        #[oai(name = "Public-Key")]
-        public_key: Header<Option<String>>,
-        body: VerestroBody<CardUnlocked>,
-    ) -> Answer<NotificationAnswer> {
-        self.notify(
-            "cardUnlocked",
-            &ctx,
-            req,
-            headers!(idempotency_key, encrypted, public_key),
-            body,
-        )
-        .await
-    }
-
-    /// Transactional lock reason added
-    ///
-    /// A transactional lock reason was added to a corporation or a user. Mutual TLS;
-    /// optionally encrypted (JWE); idempotent by `X-Idempotency-Key`.
-    #[oai(
-        path = "/notifications/transactionalLockReasonAdded",
-        method = "post",
-        operation_id = "verestroLockReasonAdded"
-    )]
-    async fn lock_reason_added(
-        &self,
-        ctx: Data<&Ctx>,
-        req: &Request,
-        /// A unique id of the request (UUID). Repeats get an identical answer; the same key
-        /// with another body gets `422 IDEMPOTENCY_KEY_REUSED`.
-        #[oai(name = "X-Idempotency-Key")]
-        idempotency_key: Header<Option<String>>,
-        /// `true` when the body is `{"payload": "<JWE>"}`.
-        #[oai(name = "Encrypted-Request")]
-        encrypted: Header<Option<String>>,
-        /// Verestro's public key, for answers that carry data (kept with the event).
-        #[oai(name = "Public-Key")]
-        public_key: Header<Option<String>>,
-        body: VerestroBody<LockReasonChange>,
-    ) -> Answer<NotificationAnswer> {
-        self.notify(
-            "transactionalLockReasonAdded",
-            &ctx,
-            req,
-            headers!(idempotency_key, encrypted, public_key),
-            body,
-        )
-        .await
-    }
-
-    /// Transactional lock reason removed
-    ///
-    /// A transactional lock reason was removed from a corporation or a user. Mutual TLS;
-    /// optionally encrypted (JWE); idempotent by `X-Idempotency-Key`.
-    #[oai(
-        path = "/notifications/transactionalLockReasonRemoved",
-        method = "post",
-        operation_id = "verestroLockReasonRemoved"
-    )]
-    async fn lock_reason_removed(
-        &self,
-        ctx: Data<&Ctx>,
-        req: &Request,
-        /// A unique id of the request (UUID). Repeats get an identical answer; the same key
-        /// with another body gets `422 IDEMPOTENCY_KEY_REUSED`.
-        #[oai(name = "X-Idempotency-Key")]
-        idempotency_key: Header<Option<String>>,
-        /// `true` when the body is `{"payload": "<JWE>"}`.
-        #[oai(name = "Encrypted-Request")]
-        encrypted: Header<Option<String>>,
-        /// Verestro's public key, for answers that carry data (kept with the event).
-        #[oai(name = "Public-Key")]
-        public_key: Header<Option<String>>,
-        body: VerestroBody<LockReasonChange>,
-    ) -> Answer<NotificationAnswer> {
-        self.notify(
-            "transactionalLockReasonRemoved",
-            &ctx,
-            req,
-            headers!(idempotency_key, encrypted, public_key),
-            body,
-        )
-        .await
-    }
-
-    /// Our public key
-    ///
-    /// The RSA public key Verestro encrypts requests to: `{"publicKey": base64(PEM)}`. The
-    /// newest configured key; older ones still decrypt while they stay configured.
-    #[oai(
-        path = "/public-key",
-        method = "get",
-        operation_id = "verestroPublicKey"
-    )]
-    async fn public_key(&self, ctx: Data<&Ctx>, req: &Request) -> Answer<PublicKeyAnswer> {
-        if let Some(refused) = self.refuse(&ctx, req) {
-            return Answer::stored(&refused);
-        }
-        match self.inner.keys.public_key_b64() {
-            Some(k) => Answer::stored(&StoredResponse::json(200, &json!({"publicKey": k}))),
-            None => Answer::stored(&detail(404, ErrorCode::NoPublicKey)),
-        }
-    }
+operations! {
+    otp: "otp" at "/notifications/otp" as "verestroOtp", OtpNotification;
+        "3DS OTP";
+        "A one-time password for a card-not-present transaction, to deliver to the card\nholder. Mutual TLS; optionally encrypted (JWE); idempotent by `X-Idempotency-Key`.";
+        key keyed;
+    verification_in_progress: "verificationInProgress" at "/notifications/verificationInProgress"
+        as "verestroVerificationInProgress", VerificationNotification;
+        "KYC verification in progress";
+        "A user's KYC verification moved to `IN_PROGRESS`. Mutual TLS; optionally encrypted\n(JWE); idempotent by `X-Idempotency-Key`.";
+        key keyed;
+    verification_accepted: "verificationAccepted" at "/notifications/verificationAccepted"
+        as "verestroVerificationAccepted", VerificationNotification;
+        "KYC verification accepted";
+        "A user's KYC verification moved to `ACCEPTED`. Mutual TLS; optionally encrypted\n(JWE); idempotent by `X-Idempotency-Key`.";
+        key keyed;
+    verification_rejected: "verificationRejected" at "/notifications/verificationRejected"
+        as "verestroVerificationRejected", VerificationNotification;
+        "KYC verification rejected";
+        "A user's KYC verification moved to `REJECTED`, with a reason. Mutual TLS; optionally\nencrypted (JWE); idempotent by `X-Idempotency-Key`.";
+        key keyed;
+    card_locked: "cardLocked" at "/notifications/cardLocked" as "verestroCardLocked", CardLocked;
+        "Card locked";
+        "A card was locked, with a reason. Mutual TLS; optionally encrypted (JWE). Verestro\nsends no idempotency key here: repeats are recognised by endpoint and body.";
+        key unkeyed;
+    card_unlocked: "cardUnlocked" at "/notifications/cardUnlocked" as "verestroCardUnlocked", CardUnlocked;
+        "Card unlocked";
+        "A card was unlocked. Mutual TLS; optionally encrypted (JWE). Verestro sends no\nidempotency key here: repeats are recognised by endpoint and body.";
+        key unkeyed;
+    lock_reason_added: "transactionalLockReasonAdded" at "/notifications/transactionalLockReasonAdded"
+        as "verestroLockReasonAdded", LockReasonChange;
+        "Transactional lock reason added";
+        "A transactional lock reason was added to a corporation or a user. Mutual TLS;\noptionally encrypted (JWE); idempotent by `X-Idempotency-Key`.";
+        key keyed;
+    lock_reason_removed: "transactionalLockReasonRemoved" at "/notifications/transactionalLockReasonRemoved"
+        as "verestroLockReasonRemoved", LockReasonChange;
+        "Transactional lock reason removed";
+        "A transactional lock reason was removed from a corporation or a user. Mutual TLS;\noptionally encrypted (JWE); idempotent by `X-Idempotency-Key`.";
+        key keyed;
 }

@@ -1,8 +1,15 @@
 //! The bodies Verestro sends, typed and documented (seeds: the three revisions of the
 //! "Your APIs for us - Notifications" page; `PROVIDERS.md` §1 wins where they differ).
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, FixedOffset};
-use poem_openapi::{Enum, Object, types::Example};
+use poem_openapi::{
+    Enum, Object,
+    registry::{MetaSchema, MetaSchemaRef},
+    types::{Example, ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
+};
+use serde_json::Value;
 
 use crate::types::{Int, Open};
 
@@ -18,7 +25,7 @@ pub struct OtpNotification {
     /// The user's balance (UUID v4).
     pub balance_id: uuid::Uuid,
     /// Transaction value, gross, in minor units of `currency` (`1000` PLN is 10.00 PLN).
-    pub amount: Int,
+    pub amount: Amount,
     /// ISO 4217 alphabetic currency code.
     #[oai(validator(pattern = "^[A-Z]{3}$"))]
     pub currency: String,
@@ -34,7 +41,7 @@ impl Example for OtpNotification {
             storage_customer_id: Int(1337),
             storage_card_id: Int(1337),
             balance_id: uuid::uuid!("b334b384-328c-11ed-a261-0242ac120002"),
-            amount: Int(1000),
+            amount: Amount::Minor(1000),
             currency: "PLN".into(),
             merchant_name: "merchant test".into(),
             otp: "1111".into(),
@@ -113,7 +120,7 @@ pub struct CardLocked {
     /// Card identifier.
     pub dc_card_id: Int,
     /// When the card was locked (RFC 3339).
-    pub date: DateTime<FixedOffset>,
+    pub date: Date,
     /// Why.
     pub reason: Open<CardLockReason>,
 }
@@ -122,7 +129,7 @@ impl Example for CardLocked {
     fn example() -> Self {
         CardLocked {
             dc_card_id: Int(11),
-            date: example_date(),
+            date: Date::exact(example_date()),
             reason: Open::Known(CardLockReason::PinTriesExceeded),
         }
     }
@@ -136,14 +143,14 @@ pub struct CardUnlocked {
     /// Card identifier.
     pub dc_card_id: Int,
     /// When the card was unlocked (RFC 3339).
-    pub date: DateTime<FixedOffset>,
+    pub date: Date,
 }
 
 impl Example for CardUnlocked {
     fn example() -> Self {
         CardUnlocked {
             dc_card_id: Int(11),
-            date: example_date(),
+            date: Date::exact(example_date()),
         }
     }
 }
@@ -182,7 +189,7 @@ pub struct LockReasonChange {
     /// The lock reason.
     pub lock_reason: Open<LockReason>,
     /// When it was added or removed (RFC 3339).
-    pub timestamp: DateTime<FixedOffset>,
+    pub timestamp: Date,
 }
 
 impl Example for LockReasonChange {
@@ -191,7 +198,7 @@ impl Example for LockReasonChange {
             resource_type: Open::Known(ResourceType::Corporation),
             resource_id: "a3f33118-946d-4b9c-b27f-e009d28355fa".into(),
             lock_reason: Open::Known(LockReason::FraudSuspected),
-            timestamp: example_date(),
+            timestamp: Date::exact(example_date()),
         }
     }
 }
@@ -331,10 +338,182 @@ pub trait Remarks {
     }
 }
 
-impl Remarks for OtpNotification {}
-impl Remarks for CardLocked {}
-impl Remarks for CardUnlocked {}
-impl Remarks for LockReasonChange {}
+impl Remarks for OtpNotification {
+    fn remarks(&self, _endpoint: &str) -> Vec<String> {
+        match self.amount {
+            Amount::Decimal(_) => vec![
+                "decimal_amount: `amount` is documented in minor units (an integer) and came with a fraction; passed on as it was".into(),
+            ],
+            Amount::Minor(_) => Vec::new(),
+        }
+    }
+}
+
+impl Remarks for CardLocked {
+    fn remarks(&self, _endpoint: &str) -> Vec<String> {
+        self.date.remarks("date")
+    }
+}
+
+impl Remarks for CardUnlocked {
+    fn remarks(&self, _endpoint: &str) -> Vec<String> {
+        self.date.remarks("date")
+    }
+}
+
+impl Remarks for LockReasonChange {
+    fn remarks(&self, _endpoint: &str) -> Vec<String> {
+        self.timestamp.remarks("timestamp")
+    }
+}
+
+/// An amount in minor units. Documented as an integer; a string of digits is accepted,
+/// and so is a decimal (`10.5`, `"10.50"`), which is passed on as it came and flagged.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Amount {
+    /// An integer, as documented.
+    Minor(i64),
+    /// A number with a fraction: the provider's own mistake, kept as it was sent.
+    Decimal(serde_json::Number),
+}
+
+impl Type for Amount {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "integer_int64".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        let mut schema = MetaSchema::new_with_format("integer", "int64");
+        schema.description = Some(
+            "An integer. A JSON string holding an integer (\"1337\") is accepted too; a decimal is accepted and flagged.",
+        );
+        MetaSchemaRef::Inline(Box::new(schema))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for Amount {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        if let Ok(Int(i)) = Int::parse_from_json(value.clone()) {
+            return Ok(Amount::Minor(i));
+        }
+        let n = match value {
+            Some(Value::Number(n)) => Some(n),
+            Some(Value::String(s)) => s.trim().parse::<serde_json::Number>().ok(),
+            Some(Value::Null) | None => return Err(ParseError::expected_input()),
+            Some(_) => None,
+        };
+        n.filter(|n| n.as_f64().is_some_and(f64::is_finite))
+            .map(Amount::Decimal)
+            .ok_or_else(|| ParseError::custom("neither a number nor a string of digits"))
+    }
+}
+
+impl ToJSON for Amount {
+    fn to_json(&self) -> Option<Value> {
+        match self {
+            Amount::Minor(i) => Some(Value::from(*i)),
+            Amount::Decimal(n) => Some(Value::Number(n.clone())),
+        }
+    }
+}
+
+/// A date and time, documented as RFC 3339. `2025-06-17 13:42:54` (a space for the `T`,
+/// and no offset, read as UTC) is accepted too, normalised to RFC 3339, and flagged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Date {
+    /// The time.
+    pub at: DateTime<FixedOffset>,
+    /// Whether it came in another shape than RFC 3339.
+    pub lenient: bool,
+}
+
+impl Date {
+    /// An RFC 3339 time.
+    pub fn exact(at: DateTime<FixedOffset>) -> Self {
+        Date { at, lenient: false }
+    }
+
+    fn remarks(&self, field: &str) -> Vec<String> {
+        if self.lenient {
+            vec![format!(
+                "date_format: `{field}` is not RFC 3339 (a space for `T`, or no offset, read as UTC); normalised"
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+impl Type for Date {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        <DateTime<FixedOffset> as Type>::name()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        <DateTime<FixedOffset> as Type>::schema_ref()
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for Date {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        let s = match value {
+            Some(Value::String(s)) => s,
+            Some(Value::Null) | None => return Err(ParseError::expected_input()),
+            Some(_) => return Err(ParseError::custom("expected a string")),
+        };
+        let s = s.trim();
+        if let Ok(at) = DateTime::parse_from_rfc3339(s) {
+            return Ok(Date::exact(at));
+        }
+        let t = s.replacen(' ', "T", 1);
+        if let Ok(at) = DateTime::parse_from_rfc3339(&t) {
+            return Ok(Date { at, lenient: true });
+        }
+        for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S"] {
+            if let Ok(naive) = chrono::NaiveDateTime::parse_from_str(&t, f) {
+                return Ok(Date {
+                    at: naive.and_utc().fixed_offset(),
+                    lenient: true,
+                });
+            }
+        }
+        Err(ParseError::custom("not an RFC 3339 date and time"))
+    }
+}
+
+impl ToJSON for Date {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.at.to_rfc3339()))
+    }
+}
 
 impl Remarks for VerificationNotification {
     fn remarks(&self, endpoint: &str) -> Vec<String> {

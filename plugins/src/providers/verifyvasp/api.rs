@@ -15,13 +15,18 @@ use super::{
     model::{Callback, CallbackResult},
     verify::Verifier,
 };
-use crate::{
-    http::{
-        Answer, BodyError, Contract, Ctx, ErrorBody, JsonBody, Limits, error_json,
-        json_depth_exceeds, parse_json, unavailable,
-    },
-    providers::ProviderTag,
+use crate::http::{
+    Answer, BodyError, Contract, Ctx, ErrorBody, JsonBody, Limits, error_json, json_depth_exceeds,
+    parse_json, unavailable,
 };
+
+/// The tag of VerifyVASP's operation.
+#[derive(poem_openapi::Tags)]
+pub enum VerifyVaspTag {
+    /// VerifyVASP: travel-rule verification callbacks, authenticated by a bearer token.
+    #[oai(rename = "VerifyVASP")]
+    VerifyVasp,
+}
 
 /// The enclave expects an answer within a second: a concurrent duplicate waits for the
 /// first request at most this long (then it is told to retry), whatever
@@ -85,7 +90,7 @@ impl VerifyVaspApi {
     }
 }
 
-#[OpenApi(tag = "ProviderTag::VerifyVasp")]
+#[OpenApi(tag = "VerifyVaspTag::VerifyVasp")]
 impl VerifyVaspApi {
     /// Verification callback
     ///
