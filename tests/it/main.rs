@@ -18,6 +18,9 @@ mod verestro;
 mod generic;
 // Restarts and kill -9: nothing answered 2xx is lost, old keys stay duplicates.
 mod durability;
+// Several instances on one PostgreSQL database: one event per key across instances, a
+// killed instance's work taken over, a rolling restart, migrations, copying a sled store.
+mod instances;
 // Deliveries: a real SMTP server (aiosmtpd) and real HTTP servers; refusals, retries,
 // dead letters, replays, a kill mid-delivery.
 mod delivery;

@@ -224,7 +224,8 @@ pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(Cluster::start)
 }
 
-/// The `[store]` lines of a server on a fresh database.
+/// The `[store]` lines of a server on the database at `url`, with a short lease (3 s) so
+/// that a killed instance's work is taken over quickly.
 pub fn store_lines(url: &str) -> String {
     format!("backend = \"postgres\"\nurl = \"{url}\"\npool_size = 8\nlease = \"3s\"\n")
 }

@@ -170,6 +170,8 @@ pub struct Reply {
     pub body: String,
     /// Never answer (the connection hangs until the client gives up or dies).
     pub hang: bool,
+    /// Answer only after this long.
+    pub delay: Option<Duration>,
 }
 
 impl Reply {
@@ -179,6 +181,7 @@ impl Reply {
             headers: vec![],
             body: String::new(),
             hang: false,
+            delay: None,
         }
     }
 
@@ -188,7 +191,14 @@ impl Reply {
             headers: vec![("content-type".into(), "application/json".into())],
             body: v.to_string(),
             hang: false,
+            delay: None,
         }
+    }
+
+    /// The same answer, after `d`.
+    pub fn after(mut self, d: Duration) -> Reply {
+        self.delay = Some(d);
+        self
     }
 
     pub fn header(mut self, k: &str, v: &str) -> Reply {
@@ -262,6 +272,9 @@ impl Recorder {
                 };
                 if reply.hang {
                     std::future::pending::<()>().await;
+                }
+                if let Some(d) = reply.delay {
+                    tokio::time::sleep(d).await;
                 }
                 let mut r = Response::builder().status(StatusCode::from_u16(reply.status).unwrap());
                 for (k, v) in &reply.headers {

@@ -152,7 +152,11 @@ impl Server {
     /// Starts a server on an existing directory with extra environment variables.
     pub fn start_env(dir: Arc<Dir>, extra: Extra<'_>, env: &[(&str, &str)]) -> Server {
         let cfg = dir.path().join("switchboard.toml");
-        let store = dir.store_lines();
+        // A test that names its own backend keeps it.
+        let own = extra
+            .iter()
+            .any(|(sec, l)| *sec == "store" && l.contains("backend"));
+        let store = dir.store_lines().filter(|_| !own);
         let mut all = extra.to_vec();
         if let Some(lines) = &store {
             all.push(("store", lines));

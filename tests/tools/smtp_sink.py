@@ -12,9 +12,12 @@ listens on, then serves until killed.
 --tls-cert/key   offers STARTTLS and requires it
 --implicit-tls   speaks TLS from the first byte instead (SMTPS)
 --idle-timeout S drops a client that stays silent for S seconds
+--delay-data S   waits S seconds after a message's data before accepting it (a slow relay:
+                 a sender killed meanwhile leaves the message accepted, as a real one would)
 --auth U:P       requires AUTH (PLAIN or LOGIN) with these credentials, over TLS
 """
 import argparse
+import asyncio
 import json
 import os
 import ssl
@@ -27,10 +30,11 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Handler:
-    def __init__(self, out, fail_first, hold_file):
+    def __init__(self, out, fail_first, hold_file, delay_data=0.0):
         self.out = out
         self.fail_first = fail_first
         self.hold_file = hold_file
+        self.delay_data = delay_data
         self.count = 0
         self.lock = threading.Lock()
 
@@ -42,6 +46,8 @@ class Handler:
             return "451 4.3.0 Try again later"
         if self.hold_file and os.path.exists(self.hold_file):
             return "451 4.3.0 Held, try again later"
+        if self.delay_data:
+            await asyncio.sleep(self.delay_data)
         record = {
             "from": envelope.mail_from,
             "to": envelope.rcpt_tos,
@@ -78,6 +84,7 @@ def main():
     p.add_argument("--implicit-tls", action="store_true")
     p.add_argument("--auth")
     p.add_argument("--idle-timeout", type=float)
+    p.add_argument("--delay-data", type=float, default=0.0)
     a = p.parse_args()
     os.makedirs(a.dir, exist_ok=True)
     kwargs = {}
@@ -100,7 +107,7 @@ def main():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         s.close()
-    controller = Controller(Handler(a.dir, a.fail_first, a.hold_file), hostname="127.0.0.1", port=port, **kwargs)
+    controller = Controller(Handler(a.dir, a.fail_first, a.hold_file, a.delay_data), hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     print(port, flush=True)
     try:

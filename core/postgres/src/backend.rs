@@ -17,7 +17,9 @@ use switchboard_core::{
 };
 use uuid::Uuid;
 
-use crate::{INBOX_CHANNEL, OUTBOX_CHANNEL, PgBackend, db};
+use std::sync::Arc;
+
+use crate::{Claiming, INBOX_CHANNEL, OUTBOX_CHANNEL, PgBackend, db};
 
 /// The advisory lock the sweeper holds (one instance sweeps at a time).
 const SWEEP_LOCK: i64 = 0x5357_4545_5045_5231; // "SWEEPER1"
@@ -31,6 +33,63 @@ struct PgClaim {
     key: String,
     fingerprint: String,
     event_id: EventId,
+    _slot: Slot,
+}
+
+/// This instance's hold on a key it is claiming: dropped (the claim committed, rolled
+/// back or abandoned), it wakes the duplicates waiting here.
+struct Slot {
+    claiming: Arc<Claiming>,
+    key: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.claiming.lock() {
+            if let Some(n) = m.remove(&self.key) {
+                n.notify_waiters();
+            }
+        }
+    }
+}
+
+impl PgBackend {
+    /// Waits until no other request of this instance claims `key` (up to `deadline`),
+    /// then holds it.
+    async fn local_slot(&self, key: &str, deadline: tokio::time::Instant) -> Result<Slot> {
+        loop {
+            let waiting = {
+                let mut m = self
+                    .claiming
+                    .lock()
+                    .map_err(|_| Error::Unavailable("a claim lock was poisoned".into()))?;
+                match m.get(key) {
+                    Some(n) => n.clone(),
+                    None => {
+                        m.insert(key.to_owned(), Arc::default());
+                        return Ok(Slot {
+                            claiming: self.claiming.clone(),
+                            key: key.to_owned(),
+                        });
+                    }
+                }
+            };
+            let notified = waiting.notified();
+            tokio::pin!(notified);
+            // Registered before the owner can wake: it wakes under the same lock, after
+            // removing the key, and the key was still there when we read it. Either the
+            // notification is already in, or it comes.
+            notified.as_mut().enable();
+            let still = self
+                .claiming
+                .lock()
+                .map(|m| m.get(key).is_some_and(|n| Arc::ptr_eq(n, &waiting)))
+                .unwrap_or(false);
+            if still && tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(Error::InFlight);
+            }
+        }
+    }
 }
 
 fn at_ms(ms: u64) -> DateTime<Utc> {
@@ -222,9 +281,15 @@ impl Backend for PgBackend {
     }
 
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim> {
-        let mut tx = self.begin().await?;
-        // lock_timeout 0 would mean "wait forever".
-        let wait = millis(req.wait).max(1);
+        let deadline = tokio::time::Instant::now() + req.wait;
+        let slot = self.local_slot(req.key, deadline).await?;
+        let mut tx = match tokio::time::timeout_at(deadline, self.begin()).await {
+            Ok(tx) => tx?,
+            Err(_) => return Err(Error::InFlight),
+        };
+        // What is left of the wait, for a claim of another instance; lock_timeout 0 would
+        // mean "wait forever".
+        let wait = millis(deadline.saturating_duration_since(tokio::time::Instant::now())).max(1);
         sqlx::query("SELECT set_config('lock_timeout', $1, true)")
             .bind(format!("{wait}ms"))
             .execute(&mut *tx)
@@ -255,6 +320,7 @@ impl Backend for PgBackend {
                     key: req.key.to_owned(),
                     fingerprint: req.fingerprint.to_owned(),
                     event_id,
+                    _slot: slot,
                 }),
             })),
             Ok(None) => {
@@ -297,6 +363,7 @@ impl Backend for PgBackend {
             key,
             fingerprint,
             event_id,
+            _slot,
         } = *hold;
         if event_id != event.id {
             return Err(Error::Unavailable(

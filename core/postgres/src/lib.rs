@@ -68,9 +68,16 @@ pub struct PgBackend {
     retention: Duration,
     /// What this instance holds leases on now, renewed in the background.
     held: Arc<Held>,
+    /// Keys a request of this instance is claiming now: a concurrent duplicate arriving
+    /// here waits for it in memory, instead of taking a database connection to wait in
+    /// PostgreSQL (a storm of duplicates would otherwise empty the pool).
+    claiming: Arc<Claiming>,
     /// Stops the background tasks when the backend is dropped.
     _tasks: Vec<AbortOnDrop>,
 }
+
+/// Keys being claimed by this instance, each with the wake-up of its waiters.
+pub(crate) type Claiming = Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>;
 
 #[derive(Default)]
 struct Held {
@@ -194,6 +201,7 @@ impl PgBackend {
             lease,
             retention: cfg.retention.get(),
             held,
+            claiming: Arc::default(),
             _tasks: vec![
                 AbortOnDrop(listener.abort_handle()),
                 AbortOnDrop(renewer.abort_handle()),
