@@ -226,6 +226,10 @@ fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // What serve writes (the store holds OTPs and card data in clear; development
+    // secrets) is its owner's alone.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let app = App::build(config).await?;
     if let Some(dev) = app.dev.as_ref().filter(|d| d.generated) {
         // Printed to the terminal once, never to the log.

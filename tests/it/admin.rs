@@ -344,7 +344,16 @@ async fn a_script_is_tried_against_a_stored_event_without_queuing_anything() {
 
     // Nothing was queued by any of it.
     let after = admin(&c, &s, &format!("/admin/events/{id}")).await;
-    assert_eq!(after["actions"], e["actions"]);
+    // The same actions (their delivery may have moved on meanwhile), no new one.
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&after), ids(&e));
     assert_eq!(after["route"]["runs"], 1);
     assert_eq!(
         admin(&c, &s, "/admin/deliveries").await["items"]

@@ -196,3 +196,48 @@ async fn a_crash_loop_at_random_writes_routes_every_acknowledged_event() {
         evs.len()
     );
 }
+
+/// The store holds OTPs and card data in clear: its directory is its owner's alone (0700)
+/// and so are its files (0600), for a new store and for one made before (0755/0644).
+#[tokio::test]
+async fn the_store_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let sled = [("store", "backend = \"sled\"\n")];
+    let dir = Dir::new();
+    let check = |what: &str| {
+        let db = dir.data().join("db");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&db), 0o700, "{what}: {}", db.display());
+        let mut files = 0;
+        let mut stack = vec![db];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    assert_eq!(mode(&p), 0o700, "{what}: {}", p.display());
+                    stack.push(p);
+                } else {
+                    assert_eq!(mode(&p), 0o600, "{what}: {}", p.display());
+                    files += 1;
+                }
+            }
+        }
+        assert!(files > 0, "{what}: sled wrote files");
+    };
+    let c = client();
+    let s = Server::start_in(dir.clone(), &sled);
+    accepted_pomelo(&c, &s, &pomelo_body("777111")).await;
+    check("a new store");
+    assert!(s.terminate().success());
+    // As a store made by an earlier version left it.
+    let db = dir.data().join("db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for e in std::fs::read_dir(&db).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let s = Server::start_in(dir.clone(), &sled);
+    accepted_pomelo(&c, &s, &pomelo_body("777112")).await;
+    check("an older store");
+}

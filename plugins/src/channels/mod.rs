@@ -1,5 +1,8 @@
-//! The channel plugins: how queued actions leave switchboard. One folder per channel, each
-//! of the same shape (`mod.rs`, `config.rs`, `send.rs`, `tests.rs`) and one `build` step.
+//! The channel plugins: how queued actions leave switchboard. One folder per channel:
+//! `mod.rs` (its docs) and `send.rs` (its [`Channel`]) in each, `config.rs` where the channel
+//! has settings (`email`, `sms`, `http`; the console has none), `tests.rs` where it has logic
+//! of its own to test (`email`, `sms`; the others are covered by the black-box tests), and
+//! one [`build`] step for all of them.
 //!
 //! | channel | action | ways out |
 //! |---|---|---|
