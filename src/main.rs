@@ -130,6 +130,10 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// A route worker: `serve` starts these itself and speaks to them over stdin and
+    /// stdout (see `switchboard_core::route::worker`).
+    #[command(name = "route-worker", hide = true)]
+    RouteWorker,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -140,6 +144,10 @@ enum Format {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::RouteWorker = cli.command {
+        // No logging, no runtime: the worker only runs scripts, and its parent logs.
+        return ExitCode::from(switchboard_core::route::worker::main());
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -193,6 +201,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Test { dir, config } => routes_cli::test(dir, config.as_deref()),
         Command::Init { dir, force } => routes_cli::init(&dir, force),
+        Command::RouteWorker => Ok(()),
     }
 }
 

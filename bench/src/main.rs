@@ -470,8 +470,18 @@ async fn real_server(
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The server's route workers are this binary too (`route-worker`).
+    if std::env::args().nth(1).as_deref() == Some(switchboard_core::route::worker::SUBCOMMAND) {
+        std::process::exit(i32::from(switchboard_core::route::worker::main()));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
     let o = options()?;
     // Logs are formatted as in production (info level), then discarded.
     tracing_subscriber::fmt()
