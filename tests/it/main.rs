@@ -21,6 +21,12 @@ mod servers;
 // Route scripts: the sandbox's limits, hot reload, `switchboard test`, `switchboard init`,
 // replays from the command line.
 mod routes;
+// Hostile route scripts (tests/fixtures/hostile): each fails alone, the server keeps
+// answering; a killed worker, a server killed twice in a poison run.
+mod hostile;
+// SIGTERM with a routing backlog, slow lookups and emails in flight: nothing failed,
+// nothing sent twice, nothing logged after the last flush.
+mod shutdown;
 // The admin API: authentication, filters, pagination, masking.
 mod admin;
 // Bad input of every kind gets a clear 4xx; limits and timeouts hold.

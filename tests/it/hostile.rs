@@ -1,0 +1,280 @@
+//! Hostile route scripts (`tests/fixtures/hostile/*.rhai`, each with the message its event
+//! must fail with on its first line) against the real server: for each, the server stays
+//! up, a VerifyVASP callback sent while it runs is answered within the provider's second,
+//! the event ends `failed` with that message, and the next event routes. Then the crashes
+//! that no limit prevents: a route worker killed with SIGKILL in the middle of a run, and
+//! the whole server killed in the middle of a poison run, twice.
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::{
+    routes::{routes_config, write},
+    servers::Recorder,
+    support::*,
+};
+
+/// A VerifyVASP callback of `callback_type`, unique.
+fn callback(callback_type: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"callbackType": callback_type, "data": {
+        "verificationUuid": uuid::Uuid::new_v4().to_string(),
+        "txHash": "0x1", "result": "ERROR", "reason": "BLACKLISTED",
+        "verificationResult": "UNKNOWN", "ivms101": {}}}))
+    .unwrap()
+}
+
+/// The newest event of `event_type` once its route has run (or failed).
+async fn settled(c: &reqwest::Client, s: &Server, event_type: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let evs = events(c, s, &format!("type={event_type}")).await;
+        if let Some(e) = evs.first().filter(|e| e["status"] != "received") {
+            return e.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the {event_type} event was never routed: {evs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Sends an ordinary callback and checks that it is answered within VerifyVASP's second.
+async fn answered_within_a_second(c: &reqwest::Client, s: &Server) {
+    let started = Instant::now();
+    accepted_vasp(c, s, &callback("TX_REPORT")).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "a VerifyVASP callback took {took:?}"
+    );
+}
+
+/// Sends an ordinary callback and waits until it is routed.
+async fn next_event_routes(c: &reqwest::Client, s: &Server) {
+    accepted_vasp(c, s, &callback("TX_REPORT")).await;
+    until_routed(c, s).await;
+    let e = settled(c, s, "tx_report").await;
+    assert_eq!(e["status"], "routed", "{e}");
+}
+
+fn corpus() -> Vec<(String, String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("// expect: "))
+            .unwrap_or_else(|| panic!("{name}: the first line must be `// expect: ...`"))
+            .to_owned();
+        out.push((name, expect, text));
+    }
+    out.sort();
+    assert!(out.len() >= 15, "the corpus is incomplete");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hostile_script_fails_alone_while_the_server_keeps_answering() {
+    let sink = Recorder::start().await;
+    let dir = Dir::new();
+    let cases = corpus();
+    for (name, _, text) in &cases {
+        write(dir.path(), &format!("verifyvasp/hostile_{name}.rhai"), text);
+    }
+    write(
+        dir.path(),
+        "verifyvasp/tx_report.rhai",
+        "log::info(\"ok\");",
+    );
+    // Building a value nested 1,500 deep takes a while in a debug build (each step checks
+    // the whole value's size): a deadline that lets every script reach its hostile part.
+    let tail = format!(
+        "{}deadline = \"10s\"\n\n[services.sink]\nbase_url = \"{}\"\n",
+        routes_config(dir.path(), "1s"),
+        sink.url()
+    );
+    let mut s = Server::start_in(dir.clone(), &[("tail", &tail)]);
+    let c = client();
+    for (name, expect, _) in &cases {
+        accepted_vasp(
+            &c,
+            &s,
+            &callback(&format!("HOSTILE_{}", name.to_uppercase())),
+        )
+        .await;
+        answered_within_a_second(&c, &s).await;
+        let e = settled(&c, &s, &format!("hostile_{name}")).await;
+        assert_eq!(e["status"], "failed", "{name}: {e}");
+        let error = e["route"]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(expect.as_str()),
+            "{name}: expected {expect:?} in {error:?}"
+        );
+        next_event_routes(&c, &s).await;
+    }
+    assert!(s.try_wait().is_none(), "the server stopped");
+    // Nothing hostile reached the service: deep payloads and bad paths were refused in
+    // the script, before anything was queued or sent.
+    assert!(sink.requests().is_empty(), "{:?}", sink.requests());
+    let log = s.logs();
+    // Output and errors are escaped: no line of the log was forged.
+    assert!(
+        !log.lines().any(|l| l.starts_with("2030-")),
+        "a script forged a log line"
+    );
+    assert!(
+        log.contains(r"harmless\n2030-01-01"),
+        "print output is escaped"
+    );
+    // Made-up callback types do not become metric labels.
+    let metrics = c
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("hostile_"), "{metrics}");
+    assert!(metrics.contains(r#"event_type="other""#), "{metrics}");
+    assert!(metrics.contains(r#"event_type="tx_report""#), "{metrics}");
+}
+
+/// The pid of the newest route worker the server started.
+fn newest_worker(s: &Server) -> u32 {
+    s.logs()
+        .lines()
+        .filter(|l| l.contains("route worker started"))
+        .filter_map(|l| l.split("pid=").nth(1))
+        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+        .last()
+        .expect("no route worker was started")
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// Waits until the log shows `text` `n` times.
+async fn until_logged(s: &Server, text: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.logs().matches(text).count() < n {
+        assert!(Instant::now() < deadline, "never logged {text:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A script that says it started, then runs until its (long) deadline.
+const SPINS: &str = "print(\"run started\"); let x = 0; loop { x += 1; }";
+
+/// Routes settings under which [`SPINS`] runs for a minute.
+fn spinning(dir: &Path, isolation: &str) -> String {
+    format!(
+        "{}deadline = \"60s\"\nmax_operations = 1000000000000000\nisolation = \"{isolation}\"\n",
+        routes_config(dir, "1s")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_in_the_middle_of_a_run_costs_that_run_only() {
+    let dir = Dir::new();
+    write(dir.path(), "verifyvasp/hostile_spin.rhai", SPINS);
+    write(
+        dir.path(),
+        "verifyvasp/tx_report.rhai",
+        "log::info(\"ok\");",
+    );
+    let tail = spinning(dir.path(), "process");
+    let mut s = Server::start_in(dir.clone(), &[("tail", &tail)]);
+    let c = client();
+    accepted_vasp(&c, &s, &callback("HOSTILE_SPIN")).await;
+    until_logged(&s, "output=run started", 1).await;
+    let worker = newest_worker(&s);
+    assert_ne!(worker, s.pid());
+    let killed = Command::new("kill")
+        .args(["-KILL", &worker.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    answered_within_a_second(&c, &s).await;
+    let e = settled(&c, &s, "hostile_spin").await;
+    assert_eq!(e["status"], "failed", "{e}");
+    let error = e["route"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("the script crashed: its worker process was killed (SIGKILL)"),
+        "{error}"
+    );
+    // A new worker takes the next run.
+    next_event_routes(&c, &s).await;
+    assert_ne!(newest_worker(&s), worker, "the dead worker was replaced");
+    assert!(s.try_wait().is_none(), "the server stopped");
+}
+
+/// `kill -9` of the whole server while a run is in flight, twice: the third start parks
+/// the event instead of running it again.
+async fn poison_run_survives_two_kills(isolation: &str) {
+    let dir = Dir::new();
+    write(dir.path(), "verifyvasp/hostile_spin.rhai", SPINS);
+    write(
+        dir.path(),
+        "verifyvasp/tx_report.rhai",
+        "log::info(\"ok\");",
+    );
+    let tail = spinning(dir.path(), isolation);
+    let extra = [("tail", tail.as_str())];
+    let c = client();
+
+    let s = Server::start_in(dir.clone(), &extra);
+    accepted_vasp(&c, &s, &callback("HOSTILE_SPIN")).await;
+    until_logged(&s, "output=run started", 1).await;
+    let worker = (isolation == "process").then(|| newest_worker(&s));
+    s.kill9();
+    if let Some(pid) = worker {
+        // The worker dies with its server (PR_SET_PDEATHSIG).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(pid) {
+            assert!(Instant::now() < deadline, "the worker outlived its server");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    // Restarted, the event is run again (its first run never finished): killed again.
+    let s = Server::start_in(dir.clone(), &extra);
+    until_logged(&s, "output=run started", 1).await;
+    s.kill9();
+
+    // The third start does not run it: two runs did not finish.
+    let s = Server::start_in(dir.clone(), &extra);
+    let e = settled(&c, &s, "hostile_spin").await;
+    assert_eq!(e["status"], "failed", "{e}");
+    let error = e["route"]["error"].as_str().unwrap();
+    assert!(error.contains("did not finish 2 times"), "{error}");
+    assert!(
+        !s.logs().contains("output=run started"),
+        "it ran a third time"
+    );
+    next_event_routes(&c, &s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_is_parked_after_two_kills_of_the_server() {
+    poison_run_survives_two_kills("process").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_is_parked_after_two_kills_of_the_server_when_scripts_run_in_process() {
+    poison_run_survives_two_kills("in_process").await;
+}
