@@ -278,3 +278,34 @@ async fn a_poison_event_is_parked_after_two_kills_of_the_server() {
 async fn a_poison_event_is_parked_after_two_kills_of_the_server_when_scripts_run_in_process() {
     poison_run_survives_two_kills("in_process").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_over_the_worker_memory_cap_ends_its_worker_only() {
+    // An operator raised the string limit far beyond the worker's memory: one `pad` asks
+    // for 600 MB, which the worker's address space (routes.worker_memory) cannot hold.
+    let dir = Dir::new();
+    write(
+        dir.path(),
+        "verifyvasp/hostile_memory.rhai",
+        "let chunk = \"\"; chunk.pad(60000, \"m\"); let s = \"\"; s.pad(600000000, chunk); log::info(`${s.len()}`);",
+    );
+    write(dir.path(), "verifyvasp/tx_report.rhai", "log::info(\"ok\");");
+    let tail = format!(
+        "{}max_string_size = \"1GiB\"\nworker_memory = \"384MiB\"\ndeadline = \"10s\"\n",
+        routes_config(dir.path(), "1s")
+    );
+    let mut s = Server::start_in(dir.clone(), &[("tail", &tail)]);
+    let c = client();
+    accepted_vasp(&c, &s, &callback("HOSTILE_MEMORY")).await;
+    answered_within_a_second(&c, &s).await;
+    let e = settled(&c, &s, "hostile_memory").await;
+    assert_eq!(e["status"], "failed", "{e}");
+    let error = e["route"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("the script crashed: its worker process aborted"),
+        "{error}"
+    );
+    assert!(error.contains("memory allocation"), "{error}");
+    next_event_routes(&c, &s).await;
+    assert!(s.try_wait().is_none(), "the server stopped");
+}
