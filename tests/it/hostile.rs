@@ -154,10 +154,10 @@ async fn every_hostile_script_fails_alone_while_the_server_keeps_answering() {
 fn newest_worker(s: &Server) -> u32 {
     s.logs()
         .lines()
+        .rev()
         .filter(|l| l.contains("route worker started"))
         .filter_map(|l| l.split("pid=").nth(1))
-        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
-        .last()
+        .find_map(|p| p.split_whitespace().next()?.parse().ok())
         .expect("no route worker was started")
 }
 
@@ -289,7 +289,11 @@ async fn a_run_over_the_worker_memory_cap_ends_its_worker_only() {
         "verifyvasp/hostile_memory.rhai",
         "let chunk = \"\"; chunk.pad(60000, \"m\"); let s = \"\"; s.pad(600000000, chunk); log::info(`${s.len()}`);",
     );
-    write(dir.path(), "verifyvasp/tx_report.rhai", "log::info(\"ok\");");
+    write(
+        dir.path(),
+        "verifyvasp/tx_report.rhai",
+        "log::info(\"ok\");",
+    );
     let tail = format!(
         "{}max_string_size = \"1GiB\"\nworker_memory = \"384MiB\"\ndeadline = \"10s\"\n",
         routes_config(dir.path(), "1s")

@@ -422,3 +422,113 @@ fn last_words(tail: &VecDeque<String>, secrets: &[String]) -> String {
         format!(" after writing \"{}\"", text.join(" / "))
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use crate::{
+        event::{EventId, EventStatus},
+        route::NoLookups,
+    };
+
+    /// A "worker" that says it is ready, then never answers: stuck in a native call.
+    fn stuck_pool() -> Pool {
+        Pool::with_program(
+            "/bin/sh".into(),
+            vec![
+                "-c".into(),
+                r#"printf '\000\000\000\007"Ready"'; exec sleep 60"#.into(),
+            ],
+            &RoutesConfig::default(),
+            vec![],
+        )
+    }
+
+    fn event() -> Event {
+        Event {
+            id: EventId::new(),
+            provider: "p".into(),
+            endpoint: "/p".into(),
+            event_type: "t".into(),
+            received_at: chrono::Utc::now(),
+            status: EventStatus::Received,
+            idempotency_key: "k".into(),
+            fingerprint: "f".into(),
+            body: vec![],
+            data: Some(serde_json::json!({})),
+            meta: Default::default(),
+            flags: vec![],
+            conflict_of: None,
+            quarantine_reason: None,
+            secret_paths: vec![],
+            route: None,
+        }
+    }
+
+    fn job(event: &Event) -> Job<'_> {
+        Job {
+            script: "t.rhai",
+            source: "loop {}",
+            event,
+            limits: RunLimits {
+                deadline: Duration::from_millis(10),
+                ..RunLimits::from_config(&RoutesConfig::default())
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stuck_worker_is_killed_at_the_hard_deadline() {
+        let pool = stuck_pool();
+        let lookups: Arc<dyn Lookup> = Arc::new(NoLookups);
+        let event = event();
+        let started = Instant::now();
+        let ended = pool
+            .run(job(&event), &lookups, &CancellationToken::new())
+            .await;
+        let took = started.elapsed();
+        match ended {
+            Ended::Crashed(m) => assert!(m.starts_with("deadline of 10ms exceeded"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(took >= hard_limit(Duration::from_millis(10)), "{took:?}");
+        assert!(took < Duration::from_secs(10), "{took:?}");
+        assert!(
+            pool.idle.lock().unwrap().is_empty(),
+            "a killed worker is not reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_a_run_as_cancelled_not_as_a_failure() {
+        let pool = stuck_pool();
+        let lookups: Arc<dyn Lookup> = Arc::new(NoLookups);
+        let event = event();
+        let abort = CancellationToken::new();
+        let stop = abort.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop.cancel();
+        });
+        let mut slow = job(&event);
+        slow.limits.deadline = Duration::from_secs(30);
+        let ended = pool.run(slow, &lookups, &abort).await;
+        assert!(matches!(ended, Ended::Cancelled), "{ended:?}");
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_cannot_start_makes_the_run_unavailable() {
+        let pool = Pool::with_program(
+            "/nonexistent/switchboard".into(),
+            vec![],
+            &RoutesConfig::default(),
+            vec![],
+        );
+        let lookups: Arc<dyn Lookup> = Arc::new(NoLookups);
+        let event = event();
+        let ended = pool
+            .run(job(&event), &lookups, &CancellationToken::new())
+            .await;
+        assert!(matches!(ended, Ended::Unavailable(_)), "{ended:?}");
+    }
+}
