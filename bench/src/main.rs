@@ -660,7 +660,9 @@ async fn delivery_phases(o: &Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(&routes)?;
     std::fs::write(routes.join("tokenization_otp.rhai"), delivery::SCRIPT)?;
     let secret = secret_bytes();
-    let mut cfg = Config::default();
+    // Defaults, then `SWITCHBOARD_*` variables (`SWITCHBOARD_ROUTES__ISOLATION=in_process`
+    // compares the route workers with runs in the server's own threads).
+    let mut cfg = Config::load(None)?;
     cfg.store.path = dir.path().join("data");
     cfg.dev.secrets = false;
     cfg.routes.dir = dir.path().join("routes");
@@ -684,8 +686,9 @@ async fn delivery_phases(o: &Options) -> anyhow::Result<()> {
         },
     );
     println!(
-        "route + delivery: {} messages per run, email concurrency {} over {} pooled SMTP connections, http concurrency {}",
+        "route + delivery: {} messages per run, scripts {:?}, email concurrency {} over {} pooled SMTP connections, http concurrency {}",
         o.messages,
+        cfg.routes.isolation,
         cfg.channels.email.concurrency,
         cfg.channels.email.pool_size,
         cfg.channels.http.concurrency
