@@ -97,9 +97,15 @@ pub struct Pool {
 
 impl Pool {
     /// Workers of this very binary (`<current exe> route-worker`), for `cfg` and the
-    /// services named.
+    /// services named. On Linux through `/proc/self/exe`, which stays the running binary
+    /// even when a deploy has replaced the file on disk.
     pub fn new(cfg: &RoutesConfig, services: Vec<String>) -> Pool {
-        let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("switchboard"));
+        let own = PathBuf::from("/proc/self/exe");
+        let program = if own.exists() {
+            own
+        } else {
+            std::env::current_exe().unwrap_or_else(|_| PathBuf::from("switchboard"))
+        };
         Pool::with_program(program, vec![worker::SUBCOMMAND.into()], cfg, services)
     }
 
