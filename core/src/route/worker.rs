@@ -3,8 +3,8 @@
 //!
 //! It reads [`proto::ToWorker`] frames on stdin and answers on stdout. Before it builds
 //! its engine it limits itself: its address space to `routes.worker_memory`
-//! (`RLIMIT_AS`), no core dumps (`RLIMIT_CORE` 0), no further files or sockets
-//! (`RLIMIT_NOFILE` at the three it has), and on Linux it dies with its parent
+//! (`RLIMIT_AS`), no core dumps (`RLIMIT_CORE` 0), no descriptor but its three pipes
+//! (inherited ones closed, `RLIMIT_NOFILE` at three), and on Linux it dies with its parent
 //! (`PR_SET_PDEATHSIG`). It holds no secret and opens no connection: the server started it
 //! with an empty environment and performs its lookups for it. Scripts run on a thread with
 //! a large stack; whatever still crashes there (an allocation over the cap, a stack
@@ -35,6 +35,7 @@ pub const SUBCOMMAND: &str = "route-worker";
 
 /// Runs the worker until its stdin closes. Returns the process's exit code.
 pub fn main() -> u8 {
+    close_inherited();
     // Stdin is buffered inside std: later locks see what this one read ahead.
     let setup: Setup = match proto::read_frame::<ToWorker>(&mut io::stdin().lock()) {
         Ok(Some(ToWorker::Setup(s))) => s,
@@ -70,6 +71,26 @@ pub fn main() -> u8 {
         Err(_) => 1,
     }
 }
+
+/// Closes every descriptor but stdin, stdout and stderr: whatever the server inherited
+/// from whoever started it (the server's own are close-on-exec) stays out of reach.
+#[cfg(target_os = "linux")]
+fn close_inherited() {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds.into_iter().filter(|fd| *fd > 2) {
+        // The directory's own descriptor is already closed: EBADF, ignored.
+        let _ = nix::unistd::close(fd);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn close_inherited() {}
 
 /// Memory cap, no core dumps, death with the parent.
 #[cfg(unix)]
