@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::{
     routes::{routes_config, write},
-    servers::Recorder,
+    servers::{Recorder, Reply},
     support::*,
 };
 
@@ -224,22 +224,35 @@ async fn a_worker_killed_in_the_middle_of_a_run_costs_that_run_only() {
 }
 
 /// `kill -9` of the whole server while a run is in flight, twice: the third start parks
-/// the event instead of running it again.
+/// the event instead of running it again. Three innocent events whose runs were in flight
+/// (waiting on a slow service) at the first kill are run alone after it, so they are
+/// never counted twice, and end routed.
 async fn poison_run_survives_two_kills(isolation: &str) {
+    let slow = Recorder::start().await;
+    slow.plan("/", vec![Reply::json(json!({})).after(Duration::from_secs(60))]);
     let dir = Dir::new();
     write(dir.path(), "verifyvasp/hostile_spin.rhai", SPINS);
+    write(dir.path(), "verifyvasp/tx_report.rhai", "log::info(\"ok\");");
     write(
         dir.path(),
-        "verifyvasp/tx_report.rhai",
-        "log::info(\"ok\");",
+        "verifyvasp/error_report.rhai",
+        "let x = http::get(\"slow\", \"/x\"); log::info(\"innocent\");",
     );
-    let tail = spinning(dir.path(), isolation);
+    let tail = format!(
+        "{}lookup_timeout = \"90s\"\nlookup_budget = \"90s\"\n\n[services.slow]\nbase_url = \"{}\"\ntimeout = \"90s\"\n",
+        spinning(dir.path(), isolation),
+        slow.url()
+    );
     let extra = [("tail", tail.as_str())];
     let c = client();
 
     let s = Server::start_in(dir.clone(), &extra);
     accepted_vasp(&c, &s, &callback("HOSTILE_SPIN")).await;
+    for _ in 0..3 {
+        accepted_vasp(&c, &s, &callback("ERROR_REPORT")).await;
+    }
     until_logged(&s, "output=run started", 1).await;
+    slow.wait_for("/x", 3, Duration::from_secs(20)).await;
     let worker = (isolation == "process").then(|| newest_worker(&s));
     s.kill9();
     if let Some(pid) = worker {
@@ -250,22 +263,31 @@ async fn poison_run_survives_two_kills(isolation: &str) {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+    // Still slow: run beside the poison one, the innocent runs would be in flight at the
+    // next kill too.
+    slow.plan("/", vec![Reply::json(json!({})).after(Duration::from_secs(3))]);
 
-    // Restarted, the event is run again (its first run never finished): killed again.
+    // Restarted, the event is run again, alone (its first run never finished): killed
+    // again.
     let s = Server::start_in(dir.clone(), &extra);
     until_logged(&s, "output=run started", 1).await;
+    assert!(s.logs().contains("running it alone"));
     s.kill9();
+    slow.plan("/", vec![Reply::json(json!({}))]);
 
-    // The third start does not run it: two runs did not finish.
+    // The third start does not run it: two runs did not finish. The innocent ones run.
     let s = Server::start_in(dir.clone(), &extra);
     let e = settled(&c, &s, "hostile_spin").await;
     assert_eq!(e["status"], "failed", "{e}");
     let error = e["route"]["error"].as_str().unwrap();
     assert!(error.contains("did not finish 2 times"), "{error}");
-    assert!(
-        !s.logs().contains("output=run started"),
-        "it ran a third time"
-    );
+    assert!(!s.logs().contains("output=run started"), "it ran a third time");
+    until_routed(&c, &s).await;
+    let innocent = events(&c, &s, "type=error_report").await;
+    assert_eq!(innocent.len(), 3);
+    for e in &innocent {
+        assert_eq!(e["status"], "routed", "{e}");
+    }
     next_event_routes(&c, &s).await;
 }
 

@@ -5,10 +5,17 @@
 //! (`routes.lookup_retries`) before the event is parked; the event stays in the inbox
 //! meanwhile, so a restart picks it up too.
 //!
-//! Each run is counted on disk before it starts ([`Store::route_run_starting`]) and the
+//! Each run is counted on disk before it starts ([`Store::set_route_run_starts`]) and the
 //! count is cleared once its outcome is recorded: an event whose runs keep dying with
 //! their worker, or with the whole server, is parked `failed` after `routes.max_crashes`
-//! of them instead of being run at every start. Runs go to worker processes
+//! of them instead of being run at every start. An event with a run that did not finish
+//! is a suspect: it runs alone (no other run at the same time), so that the events that
+//! merely ran beside a poison one when it took the server down are not counted again,
+//! and only the poison one reaches the limit.
+//!
+//! There are more route tasks than run slots (`routes.workers`): a task counts its run and
+//! waits for that write to be flushed (many such writes share one flush) before it takes
+//! a slot, so the flush does not hold a worker process idle. Runs go to worker processes
 //! ([`super::pool`]) unless `routes.isolation = "in_process"`. Outcomes are recorded on a
 //! blocking thread: a run that queued a hundred actions never holds up an async worker
 //! that another provider's answer waits for.
@@ -62,7 +69,14 @@ pub struct Router {
     max_crashes: u32,
     /// Ends the runs in flight (shutdown, once the grace period is over).
     abort: CancellationToken,
+    /// Held shared by every run, exclusively by a suspect's.
+    alone: tokio::sync::RwLock<()>,
+    /// Runs at once (`routes.workers`): worker processes or threads.
+    slots: tokio::sync::Semaphore,
 }
+
+/// Route tasks per run slot: the tasks that wait for their count's flush share it.
+const TASKS_PER_SLOT: usize = 4;
 
 /// How a run ended, as the router records it.
 enum Outcome {
@@ -72,10 +86,11 @@ enum Outcome {
     Crashed(String),
     /// It did not finish this many times before: parked `failed`, not run.
     Poison(u32),
-    /// Shutdown ended it: the event stays in the inbox as it is.
-    Cancelled,
-    /// It could not run now (no worker, the store could not count it): tried again soon.
-    Unavailable(String),
+    /// Shutdown ended it: the event stays in the inbox as it is, its count back at this.
+    Cancelled(u32),
+    /// It could not run now (no worker, the store could not count it): tried again soon,
+    /// its count back at this.
+    Unavailable(u32, String),
 }
 
 impl Router {
@@ -102,6 +117,8 @@ impl Router {
             pool,
             max_crashes: cfg.max_crashes.max(1),
             abort: CancellationToken::new(),
+            alone: tokio::sync::RwLock::new(()),
+            slots: tokio::sync::Semaphore::new(cfg.workers.max(1)),
         })
     }
 
@@ -121,10 +138,11 @@ impl Router {
     /// events stay in the inbox) and the idle workers are closed. Returns when nothing of
     /// the router runs any more.
     pub async fn run(self: Arc<Self>, stop: CancellationToken, grace: Duration) {
-        let (tx, rx) = mpsc::channel::<EventId>(self.workers * 4);
+        let tasks = self.workers * TASKS_PER_SLOT;
+        let (tx, rx) = mpsc::channel::<EventId>(tasks);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let mut workers = tokio::task::JoinSet::new();
-        for _ in 0..self.workers {
+        for _ in 0..tasks {
             let (me, rx, stop) = (self.clone(), rx.clone(), stop.clone());
             workers.spawn(async move {
                 loop {
@@ -296,7 +314,7 @@ impl Router {
             {
                 let wait = self.retry_waits[retries - 1];
                 count("retry");
-                self.finished(id).await;
+                self.set_starts(&event, 0).await;
                 tracing::warn!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = %script_label, error = %log_safe(&failure.message), retry_in = ?wait, "route failed on a lookup; running it again soon");
                 Some(wait)
             }
@@ -321,14 +339,14 @@ impl Router {
                 self.park(&event, script_name, message).await;
                 None
             }
-            Outcome::Cancelled => {
+            Outcome::Cancelled(prior) => {
                 count("cancelled");
-                self.finished(id).await;
+                self.set_starts(&event, prior).await;
                 tracing::info!(event_id = %id, script = %script_label, "route run ended by shutdown; the event stays in the inbox");
                 None
             }
-            Outcome::Unavailable(why) => {
-                self.finished(id).await;
+            Outcome::Unavailable(prior, why) => {
+                self.set_starts(&event, prior).await;
                 tracing::error!(event_id = %id, error = %log_safe(&why), "cannot run a route now; trying again in 5s");
                 Some(Duration::from_secs(5))
             }
@@ -339,7 +357,8 @@ impl Router {
         wait
     }
 
-    /// Counts the run on disk, then runs it where `routes.isolation` says.
+    /// Counts the run on disk, then runs it where `routes.isolation` says: alone if an
+    /// earlier run of the event did not finish, beside others otherwise.
     async fn counted_run(
         &self,
         event: &Event,
@@ -347,17 +366,39 @@ impl Router {
         ast: Arc<AST>,
         source: Arc<str>,
     ) -> Outcome {
-        let starting = self.store.route_run_starting(event);
-        let (starts, seq) = match starting {
-            Ok(x) => x,
-            Err(e) => return Outcome::Unavailable(format!("cannot count the run: {e}")),
+        let prior = match self.store.route_run_starts(event) {
+            Ok(n) => n,
+            Err(e) => return Outcome::Unavailable(0, format!("cannot read the run count: {e}")),
         };
-        if starts > self.max_crashes {
-            return Outcome::Poison(starts - 1);
+        if prior >= self.max_crashes {
+            return Outcome::Poison(prior);
         }
+        let abort = &self.abort;
+        let (_shared, _alone);
+        if prior == 0 {
+            _shared = tokio::select! {
+                g = self.alone.read() => g,
+                () = abort.cancelled() => return Outcome::Cancelled(prior),
+            };
+        } else {
+            tracing::warn!(event_id = %event.id, unfinished = prior, "an earlier run of this event did not finish; running it alone");
+            _alone = tokio::select! {
+                g = self.alone.write() => g,
+                () = abort.cancelled() => return Outcome::Cancelled(prior),
+            };
+        }
+        let counted = self.store.set_route_run_starts(event, prior + 1);
+        let seq = match counted {
+            Ok(seq) => seq,
+            Err(e) => return Outcome::Unavailable(prior, format!("cannot count the run: {e}")),
+        };
         if let Err(e) = self.store.durable(seq).await {
-            return Outcome::Unavailable(format!("cannot count the run on disk: {e}"));
+            return Outcome::Unavailable(prior, format!("cannot count the run on disk: {e}"));
         }
+        let _slot = tokio::select! {
+            s = self.slots.acquire() => s,
+            () = abort.cancelled() => return Outcome::Cancelled(prior),
+        };
         match self.isolation {
             Isolation::Process => {
                 let job = Job {
@@ -366,20 +407,24 @@ impl Router {
                     event,
                     limits: self.limits,
                 };
-                match self.pool.run(job, &self.lookups, &self.abort).await {
+                match self.pool.run(job, &self.lookups, abort).await {
                     Ended::Finished(r) => Outcome::Finished(r),
                     Ended::Crashed(m) => Outcome::Crashed(m),
-                    Ended::Cancelled => Outcome::Cancelled,
-                    Ended::Unavailable(m) => Outcome::Unavailable(m),
+                    Ended::Cancelled => Outcome::Cancelled(prior),
+                    Ended::Unavailable(m) => Outcome::Unavailable(prior, m),
                 }
             }
-            Isolation::InProcess => self.run_in_process(event, name, ast).await,
+            Isolation::InProcess => match self.run_in_process(event, name, ast).await {
+                Some(Outcome::Unavailable(_, m)) => Outcome::Unavailable(prior, m),
+                Some(outcome) => outcome,
+                None => Outcome::Cancelled(prior),
+            },
         }
     }
 
     /// Runs the script on a thread of its own (a large stack; not a runtime thread, so
-    /// shutdown need not wait for it).
-    async fn run_in_process(&self, event: &Event, name: String, ast: Arc<AST>) -> Outcome {
+    /// shutdown need not wait for it). `None` when shutdown ended it.
+    async fn run_in_process(&self, event: &Event, name: String, ast: Arc<AST>) -> Option<Outcome> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let engine = self.scripts.engine().clone();
         let (ev, lookups, limits) = (event.clone(), self.lookups.clone(), self.limits);
@@ -392,14 +437,17 @@ impl Router {
                 let _ = tx.send(r);
             });
         if let Err(e) = spawned {
-            return Outcome::Unavailable(format!("cannot start a thread for the run: {e}"));
+            return Some(Outcome::Unavailable(
+                0,
+                format!("cannot start a thread for the run: {e}"),
+            ));
         }
         tokio::select! {
-            r = rx => match r {
+            r = rx => Some(match r {
                 Ok(r) => Outcome::Finished(r),
                 Err(_) => Outcome::Crashed("the script crashed: its run panicked (see the log)".into()),
-            },
-            () = self.abort.cancelled() => Outcome::Cancelled,
+            }),
+            () = self.abort.cancelled() => None,
         }
     }
 
@@ -417,7 +465,7 @@ impl Router {
                 Ok(specs) => store.route_done(&event, script, specs).map(|_| ())?,
                 Err(message) => store.route_failed(&event, script, message).map(|_| ())?,
             }
-            store.route_run_finished(event.id)
+            store.set_route_run_starts(&event, 0).map(|_| ())
         })
         .await
         .map_err(|e| crate::Error::Unavailable(format!("recording a route stopped: {e}")))?
@@ -429,12 +477,19 @@ impl Router {
         }
     }
 
-    /// Forgets the counted start of a run that left its event in the inbox.
-    async fn finished(&self, id: EventId) {
-        let store = self.store.clone();
-        let done = tokio::task::spawn_blocking(move || store.route_run_finished(id)).await;
-        if let Ok(Err(e)) | Err(e) = done.map_err(|e| crate::Error::Unavailable(e.to_string())) {
-            tracing::error!(event_id = %id, error = %e, "cannot clear a route's run count");
+    /// Sets the run count of an event that stays in the inbox: zero after a finished run,
+    /// back to what it was when the run was handed back.
+    async fn set_starts(&self, event: &Event, to: u32) {
+        let (store, ev) = (self.store.clone(), event.clone());
+        let done = tokio::task::spawn_blocking(move || store.set_route_run_starts(&ev, to)).await;
+        match done {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(event_id = %event.id, error = %e, "cannot set a route's run count")
+            }
+            Err(e) => {
+                tracing::error!(event_id = %event.id, error = %e, "cannot set a route's run count")
+            }
         }
     }
 }

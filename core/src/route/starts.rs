@@ -4,10 +4,11 @@
 //! `routes.max_crashes` such runs instead of being run at every start forever.
 //!
 //! Key space `r` + event id → [`Starts`] (JSON). Two store methods, kept apart from the
-//! store's own writes so that they stay small: [`Store::route_run_starting`] before a run
-//! (its write is flushed before the run starts) and [`Store::route_run_finished`] after
-//! the run's outcome is recorded (not flushed: a crash before it counts one run too many,
-//! never one too few). A count is tied to the event's number of completed runs
+//! store's own writes so that they stay small: [`Store::route_run_starts`] reads the
+//! count, [`Store::set_route_run_starts`] sets it: one more before a run (flushed before
+//! the run starts), zero after the run's outcome is recorded (not flushed: a crash before
+//! it counts one run too many, never one too few), back to what it was when shutdown
+//! hands a run back. A count is tied to the event's number of completed runs
 //! (`route.runs`), so a replayed event starts again from zero even if a stale count was
 //! left behind.
 
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Result,
-    event::{Event, EventId},
+    event::Event,
     store::{Store, decode, encode, key},
 };
 
@@ -32,46 +33,49 @@ pub struct Starts {
 }
 
 impl Store {
-    /// Counts a start of `event`'s route. Returns how many runs have started since its
-    /// route last completed, this one included, and the sequence number to wait for with
-    /// [`Store::durable`] before the run begins.
-    pub fn route_run_starting(&self, event: &Event) -> Result<(u32, u64)> {
+    /// How many runs of `event`'s route have started since it last completed (routed or
+    /// failed) and did not finish.
+    pub fn route_run_starts(&self, event: &Event) -> Result<u32> {
         let k = key(STARTS, event.id.as_bytes());
         let runs = event.route.as_ref().map_or(0, |r| r.runs);
-        let mut count = 0;
-        let seq = self.write(|tree| {
-            let old = tree.get(&k)?;
-            let mut s = old
-                .as_deref()
-                .and_then(|v| decode::<Starts>(&k, v).ok())
-                .filter(|s| s.after_runs == runs)
-                .unwrap_or(Starts {
-                    after_runs: runs,
-                    started: 0,
-                });
-            s.started = s.started.saturating_add(1);
-            count = s.started;
-            tree.insert(&k, encode(&s))?;
-            Ok(())
-        })?;
-        Ok((count, seq))
+        Ok(self
+            .tree
+            .get(&k)?
+            .and_then(|v| decode::<Starts>(&k, &v).ok())
+            .filter(|s| s.after_runs == runs)
+            .map_or(0, |s| s.started))
     }
 
-    /// Forgets the starts of `id`'s route: its run finished (routed, failed, or handed back
-    /// untouched at shutdown).
-    pub fn route_run_finished(&self, id: EventId) -> Result<()> {
-        self.write(|tree| tree.remove(key(STARTS, id.as_bytes())).map(|_| ()))?;
-        Ok(())
+    /// Sets that count: one more before a run starts (then wait for [`Store::durable`] of
+    /// the returned sequence number), zero once its outcome is recorded, back to what it
+    /// was when shutdown hands the run back.
+    pub fn set_route_run_starts(&self, event: &Event, started: u32) -> Result<u64> {
+        let k = key(STARTS, event.id.as_bytes());
+        let value = Starts {
+            after_runs: event.route.as_ref().map_or(0, |r| r.runs),
+            started,
+        };
+        self.write(|tree| {
+            if started == 0 {
+                tree.remove(&k)?;
+            } else {
+                tree.insert(&k, encode(&value))?;
+            }
+            Ok(())
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::StoreConfig, event::RouteRun};
+    use crate::{
+        config::StoreConfig,
+        event::{EventId, RouteRun},
+    };
 
     #[tokio::test]
-    async fn starts_count_up_and_reset_after_a_completed_run() {
+    async fn starts_are_kept_per_completed_run() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig {
             path: dir.path().to_path_buf(),
@@ -96,16 +100,15 @@ mod tests {
             route: None,
         };
         let store = Store::open(&cfg).unwrap();
-        let (n, seq) = store.route_run_starting(&event).unwrap();
-        assert_eq!(n, 1);
+        assert_eq!(store.route_run_starts(&event).unwrap(), 0);
+        let seq = store.set_route_run_starts(&event, 1).unwrap();
         store.durable(seq).await.unwrap();
-        let (n, seq) = store.route_run_starting(&event).unwrap();
-        assert_eq!(n, 2);
-        store.durable(seq).await.unwrap();
-        assert_eq!(store.route_run_starting(&event).unwrap().0, 3);
-        store.route_run_finished(event.id).unwrap();
-        assert_eq!(store.route_run_starting(&event).unwrap().0, 1);
+        store.set_route_run_starts(&event, 2).unwrap();
+        assert_eq!(store.route_run_starts(&event).unwrap(), 2);
+        store.set_route_run_starts(&event, 0).unwrap();
+        assert_eq!(store.route_run_starts(&event).unwrap(), 0);
         // A count left from before the event's last completed run does not carry over.
+        store.set_route_run_starts(&event, 2).unwrap();
         event.route = Some(RouteRun {
             script: None,
             at: chrono::Utc::now(),
@@ -113,6 +116,6 @@ mod tests {
             error: Some("failed".into()),
             actions: vec![],
         });
-        assert_eq!(store.route_run_starting(&event).unwrap().0, 1);
+        assert_eq!(store.route_run_starts(&event).unwrap(), 0);
     }
 }
