@@ -229,10 +229,17 @@ async fn a_worker_killed_in_the_middle_of_a_run_costs_that_run_only() {
 /// never counted twice, and end routed.
 async fn poison_run_survives_two_kills(isolation: &str) {
     let slow = Recorder::start().await;
-    slow.plan("/", vec![Reply::json(json!({})).after(Duration::from_secs(60))]);
+    slow.plan(
+        "/",
+        vec![Reply::json(json!({})).after(Duration::from_secs(60))],
+    );
     let dir = Dir::new();
     write(dir.path(), "verifyvasp/hostile_spin.rhai", SPINS);
-    write(dir.path(), "verifyvasp/tx_report.rhai", "log::info(\"ok\");");
+    write(
+        dir.path(),
+        "verifyvasp/tx_report.rhai",
+        "log::info(\"ok\");",
+    );
     write(
         dir.path(),
         "verifyvasp/error_report.rhai",
@@ -265,7 +272,10 @@ async fn poison_run_survives_two_kills(isolation: &str) {
     }
     // Still slow: run beside the poison one, the innocent runs would be in flight at the
     // next kill too.
-    slow.plan("/", vec![Reply::json(json!({})).after(Duration::from_secs(3))]);
+    slow.plan(
+        "/",
+        vec![Reply::json(json!({})).after(Duration::from_secs(3))],
+    );
 
     // Restarted, the event is run again, alone (its first run never finished): killed
     // again.
@@ -281,7 +291,10 @@ async fn poison_run_survives_two_kills(isolation: &str) {
     assert_eq!(e["status"], "failed", "{e}");
     let error = e["route"]["error"].as_str().unwrap();
     assert!(error.contains("did not finish 2 times"), "{error}");
-    assert!(!s.logs().contains("output=run started"), "it ran a third time");
+    assert!(
+        !s.logs().contains("output=run started"),
+        "it ran a third time"
+    );
     until_routed(&c, &s).await;
     let innocent = events(&c, &s, "type=error_report").await;
     assert_eq!(innocent.len(), 3);

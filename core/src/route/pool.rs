@@ -78,6 +78,8 @@ pub struct Job<'a> {
 }
 
 struct Worker {
+    /// When it last finished a run.
+    used: Instant,
     child: Child,
     stdin: ChildStdin,
     stdout: ChildStdout,
@@ -200,6 +202,7 @@ impl Pool {
         }
         tracing::info!(pid, "route worker started");
         Ok(Worker {
+            used: Instant::now(),
             child,
             stdin,
             stdout,
@@ -287,6 +290,7 @@ impl Pool {
             own_time += waiting.elapsed();
             match frame {
                 Ok(Some(FromWorker::Done(result))) => {
+                    w.used = Instant::now();
                     if let Ok(mut idle) = self.idle.lock() {
                         idle.push(w);
                     }
@@ -368,6 +372,32 @@ impl Pool {
         ))
     }
 
+    /// Ends the workers idle for longer than `after`, but the one used last: memory goes
+    /// back after a burst, and a quiet server keeps one worker warm.
+    pub fn retire_idle(&self, after: Duration) {
+        let old: Vec<Worker> = match self.idle.lock() {
+            Ok(mut idle) => {
+                idle.sort_by_key(|w| w.used);
+                let keep = idle.pop();
+                let (old, young): (Vec<Worker>, Vec<Worker>) =
+                    idle.drain(..).partition(|w| w.used.elapsed() > after);
+                *idle = young;
+                idle.extend(keep);
+                old
+            }
+            Err(_) => return,
+        };
+        if old.is_empty() {
+            return;
+        }
+        tracing::debug!(workers = old.len(), "retiring idle route workers");
+        tokio::spawn(async move {
+            for w in old {
+                end(w).await;
+            }
+        });
+    }
+
     /// Ends every idle worker (they exit when their stdin closes).
     pub async fn close(&self) {
         let idle = self
@@ -375,16 +405,24 @@ impl Pool {
             .lock()
             .map(|mut i| std::mem::take(&mut *i))
             .unwrap_or_default();
-        for mut w in idle {
-            drop(w.stdin);
-            if tokio::time::timeout(Duration::from_secs(1), w.child.wait())
-                .await
-                .is_err()
-            {
-                let _ = w.child.start_kill();
-                let _ = w.child.wait().await;
-            }
+        for w in idle {
+            end(w).await;
         }
+    }
+}
+
+/// Closes a worker's stdin, which ends it; kills it if it does not go within a second.
+async fn end(w: Worker) {
+    let Worker {
+        stdin, mut child, ..
+    } = w;
+    drop(stdin);
+    if tokio::time::timeout(Duration::from_secs(1), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
     }
 }
 
@@ -503,6 +541,21 @@ mod tests {
             pool.idle.lock().unwrap().is_empty(),
             "a killed worker is not reused"
         );
+    }
+
+    #[tokio::test]
+    async fn idle_workers_retire_but_one() {
+        let pool = stuck_pool();
+        for _ in 0..3 {
+            let w = pool.spawn().await.unwrap();
+            pool.idle.lock().unwrap().push(w);
+        }
+        pool.retire_idle(Duration::from_secs(60));
+        assert_eq!(pool.idle.lock().unwrap().len(), 3, "not idle long enough");
+        pool.retire_idle(Duration::ZERO);
+        assert_eq!(pool.idle.lock().unwrap().len(), 1, "the last one used stays");
+        pool.close().await;
+        assert!(pool.idle.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

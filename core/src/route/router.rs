@@ -75,6 +75,9 @@ pub struct Router {
     slots: tokio::sync::Semaphore,
 }
 
+/// A worker process idle this long is ended (but the last one used).
+const IDLE_WORKER: Duration = Duration::from_secs(60);
+
 /// Route tasks per run slot: the tasks that wait for their count's flush share it.
 const TASKS_PER_SLOT: usize = 4;
 
@@ -216,6 +219,7 @@ impl Router {
             if !at_end {
                 continue;
             }
+            self.pool.retire_idle(IDLE_WORKER);
             tokio::select! {
                 () = self.store.inbox_signalled() => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
