@@ -553,7 +553,11 @@ mod tests {
         pool.retire_idle(Duration::from_secs(60));
         assert_eq!(pool.idle.lock().unwrap().len(), 3, "not idle long enough");
         pool.retire_idle(Duration::ZERO);
-        assert_eq!(pool.idle.lock().unwrap().len(), 1, "the last one used stays");
+        assert_eq!(
+            pool.idle.lock().unwrap().len(),
+            1,
+            "the last one used stays"
+        );
         pool.close().await;
         assert!(pool.idle.lock().unwrap().is_empty());
     }

@@ -5,8 +5,8 @@
 //! (`routes.lookup_retries`) before the event is parked; the event stays in the inbox
 //! meanwhile, so a restart picks it up too.
 //!
-//! Each run is counted on disk before it starts ([`Store::set_route_run_starts`]) and the
-//! count is cleared once its outcome is recorded: an event whose runs keep dying with
+//! Each run is counted on disk before it starts ([`Store::set_route_run_starts`], on the
+//! event's inbox marker) and the count goes with the marker once its outcome is recorded: an event whose runs keep dying with
 //! their worker, or with the whole server, is parked `failed` after `routes.max_crashes`
 //! of them instead of being run at every start. An event with a run that did not finish
 //! is a suspect: it runs alone (no other run at the same time), so that the events that
@@ -370,7 +370,7 @@ impl Router {
         ast: Arc<AST>,
         source: Arc<str>,
     ) -> Outcome {
-        let prior = match self.store.route_run_starts(event) {
+        let prior = match self.store.route_run_starts(event.id) {
             Ok(n) => n,
             Err(e) => return Outcome::Unavailable(0, format!("cannot read the run count: {e}")),
         };
@@ -391,7 +391,7 @@ impl Router {
                 () = abort.cancelled() => return Outcome::Cancelled(prior),
             };
         }
-        let counted = self.store.set_route_run_starts(event, prior + 1);
+        let counted = self.store.set_route_run_starts(event.id, prior + 1);
         let seq = match counted {
             Ok(seq) => seq,
             Err(e) => return Outcome::Unavailable(prior, format!("cannot count the run: {e}")),
@@ -455,8 +455,8 @@ impl Router {
         }
     }
 
-    /// Records a finished run (routed with its actions, or failed) on a blocking thread,
-    /// then forgets its counted start.
+    /// Records a finished run (routed with its actions, or failed) on a blocking thread.
+    /// The event leaves the inbox, and its run count with it.
     async fn record(
         &self,
         event: Event,
@@ -464,12 +464,9 @@ impl Router {
         outcome: Result<Vec<ActionSpec>, String>,
     ) -> crate::Result<()> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            match outcome {
-                Ok(specs) => store.route_done(&event, script, specs).map(|_| ())?,
-                Err(message) => store.route_failed(&event, script, message).map(|_| ())?,
-            }
-            store.set_route_run_starts(&event, 0).map(|_| ())
+        tokio::task::spawn_blocking(move || match outcome {
+            Ok(specs) => store.route_done(&event, script, specs).map(|_| ()),
+            Err(message) => store.route_failed(&event, script, message).map(|_| ()),
         })
         .await
         .map_err(|e| crate::Error::Unavailable(format!("recording a route stopped: {e}")))?
@@ -484,8 +481,8 @@ impl Router {
     /// Sets the run count of an event that stays in the inbox: zero after a finished run,
     /// back to what it was when the run was handed back.
     async fn set_starts(&self, event: &Event, to: u32) {
-        let (store, ev) = (self.store.clone(), event.clone());
-        let done = tokio::task::spawn_blocking(move || store.set_route_run_starts(&ev, to)).await;
+        let (store, id) = (self.store.clone(), event.id);
+        let done = tokio::task::spawn_blocking(move || store.set_route_run_starts(id, to)).await;
         match done {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {

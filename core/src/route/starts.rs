@@ -3,65 +3,47 @@
 //! process, or that is running whenever the machine goes down) is parked after
 //! `routes.max_crashes` such runs instead of being run at every start forever.
 //!
-//! Key space `r` + event id → [`Starts`] (JSON). Two store methods, kept apart from the
-//! store's own writes so that they stay small: [`Store::route_run_starts`] reads the
-//! count, [`Store::set_route_run_starts`] sets it: one more before a run (flushed before
-//! the run starts), zero after the run's outcome is recorded (not flushed: a crash before
-//! it counts one run too many, never one too few), back to what it was when shutdown
-//! hands a run back. A count is tied to the event's number of completed runs
-//! (`route.runs`), so a replayed event starts again from zero even if a stale count was
-//! left behind.
-
-use serde::{Deserialize, Serialize};
+//! The count lives in the value of the event's inbox marker (`n` + event id, empty for
+//! zero, else a 4-byte big-endian count), so it costs one write per run and needs no
+//! clearing: whatever takes the event out of the inbox (its route recorded, routed or
+//! failed) forgets it, and a replay puts the marker back empty. Two store methods, kept
+//! apart from the store's own writes: [`Store::route_run_starts`] reads the count and
+//! [`Store::set_route_run_starts`] sets it, one more before a run (flushed before the run
+//! starts), zero after a run that leaves the event in the inbox (a lookup retry), back to
+//! what it was when shutdown hands a run back. It never puts a marker back that is gone.
 
 use crate::{
     Result,
-    event::Event,
-    store::{Store, decode, encode, key},
+    event::EventId,
+    store::{INBOX, Store, key},
 };
 
-/// Prefix of the key space.
-const STARTS: u8 = b'r';
-
-/// Runs of an event started since its route last completed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Starts {
-    /// The event's completed runs (`route.runs`) when these started.
-    pub after_runs: u32,
-    /// Runs started and not finished, this one included.
-    pub started: u32,
+fn count_of(value: &[u8]) -> u32 {
+    <[u8; 4]>::try_from(value).map_or(0, u32::from_be_bytes)
 }
 
 impl Store {
-    /// How many runs of `event`'s route have started since it last completed (routed or
-    /// failed) and did not finish.
-    pub fn route_run_starts(&self, event: &Event) -> Result<u32> {
-        let k = key(STARTS, event.id.as_bytes());
-        let runs = event.route.as_ref().map_or(0, |r| r.runs);
+    /// How many runs of `id`'s route have started since it entered the inbox and did not
+    /// finish (0 when it is not in the inbox).
+    pub fn route_run_starts(&self, id: EventId) -> Result<u32> {
         Ok(self
             .tree
-            .get(&k)?
-            .and_then(|v| decode::<Starts>(&k, &v).ok())
-            .filter(|s| s.after_runs == runs)
-            .map_or(0, |s| s.started))
+            .get(key(INBOX, id.as_bytes()))?
+            .map_or(0, |v| count_of(&v)))
     }
 
-    /// Sets that count: one more before a run starts (then wait for [`Store::durable`] of
-    /// the returned sequence number), zero once its outcome is recorded, back to what it
-    /// was when shutdown hands the run back.
-    pub fn set_route_run_starts(&self, event: &Event, started: u32) -> Result<u64> {
-        let k = key(STARTS, event.id.as_bytes());
-        let value = Starts {
-            after_runs: event.route.as_ref().map_or(0, |r| r.runs),
-            started,
+    /// Sets that count, if the event is still in the inbox. Returns the sequence number
+    /// to wait for with [`Store::durable`].
+    pub fn set_route_run_starts(&self, id: EventId, started: u32) -> Result<u64> {
+        let k = key(INBOX, id.as_bytes());
+        let value: Vec<u8> = if started == 0 {
+            Vec::new()
+        } else {
+            started.to_be_bytes().to_vec()
         };
         self.write(|tree| {
-            if started == 0 {
-                tree.remove(&k)?;
-            } else {
-                tree.insert(&k, encode(&value))?;
-            }
-            Ok(())
+            tree.fetch_and_update(&k, |old| old.map(|_| value.clone()))
+                .map(|_| ())
         })
     }
 }
@@ -69,53 +51,35 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        config::StoreConfig,
-        event::{EventId, RouteRun},
-    };
+    use crate::config::StoreConfig;
 
     #[tokio::test]
-    async fn starts_are_kept_per_completed_run() {
+    async fn the_count_rides_on_the_inbox_marker() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = StoreConfig {
+        let store = Store::open(&StoreConfig {
             path: dir.path().to_path_buf(),
             ..StoreConfig::default()
-        };
-        let mut event = Event {
-            id: EventId::new(),
-            provider: "p".into(),
-            endpoint: "/p".into(),
-            event_type: "t".into(),
-            received_at: chrono::Utc::now(),
-            status: crate::event::EventStatus::Received,
-            idempotency_key: "k".into(),
-            fingerprint: "f".into(),
-            body: vec![],
-            data: None,
-            meta: Default::default(),
-            flags: vec![],
-            conflict_of: None,
-            quarantine_reason: None,
-            secret_paths: vec![],
-            route: None,
-        };
-        let store = Store::open(&cfg).unwrap();
-        assert_eq!(store.route_run_starts(&event).unwrap(), 0);
-        let seq = store.set_route_run_starts(&event, 1).unwrap();
+        })
+        .unwrap();
+        let id = EventId::new();
+        store.tree.insert(key(INBOX, id.as_bytes()), &[]).unwrap();
+        assert_eq!(store.route_run_starts(id).unwrap(), 0);
+        let seq = store.set_route_run_starts(id, 1).unwrap();
         store.durable(seq).await.unwrap();
-        store.set_route_run_starts(&event, 2).unwrap();
-        assert_eq!(store.route_run_starts(&event).unwrap(), 2);
-        store.set_route_run_starts(&event, 0).unwrap();
-        assert_eq!(store.route_run_starts(&event).unwrap(), 0);
-        // A count left from before the event's last completed run does not carry over.
-        store.set_route_run_starts(&event, 2).unwrap();
-        event.route = Some(RouteRun {
-            script: None,
-            at: chrono::Utc::now(),
-            runs: 1,
-            error: Some("failed".into()),
-            actions: vec![],
-        });
-        assert_eq!(store.route_run_starts(&event).unwrap(), 0);
+        store.set_route_run_starts(id, 2).unwrap();
+        assert_eq!(store.route_run_starts(id).unwrap(), 2);
+        assert_eq!(
+            store.inbox(None, 10).unwrap(),
+            vec![id],
+            "still in the inbox"
+        );
+        store.set_route_run_starts(id, 0).unwrap();
+        assert_eq!(store.route_run_starts(id).unwrap(), 0);
+        // Out of the inbox, the count is gone, and setting it does not bring it back.
+        store.set_route_run_starts(id, 2).unwrap();
+        store.inbox_remove(id).unwrap();
+        store.set_route_run_starts(id, 1).unwrap();
+        assert!(store.inbox(None, 10).unwrap().is_empty());
+        assert_eq!(store.route_run_starts(id).unwrap(), 0);
     }
 }
