@@ -7,6 +7,10 @@ use crate::{servers::*, support::*};
 const FAST_RETRIES: &str =
     "[delivery]\nschedule = [\"200ms\", \"300ms\", \"300ms\"]\njitter = 0.0\n";
 
+/// Fast retries that last long enough (about 6 s) for a test to start the servers that
+/// refused the first attempts, even on a loaded machine.
+const PATIENT_RETRIES: &str = "[delivery]\nschedule = [\"200ms\", \"300ms\", \"300ms\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\"]\njitter = 0.0\n";
+
 fn pomelo_otp(otp: &str, method: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "token": {"origin": "APPLE_PAY", "card_id": "card_123456789", "user_id": "user_1"},
@@ -297,7 +301,7 @@ async fn servers_that_refuse_then_recover_get_their_deliveries_on_retry() {
     let compliance_port = free_port();
     let customers = customers().await;
     let tail = format!(
-        "{}{}[services.compliance]\nbase_url = \"http://127.0.0.1:{compliance_port}\"\n{FAST_RETRIES}",
+        "{}{}[services.compliance]\nbase_url = \"http://127.0.0.1:{compliance_port}\"\n{PATIENT_RETRIES}",
         smtp(smtp_port),
         service("customers", &customers, ""),
     );
