@@ -404,6 +404,31 @@ mod tests {
     }
 
     #[test]
+    fn guarded_functions_behave_like_rhais_own_within_the_limits() {
+        let actions = run(r#"
+            let parts = "a,b,,c".split(",");
+            let chars = "héllo".to_chars();
+            let words = " one  two ".split();
+            let each = "ab".split("");
+            let s = "hello";
+            s.replace("l", "L");
+            let same = [1, [2, #{a: "x"}]] == [1, [2, #{a: "x"}]];
+            let differ = [1, 2] != [1, 3];
+            let found = [[1], [2]].contains([2]);
+            log::info(`${parts} ${parts.len()} ${chars.len()} ${words} ${each.len()} ${s} ${same} ${differ} ${found}`);
+            log::info(`${#{k: [1, "two"]}}`);
+            log::info(#{k: [1, 2]}.to_json());
+        "#)
+        .unwrap();
+        assert_eq!(
+            actions[0].payload["message"],
+            r#"["a", "b", "", "c"] 4 5 ["one", "two"] 4 heLLo true true true"#
+        );
+        assert_eq!(actions[1].payload["message"], r#"#{"k": [1, "two"]}"#);
+        assert_eq!(actions[2].payload["message"], r#"{"k":[1,2]}"#);
+    }
+
+    #[test]
     fn the_deadline_excludes_time_spent_in_lookups_but_bounds_the_script() {
         /// A service that answers after 300 ms, or fails transiently.
         struct Slow;

@@ -9,7 +9,10 @@
 //!   `routes.max_value_depth`), without recursing deeper than that limit.
 //! - **Size.** `replace` computes the length of its result before it allocates it (a
 //!   16 KiB string with every character replaced by 16 KiB asked for 256 MiB in one call);
-//!   printing stops at `routes.max_string_size`.
+//!   `split` and `to_chars` count their pieces before they make them; printing stops at
+//!   `routes.max_string_size`. (`pad` checks its length itself; `+` and `+=` of strings,
+//!   arrays and maps make at most twice the limit before Rhai checks it; Rhai has no
+//!   `join`, `repeat` or `sprintf`.)
 //!
 //! Printing cannot fail a run directly (Rhai falls back to the value's own `Display`,
 //! which recurses, when a print function fails), so the printing functions write a short
@@ -274,6 +277,23 @@ fn replace_checked(
     Ok(())
 }
 
+/// An array of `n` pieces, if the engine allows that many: `make` runs only then.
+fn pieces(
+    ctx: &NativeCallContext,
+    n: usize,
+    make: impl FnOnce() -> Array,
+) -> Result<Array, Box<EvalAltResult>> {
+    let max = ctx.engine().max_array_size();
+    if max > 0 && n > max {
+        return Err(EvalAltResult::ErrorDataTooLarge(
+            "Size of array (split)".into(),
+            Position::NONE,
+        )
+        .into());
+    }
+    Ok(make())
+}
+
 /// Registers the guarded versions over the packages' functions.
 pub fn register(e: &mut Engine, max_depth: usize) {
     for name in ["print", "to_string", "debug", "to_debug"] {
@@ -333,6 +353,47 @@ pub fn register(e: &mut Engine, max_depth: usize) {
             Ok(text)
         },
     );
+    // `split` and `to_chars` make one string per piece: counted before they are made (a
+    // string as large as `max_string_size` allows could hold a billion pieces).
+    e.register_fn(
+        "split",
+        |ctx: NativeCallContext, s: &mut ImmutableString, d: &str| {
+            if s.is_empty() || (!d.is_empty() && !s.contains(d)) {
+                return Ok(vec![s.clone().into()]);
+            }
+            let n = if d.is_empty() {
+                s.chars().count() + 2
+            } else {
+                s.matches(d).count() + 1
+            };
+            pieces(&ctx, n, || s.split(d).map(Into::into).collect())
+        },
+    );
+    e.register_fn(
+        "split",
+        |ctx: NativeCallContext, s: &mut ImmutableString, d: char| {
+            if s.is_empty() || !s.contains(d) {
+                return Ok(vec![s.clone().into()]);
+            }
+            let n = s.matches(d).count() + 1;
+            pieces(&ctx, n, || s.split(d).map(Into::into).collect())
+        },
+    );
+    e.register_fn(
+        "split",
+        |ctx: NativeCallContext, s: &mut ImmutableString| {
+            if s.is_empty() {
+                return Ok(vec![s.clone().into()]);
+            }
+            let n = s.split_whitespace().count();
+            pieces(&ctx, n, || s.split_whitespace().map(Into::into).collect())
+        },
+    );
+    e.register_fn("to_chars", |ctx: NativeCallContext, s: &str| {
+        pieces(&ctx, s.chars().count(), || {
+            s.chars().map(Into::into).collect()
+        })
+    });
     e.register_fn(
         "replace",
         |ctx: NativeCallContext, s: &mut ImmutableString, find: &str, sub: &str| {
