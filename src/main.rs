@@ -141,6 +141,10 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// A route worker: `serve` starts these itself and speaks to them over stdin and
+    /// stdout (see `switchboard_core::route::worker`).
+    #[command(name = "route-worker", hide = true)]
+    RouteWorker,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -151,6 +155,10 @@ enum Format {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::RouteWorker = cli.command {
+        // No logging, no runtime: the worker only runs scripts, and its parent logs.
+        return ExitCode::from(switchboard_core::route::worker::main());
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -222,6 +230,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Init { dir, force } => routes_cli::init(&dir, force),
         Command::Migrate { config } => runtime()?.block_on(store_cli::migrate(&config)),
         Command::Store(c) => runtime()?.block_on(store_cli::run(c)),
+        Command::RouteWorker => Ok(()),
     }
 }
 

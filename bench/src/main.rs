@@ -14,7 +14,8 @@
 //!
 //! Each prints requests/s and p50/p99 latency; the summary gives b/a and b½'s p99.
 //! Options: `--seconds N` (per phase, default 5), `--connections N` (default 64),
-//! `--only b` (phase (b) alone, for profiling). `BENCH_LOG=warn` drops the per-event log
+//! `--only b` (phase (b) alone, for profiling), `--only r` (what counting a route run on
+//! disk costs, alone). `BENCH_LOG=warn` drops the per-event log
 //! line that production writes at `info`.
 
 mod delivery;
@@ -71,9 +72,9 @@ fn options() -> anyhow::Result<Options> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "switchboard-bench [--seconds N] [--connections N] [--messages N] [--only b|d]\n\n\
+            "switchboard-bench [--seconds N] [--connections N] [--messages N] [--only b|d|r]\n\n\
              Without --only: every ingest phase (a, b, c, s, b½), then route + delivery (e, f, e½).\n\
-             --only b: the durable ingest path alone (for profiling); --only d: route + delivery."
+             --only b: the durable ingest path alone (for profiling); --only d: route + delivery; --only r: the route-run count alone."
         );
         std::process::exit(0);
     }
@@ -331,6 +332,87 @@ async fn collect(
     })
 }
 
+/// (r) What counting a route run on disk costs alone: events already in the inbox, and
+/// `connections` tasks that each count a run (`set_route_starts`, durable on return), as
+/// the router does before every run.
+async fn run_count_phase(o: &Options) -> anyhow::Result<Result> {
+    use switchboard_core::{
+        config::StoreConfig,
+        ingest::{Content, Ingestor, OnConflict, Submission},
+        metrics::Metrics,
+        store::{Store, StoredResponse},
+    };
+    let dir = tempfile::tempdir()?;
+    let cfg = StoreConfig {
+        path: dir.path().to_path_buf(),
+        ..StoreConfig::default()
+    };
+    let store = Store::open_sled(&cfg)?;
+    let ingest = Ingestor::new(store.clone(), Metrics::shared(), &cfg);
+    let n = 50_000u64;
+    for i in 0..n {
+        let body = format!("{{\"n\":{i}}}").into_bytes();
+        ingest
+            .submit(Submission {
+                answer_within: None,
+                provider: "pomelo".into(),
+                endpoint: PATH.into(),
+                event_type: "tokenization_otp".into(),
+                key: format!("run-count-{i}"),
+                content: Content::Parsed {
+                    data: serde_json::json!({"n": i}),
+                    flags: Vec::new(),
+                },
+                body,
+                on_conflict: OnConflict::KeepAndFlag,
+                meta: Default::default(),
+                secret_paths: Vec::new(),
+                response: StoredResponse::empty(204),
+                dedup_window: None,
+            })
+            .await?;
+    }
+    let mut ids = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.take_inbox(cursor, 1000).await?;
+        cursor = page.last().copied();
+        let done = page.len() < 1000;
+        ids.extend(page);
+        if done {
+            break;
+        }
+    }
+    let ids = Arc::new(std::sync::Mutex::new(ids));
+    let started = Instant::now();
+    let mut tasks: Vec<Worker> = Vec::new();
+    for _ in 0..o.connections {
+        let (store, ids) = (store.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3)?;
+            let mut count = 0u64;
+            loop {
+                let Some(id) = ids.lock().unwrap().pop() else {
+                    break;
+                };
+                let t = Instant::now();
+                store.set_route_starts(id, 1).await?;
+                hist.record(t.elapsed().as_micros() as u64)?;
+                count += 1;
+            }
+            anyhow::Ok((hist, count, 0))
+        }));
+    }
+    let mut r = collect(
+        "(r) route runs counted on disk, alone",
+        Duration::ZERO,
+        tasks,
+    )
+    .await?;
+    r.elapsed = started.elapsed();
+    Ok(r)
+}
+
 /// A multi-consumer queue of scheduled requests.
 fn async_channel() -> (Tx, Rx) {
     let (tx, rx) = tokio::sync::mpsc::channel(1 << 16);
@@ -474,8 +556,18 @@ async fn real_server(
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The server's route workers are this binary too (`route-worker`).
+    if std::env::args().nth(1).as_deref() == Some(switchboard_core::route::worker::SUBCOMMAND) {
+        std::process::exit(i32::from(switchboard_core::route::worker::main()));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
     let o = options()?;
     // Logs are formatted as in production (info level), then discarded.
     tracing_subscriber::fmt()
@@ -493,6 +585,10 @@ async fn main() -> anyhow::Result<()> {
 
     if o.only == "d" {
         return delivery_phases(&o).await;
+    }
+    if o.only == "r" {
+        run_count_phase(&o).await?.print();
+        return Ok(());
     }
     if o.only == "b" {
         // For profiling the durable path alone.
@@ -654,7 +750,9 @@ async fn delivery_phases(o: &Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(&routes)?;
     std::fs::write(routes.join("tokenization_otp.rhai"), delivery::SCRIPT)?;
     let secret = secret_bytes();
-    let mut cfg = Config::default();
+    // Defaults, then `SWITCHBOARD_*` variables (`SWITCHBOARD_ROUTES__ISOLATION=in_process`
+    // compares the route workers with runs in the server's own threads).
+    let mut cfg = Config::load(None)?;
     cfg.store.path = dir.path().join("data");
     cfg.dev.secrets = false;
     cfg.routes.dir = dir.path().join("routes");
@@ -681,8 +779,9 @@ async fn delivery_phases(o: &Options) -> anyhow::Result<()> {
         },
     );
     println!(
-        "route + delivery: {} messages per run, email concurrency {} over {} pooled SMTP connections, http concurrency {}",
+        "route + delivery: {} messages per run, scripts {:?}, email concurrency {} over {} pooled SMTP connections, http concurrency {}",
         o.messages,
+        cfg.routes.isolation,
         cfg.channels.email.concurrency,
         cfg.channels.email.pool_size,
         cfg.channels.http.concurrency

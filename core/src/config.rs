@@ -199,6 +199,41 @@ pub struct RoutesConfig {
     pub lookup_retries: Vec<HumanDuration>,
     /// How often the scripts are checked for changes (SIGHUP reloads at once).
     pub reload_interval: HumanDuration,
+    /// Where scripts run: `process` (default), in worker processes that `serve` starts
+    /// from its own binary (`switchboard route-worker`), each under a memory limit and
+    /// killed when a run overstays its deadline, so that nothing a script does can stop
+    /// the server; or `in_process`, on threads of the server itself (a crash there takes
+    /// the server down, and only the crash counter keeps a restart from running the same
+    /// event again and again).
+    pub isolation: Isolation,
+    /// Address space a worker process may use (its `RLIMIT_AS`: the binary, its stacks
+    /// and its heap together). A run that needs more ends the worker, and its event is
+    /// `failed` as a crash.
+    pub worker_memory: ByteSize,
+    /// Most actions (messages, deliveries, log lines) one run may queue.
+    pub max_actions: usize,
+    /// Most bytes of `print` and `debug` output one run may write.
+    pub max_output: ByteSize,
+    /// Deepest nesting of arrays and maps that may be printed, compared, turned into
+    /// JSON or queued in an action (2 to 100).
+    pub max_value_depth: usize,
+    /// With `isolation = "in_process"`: runs of one event that may end without finishing
+    /// (the whole server crashed or was killed during them) before the event is parked
+    /// `failed` instead of being run again; counted on disk before each run starts. (In
+    /// worker processes a crash parks its event at once, and a stop of the server is not
+    /// the script's fault.)
+    pub max_crashes: u32,
+}
+
+/// Where route scripts run (`routes.isolation`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// In worker processes, children of `serve` (the default).
+    #[default]
+    Process,
+    /// On threads of the server.
+    InProcess,
 }
 
 impl Default for RoutesConfig {
@@ -219,6 +254,12 @@ impl Default for RoutesConfig {
                 HumanDuration::secs(20),
             ],
             reload_interval: HumanDuration::secs(1),
+            isolation: Isolation::Process,
+            worker_memory: ByteSize::mib(512),
+            max_actions: 100,
+            max_output: ByteSize::kib(16),
+            max_value_depth: 64,
+            max_crashes: 2,
         }
     }
 }
@@ -269,7 +310,22 @@ impl RoutesConfig {
         positive(
             "routes.reload_interval",
             !self.reload_interval.get().is_zero(),
-        )
+        )?;
+        positive("routes.max_actions", self.max_actions > 0)?;
+        positive("routes.max_crashes", self.max_crashes > 0)?;
+        if !(2..=100).contains(&self.max_value_depth) {
+            return Err(crate::Error::config(
+                "routes.max_value_depth",
+                "must be between 2 and 100",
+            ));
+        }
+        if self.worker_memory.0 < 64 << 20 {
+            return Err(crate::Error::config(
+                "routes.worker_memory",
+                "must be at least 64MiB (the worker's binary and stacks count too)",
+            ));
+        }
+        Ok(())
     }
 }
 

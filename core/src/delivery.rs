@@ -6,6 +6,12 @@
 //! `sent`, `retrying` or `dead` after: SMTP has no idempotency, so after a crash an action
 //! found `sending` is known to be ambiguous; it is resumed (at least once). An action whose
 //! `valid_for` has run out is not sent at all: it ends `expired`.
+//!
+//! Shutdown ([`Deliverer::run`]'s `stop`): no attempt starts any more; attempts in flight
+//! get the grace period to finish and be recorded, so a send that went out is never sent
+//! again after the restart. One still running past the grace period is handed back: its
+//! `sending` mark stays, and the next start (or, on a shared store, another instance once
+//! its lease has run out) resumes it (at least once).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -14,6 +20,7 @@ use std::{
 };
 
 use futures_util::future::BoxFuture;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     config::DeliveryConfig,
@@ -41,6 +48,10 @@ pub struct Deliverer {
     cfg: DeliveryConfig,
     metrics: Arc<Metrics>,
     in_flight: Mutex<InFlight>,
+    /// Every attempt task, to wait for at shutdown.
+    attempts: TaskTracker,
+    /// Ends the attempts still running once the grace period is over.
+    abort: CancellationToken,
 }
 
 /// Attempts running now: by action, and how many per channel.
@@ -86,16 +97,34 @@ impl Deliverer {
             cfg,
             metrics,
             in_flight: Mutex::new(InFlight::default()),
+            attempts: TaskTracker::new(),
+            abort: CancellationToken::new(),
         })
     }
 
-    /// Runs until the task is dropped. First resumes what a crash left `sending`.
+    /// Delivers until `stop` is cancelled. First resumes what a crash left `sending`, and
+    /// on a shared store, every few seconds, what another instance left.
     ///
     /// Each channel has its own queue and takes from it only as many actions as it has
-    /// room for, so a slow or failing channel never holds up another.
-    pub async fn run(self: Arc<Self>) {
+    /// room for, so a slow or failing channel never holds up another. Once stopped, no
+    /// attempt starts; those in flight get `grace` to finish and be recorded, then the
+    /// rest are handed back. Returns when no attempt runs any more.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken, grace: Duration) {
+        self.deliver(&stop).await;
+        self.attempts.close();
+        if tokio::time::timeout(grace, self.attempts.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?grace, "deliveries still being sent after the grace period are handed back; the next start resumes them");
+            self.abort.cancel();
+            self.attempts.wait().await;
+        }
+    }
+
+    async fn deliver(self: &Arc<Self>, stop: &CancellationToken) {
         let mut resumed_at: Option<std::time::Instant> = None;
-        loop {
+        while !stop.is_cancelled() {
             if resumed_at.is_none_or(|at| at.elapsed() >= RESUME_EVERY) {
                 match self.store.resume_interrupted().await {
                     Ok(0) => {}
@@ -139,6 +168,7 @@ impl Deliverer {
             tokio::select! {
                 () = self.store.outbox_signalled() => {}
                 () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => {}
             }
         }
     }
@@ -167,8 +197,14 @@ impl Deliverer {
             return;
         }
         let channel = channel.to_owned();
-        tokio::spawn(async move {
-            self.attempt(&channel, due).await;
+        let tracker = self.attempts.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                () = self.attempt(&channel, due) => {}
+                () = self.abort.cancelled() => {
+                    tracing::warn!(action_id = %id, channel = %channel, "delivery handed back at shutdown; the next start resumes it");
+                }
+            }
             if let Ok(mut f) = self.in_flight.lock() {
                 f.actions.remove(&id);
                 if let Some(n) = f.per_channel.get_mut(&channel) {

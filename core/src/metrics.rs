@@ -3,8 +3,16 @@
 //! Label values are provider names, configured endpoint paths, event types and status
 //! codes: never anything taken from a request body or a secret. Unknown request paths are
 //! counted under one `endpoint="other"` so that scanners cannot blow up the label space.
+//! Event types come from bodies (VerifyVASP's `callbackType` is open), so the
+//! `event_type` label is bounded too ([`Metrics::event_type_label`]): a provider's declared
+//! types are kept and any other is `other`; a provider that declared none keeps its first
+//! [`MAX_EVENT_TYPES`] types and counts the rest as `other`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -83,6 +91,69 @@ pub struct AuthFailureLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Event types of one provider that may become labels when it declared none.
+pub const MAX_EVENT_TYPES: usize = 32;
+
+/// The label an event type counts under when it is not one a provider declared.
+pub const OTHER: &str = "other";
+
+#[derive(Default)]
+struct EventTypes {
+    /// Types a provider declared: only these are labels.
+    declared: HashMap<String, HashSet<String>>,
+    /// Types seen of providers that declared none.
+    seen: HashMap<String, HashSet<String>>,
+}
+
+impl EventTypes {
+    fn label(&mut self, provider: &str, event_type: &str) -> String {
+        if let Some(known) = self.declared.get(provider) {
+            return if known.contains(event_type) {
+                event_type.to_owned()
+            } else {
+                OTHER.to_owned()
+            };
+        }
+        let seen = self.seen.entry(provider.to_owned()).or_default();
+        if seen.contains(event_type) {
+            return event_type.to_owned();
+        }
+        if seen.len() < MAX_EVENT_TYPES {
+            seen.insert(event_type.to_owned());
+            return event_type.to_owned();
+        }
+        OTHER.to_owned()
+    }
+}
+
+/// Stored events by provider and (bounded) event type.
+pub struct EventCounter {
+    family: Family<EventLabels, Counter>,
+    types: Arc<Mutex<EventTypes>>,
+}
+
+impl EventCounter {
+    /// The counter of `labels`, its event type bounded as [`Metrics::event_type_label`]
+    /// says.
+    pub fn get_or_create(
+        &self,
+        labels: &EventLabels,
+    ) -> impl std::ops::Deref<Target = Counter> + '_ {
+        let bounded = EventLabels {
+            provider: labels.provider.clone(),
+            event_type: label_of(&self.types, &labels.provider, &labels.event_type),
+        };
+        self.family.get_or_create(&bounded)
+    }
+}
+
+fn label_of(types: &Mutex<EventTypes>, provider: &str, event_type: &str) -> String {
+    types
+        .lock()
+        .map(|mut t| t.label(provider, event_type))
+        .unwrap_or_else(|_| OTHER.to_owned())
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs .. ~3.3 s
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
@@ -97,7 +168,8 @@ pub struct Metrics {
     /// durable.
     pub ingest_seconds: HistogramFamily<ProviderLabels>,
     /// Events stored.
-    pub events: Family<EventLabels, Counter>,
+    pub events: EventCounter,
+    event_types: Arc<Mutex<EventTypes>>,
     /// Requests answered from an earlier identical request.
     pub duplicates: Family<ProviderLabels, Counter>,
     /// Authenticated bodies that did not match the schema and were quarantined.
@@ -195,15 +267,20 @@ impl Default for Metrics {
             "Time from an event's arrival to the delivery of one of its actions",
             delivered_seconds.clone(),
         );
+        let event_types = Arc::new(Mutex::new(EventTypes::default()));
         Metrics {
             registry,
+            events: EventCounter {
+                family: events,
+                types: event_types.clone(),
+            },
+            event_types,
             routes,
             route_seconds,
             deliveries,
             delivered_seconds,
             requests,
             ingest_seconds,
-            events,
             duplicates,
             quarantined,
             conflicts,
@@ -218,6 +295,23 @@ impl Metrics {
     /// A fresh, shared set of metrics.
     pub fn shared() -> Arc<Metrics> {
         Arc::new(Metrics::default())
+    }
+
+    /// Declares the event types of `provider`: only these become `event_type` labels, any
+    /// other counts as `other`.
+    pub fn declare_event_types(&self, provider: &str, types: impl IntoIterator<Item = String>) {
+        if let Ok(mut t) = self.event_types.lock() {
+            t.declared
+                .entry(provider.to_owned())
+                .or_default()
+                .extend(types);
+        }
+    }
+
+    /// The `event_type` label of an event of `provider`: the type, if declared (or, for a
+    /// provider that declared none, among its first [`MAX_EVENT_TYPES`]), else `other`.
+    pub fn event_type_label(&self, provider: &str, event_type: &str) -> String {
+        label_of(&self.event_types, provider, event_type)
     }
 
     /// Counts an answered HTTP request.
@@ -322,5 +416,38 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("# EOF"));
+    }
+
+    #[test]
+    fn event_type_labels_are_bounded() {
+        let m = Metrics::default();
+        m.declare_event_types("vasp", ["tx_report".to_owned()]);
+        let count = |p: &str, t: &str| {
+            m.events
+                .get_or_create(&EventLabels {
+                    provider: p.into(),
+                    event_type: t.into(),
+                })
+                .inc();
+        };
+        count("vasp", "tx_report");
+        for i in 0..100 {
+            count("vasp", &format!("made_up_{i}"));
+            count("free", &format!("t{i}"));
+        }
+        let text = m.render();
+        assert!(text.contains(r#"event_type="tx_report""#), "{text}");
+        assert!(
+            text.contains(r#"provider="vasp",event_type="other"} 100"#),
+            "{text}"
+        );
+        assert!(!text.contains("made_up_"), "{text}");
+        assert!(text.contains(r#"provider="free",event_type="t31""#));
+        assert!(!text.contains(r#"provider="free",event_type="t32""#));
+        assert!(
+            text.contains(r#"provider="free",event_type="other"} 68"#),
+            "{text}"
+        );
+        assert_eq!(m.event_type_label("vasp", "made_up_1"), OTHER);
     }
 }

@@ -271,6 +271,7 @@ impl App {
             providers: reparsers,
             routes: config.routes.clone(),
             lookups,
+            router: router.clone(),
         };
 
         let svc = service((AdminApi::new(config.admin.reveal_secrets), SystemApi));
@@ -438,21 +439,34 @@ impl App {
         }
     }
 
-    /// Serves until `shutdown` is cancelled, then finishes requests in flight and flushes
-    /// the store. TLS files are reloaded when they change and on SIGHUP.
+    /// Serves until `shutdown` is cancelled, then stops in order, all within
+    /// `server.shutdown_grace`: the listeners stop accepting and finish their requests;
+    /// at the same moment no route run and no delivery attempt starts any more, and those
+    /// in flight finish and are recorded (past the grace period, runs are ended with their
+    /// events left in the inbox, and sends are handed back to the next start); the store
+    /// is flushed last, once nothing writes to it any more. TLS files are reloaded when
+    /// they change and on SIGHUP.
     pub async fn run(self, listeners: Vec<Bound>, shutdown: CancellationToken) -> Result<()> {
         let app = Arc::new(self);
-        tokio::spawn(check_store(app.store.clone()));
+        // An event type a body chooses (VerifyVASP's `callbackType`) becomes a metric label
+        // only when its provider documents it.
+        for p in app.config.providers.iter() {
+            if let Some(types) = p.event_types() {
+                app.metrics.declare_event_types(p.name(), types);
+            }
+        }
+        let grace = app.config.server.shutdown_grace.get();
+        let checker = tokio::spawn(check_store(app.store.clone()));
         let sweeper = tokio::spawn(run_sweeper(app.store.clone(), app.config.store.clone()));
         let reloader = tokio::spawn(watch_tls(app.clone()));
         let scripts = tokio::spawn(watch_scripts(app.clone()));
-        let router = tokio::spawn(app.router.clone().run());
-        let deliverer = tokio::spawn(app.deliverer.clone().run());
+        let router = tokio::spawn(app.router.clone().run(shutdown.clone(), grace));
+        let deliverer = tokio::spawn(app.deliverer.clone().run(shutdown.clone(), grace));
         let opts = ServeOptions {
             max_connections: app.config.server.max_connections,
             header_read_timeout: app.config.server.header_read_timeout.get(),
             idle_timeout: app.config.server.idle_timeout.get(),
-            shutdown_grace: app.config.server.shutdown_grace.get(),
+            shutdown_grace: grace,
         };
         let mut servers = Vec::new();
         for b in listeners {
@@ -467,11 +481,12 @@ impl App {
         for s in servers {
             let _ = s.await;
         }
-        sweeper.abort();
-        reloader.abort();
-        scripts.abort();
-        router.abort();
-        deliverer.abort();
+        let _ = router.await;
+        let _ = deliverer.await;
+        for task in [sweeper, reloader, scripts, checker] {
+            task.abort();
+            let _ = task.await;
+        }
         app.store.flush().await?;
         tracing::info!("store flushed; bye");
         Ok(())

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use switchboard_core::{
     config::RoutesConfig,
-    route::{Lookup, scripts::Scripts},
+    route::{Lookup, router::Router, scripts::Scripts},
 };
 use switchboard_plugins::providers::Reparsers;
 
@@ -23,4 +23,6 @@ pub struct AdminCtx {
     pub routes: RoutesConfig,
     /// The named services, for a try's live lookups.
     pub lookups: Arc<dyn Lookup>,
+    /// The router: a try runs where its runs go (its worker processes).
+    pub router: Arc<Router>,
 }

@@ -188,30 +188,17 @@ impl Services {
 }
 
 impl Service {
-    /// The URL of `path` under the base URL. A path must start with `/` and may not leave
-    /// the base: no `.`/`..` segments (also percent-encoded), no empty segments, no `#`,
-    /// `\\`, spaces or control characters; a query (`?...`) is allowed. So data from an
-    /// event (`/cards/${id}`) cannot reach another endpoint, let alone another host, with
-    /// the service's credentials. Scripts put event data in a path with `http::escape`.
+    /// The URL of `path` under the base URL. The path must follow
+    /// [`switchboard_core::route::paths::check_path`] (a leading `/`; no `.`/`..`
+    /// segments, also encoded, with `;parameters` or decoded twice; no encoded `/`, `\\`
+    /// or NUL inside a segment; no `#`, spaces or control characters; a query is allowed),
+    /// so that data from an event (`/cards/${id}`) cannot reach another endpoint, let alone
+    /// another host, with the service's credentials, even on a server that normalises
+    /// more than RFC 3986 (Tomcat, IIS). Scripts put event data in a path with
+    /// `http::escape`.
     fn url(&self, path: &str) -> std::result::Result<reqwest::Url, String> {
         let refuse = |why: &str| Err(format!("refused path: {why}"));
-        if !path.starts_with('/') {
-            return refuse("it must start with `/`");
-        }
-        if path
-            .chars()
-            .any(|c| c.is_control() || matches!(c, '#' | '\\' | ' '))
-        {
-            return refuse("no `#`, `\\`, spaces or control characters");
-        }
-        let segments = path.split_once('?').map_or(path, |(p, _)| p);
-        let dot = |seg: &str| {
-            let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
-            decoded == "." || decoded == ".."
-        };
-        if segments.split('/').any(dot) || segments.contains("//") {
-            return refuse("no `.`, `..` or empty segments");
-        }
+        switchboard_core::route::paths::check_path(path)?;
         let url = reqwest::Url::parse(&format!("{}{path}", self.base))
             .map_err(|_| "refused path: not a valid URL path".to_owned())?;
         let base_path = self.base_url.path().trim_end_matches('/');
@@ -246,6 +233,10 @@ pub fn describe(e: reqwest::Error) -> String {
 impl Lookup for Services {
     fn configured(&self, service: &str) -> bool {
         self.has(service)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.map.keys().cloned().collect()
     }
 
     fn call(
@@ -309,8 +300,8 @@ mod tests {
         assert!(s.check("customers", "/cards/card_1/holder").is_ok());
         assert!(s.check("customers", "/cards?number=1&x=2").is_ok());
         assert_eq!(
-            s.map["customers"].url("/cards/a%2Fb").unwrap().as_str(),
-            "https://customers.internal:8443/api/cards/a%2Fb"
+            s.map["customers"].url("/cards/a%2Db").unwrap().as_str(),
+            "https://customers.internal:8443/api/cards/a%2Db"
         );
         for bad in [
             "cards/1",
@@ -324,6 +315,11 @@ mod tests {
             "/cards/1\\..\\x",
             "/cards/ 1",
             "/cards/\n1",
+            "/cards/..;/admin",
+            "/cards/a%2fb",
+            "/cards/a%5cb",
+            "/cards/a%00",
+            "/cards/%252e%252e/admin",
         ] {
             assert!(
                 s.check("customers", bad).is_err(),
@@ -334,13 +330,21 @@ mod tests {
     }
 
     #[test]
-    fn the_script_escape_makes_event_data_one_segment() {
-        let id = switchboard_core::route::api::escape_segment("../../admin?x=1#");
-        assert_eq!(id, "%2E%2E%2F%2E%2E%2Fadmin%3Fx%3D1%23");
+    fn the_script_escape_makes_event_data_one_segment_or_is_refused() {
+        let id = switchboard_core::route::api::escape_segment("..admin?x=1#");
+        assert_eq!(id, "%2E%2Eadmin%3Fx%3D1%23");
         assert!(
             services()
                 .check("customers", &format!("/cards/{id}/holder"))
                 .is_ok()
+        );
+        // A `/` in event data stays encoded, and an encoded `/` is refused: some servers
+        // decode it before they route.
+        let id = switchboard_core::route::api::escape_segment("../../admin");
+        assert!(
+            services()
+                .check("customers", &format!("/cards/{id}/holder"))
+                .is_err()
         );
     }
 }

@@ -134,7 +134,7 @@ async fn a_killed_instances_work_is_finished_by_the_other() {
     let store = pg::store_lines(&url);
     let sink_dir = Dir::new();
     // A slow relay and a slow lookup: work is in flight when the instance dies.
-    let sink = SmtpSink::start(sink_dir.path(), &["--delay-data", "1"]);
+    let sink = SmtpSink::start(sink_dir.path(), &["--delay", "1"]);
     let lookups = customers(Some(Duration::from_millis(400))).await;
     let tail = format!("{}{}", smtp(sink.port), customers_service(&lookups));
     let (a, b, _, _) = two(&store, &tail);

@@ -28,6 +28,12 @@ mod servers;
 // Route scripts: the sandbox's limits, hot reload, `switchboard test`, `switchboard init`,
 // replays from the command line.
 mod routes;
+// Hostile route scripts (tests/fixtures/hostile): each fails alone, the server keeps
+// answering; a killed worker, a server killed twice in a poison run.
+mod hostile;
+// SIGTERM with a routing backlog, slow lookups and emails in flight: nothing failed,
+// nothing sent twice, nothing logged after the last flush.
+mod shutdown;
 // The admin API: authentication, filters, time windows, pagination, masking, counts,
 // trying a script, the body limit.
 mod admin;

@@ -2,7 +2,7 @@
 //! server on a free loopback port, one fresh database per test directory. Started once per
 //! test process, the first time a test asks for it, and stopped when the process exits (a
 //! watchdog shell waits for the test process to go away). PostgreSQL refuses to run as
-//! root, so as root it runs as `nobody`.
+//! root, so as root it runs as `nobody` (`runuser` for initdb, `setpriv` for the server).
 //!
 //! `SWITCHBOARD_TEST_STORE=postgres` runs every test's server on PostgreSQL instead of the
 //! embedded store (`.ci/run` runs the black-box suite that way as well).
@@ -114,8 +114,15 @@ impl Cluster {
         let log = dir.path().join("postgres.log");
         // The server lives as long as this test process: the shell waits for its parent
         // (us) to go away, then stops it fast and removes the cluster.
+        // As root, the server runs as nobody through setpriv, which becomes it (so `$pg` is
+        // the server itself); the shell stays ours, so that it may watch our pid.
+        let owner = if is_root() {
+            "setpriv --reuid=nobody --regid=nogroup --clear-groups "
+        } else {
+            ""
+        };
         let postgres = format!(
-            "{} -D {} -p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
+            "{owner}{} -D {} -p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
              -c max_connections=400 -c fsync=off -c full_page_writes=off",
             bin.join("postgres").display(),
             data.display(),
@@ -124,26 +131,21 @@ impl Cluster {
         let watchdog = format!(
             "{postgres} >{log} 2>&1 & pg=$!; \
              while kill -0 {parent} 2>/dev/null; do sleep 1; done; \
-             kill -INT $pg; wait $pg; rm -rf {dir}",
+             kill -INT $pg; sleep 5; kill -KILL $pg 2>/dev/null; rm -rf {dir}",
             log = log.display(),
             parent = std::process::id(),
             dir = dir.path().display(),
         );
-        let mut sh = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "nobody", "--", "sh", "-c", &watchdog]);
-            c
-        } else {
-            let mut c = Command::new("sh");
-            c.args(["-c", &watchdog]);
-            c
-        };
+        let mut sh = Command::new("sh");
+        sh.args(["-c", &watchdog]);
+        let shell_log = std::fs::File::create(dir.path().join("watchdog.log")).expect("a log file");
         let watchdog = sh
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(shell_log)
             .spawn()
             .expect("start postgres");
+        let dir_path = dir.path().to_path_buf();
         let cluster = Cluster {
             port,
             bin,
@@ -154,8 +156,9 @@ impl Cluster {
         while !cluster.ready() {
             assert!(
                 Instant::now() < deadline,
-                "PostgreSQL did not start; its log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
+                "PostgreSQL did not start; its log:\n{}\nthe watchdog's:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default(),
+                std::fs::read_to_string(dir_path.join("watchdog.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(100));
         }

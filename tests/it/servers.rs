@@ -170,8 +170,8 @@ pub struct Reply {
     pub body: String,
     /// Never answer (the connection hangs until the client gives up or dies).
     pub hang: bool,
-    /// Answer only after this long.
-    pub delay: Option<Duration>,
+    /// Answer only after this long (a slow service).
+    pub delay: Duration,
 }
 
 impl Reply {
@@ -181,7 +181,7 @@ impl Reply {
             headers: vec![],
             body: String::new(),
             hang: false,
-            delay: None,
+            delay: Duration::ZERO,
         }
     }
 
@@ -191,13 +191,13 @@ impl Reply {
             headers: vec![("content-type".into(), "application/json".into())],
             body: v.to_string(),
             hang: false,
-            delay: None,
+            delay: Duration::ZERO,
         }
     }
 
-    /// The same answer, after `d`.
-    pub fn after(mut self, d: Duration) -> Reply {
-        self.delay = Some(d);
+    /// The same answer, after `delay`.
+    pub fn after(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
         self
     }
 
@@ -273,9 +273,7 @@ impl Recorder {
                 if reply.hang {
                     std::future::pending::<()>().await;
                 }
-                if let Some(d) = reply.delay {
-                    tokio::time::sleep(d).await;
-                }
+                tokio::time::sleep(reply.delay).await;
                 let mut r = Response::builder().status(StatusCode::from_u16(reply.status).unwrap());
                 for (k, v) in &reply.headers {
                     r = r.header(k.as_str(), v.as_str());

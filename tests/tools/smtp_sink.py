@@ -5,16 +5,16 @@ listens on, then serves until killed.
 
   smtp_sink.py --dir DIR [--port N] [--fail-first N] [--hold-file PATH]
                [--tls-cert C --tls-key K [--implicit-tls]] [--auth USER:PASSWORD]
-               [--idle-timeout SECONDS]
+               [--idle-timeout SECONDS] [--delay SECONDS]
 
 --fail-first N   answers the first N messages with 451 (a transient error)
 --hold-file P    answers 451 while the file P exists
 --tls-cert/key   offers STARTTLS and requires it
 --implicit-tls   speaks TLS from the first byte instead (SMTPS)
 --idle-timeout S drops a client that stays silent for S seconds
---delay-data S   waits S seconds after a message's data before accepting it (a slow relay:
-                 a sender killed meanwhile leaves the message accepted, as a real one would)
 --auth U:P       requires AUTH (PLAIN or LOGIN) with these credentials, over TLS
+--delay S        records each message, then waits S seconds before answering 250 (a send
+                 still in flight when the client is stopped)
 """
 import argparse
 import asyncio
@@ -30,11 +30,11 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Handler:
-    def __init__(self, out, fail_first, hold_file, delay_data=0.0):
+    def __init__(self, out, fail_first, hold_file, delay=0.0):
         self.out = out
+        self.delay = delay
         self.fail_first = fail_first
         self.hold_file = hold_file
-        self.delay_data = delay_data
         self.count = 0
         self.lock = threading.Lock()
 
@@ -46,8 +46,6 @@ class Handler:
             return "451 4.3.0 Try again later"
         if self.hold_file and os.path.exists(self.hold_file):
             return "451 4.3.0 Held, try again later"
-        if self.delay_data:
-            await asyncio.sleep(self.delay_data)
         record = {
             "from": envelope.mail_from,
             "to": envelope.rcpt_tos,
@@ -60,6 +58,8 @@ class Handler:
         with open(path + ".tmp", "w") as f:
             json.dump(record, f)
         os.rename(path + ".tmp", path)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         return "250 2.0.0 Accepted"
 
 
@@ -84,7 +84,7 @@ def main():
     p.add_argument("--implicit-tls", action="store_true")
     p.add_argument("--auth")
     p.add_argument("--idle-timeout", type=float)
-    p.add_argument("--delay-data", type=float, default=0.0)
+    p.add_argument("--delay", type=float, default=0.0)
     a = p.parse_args()
     os.makedirs(a.dir, exist_ok=True)
     kwargs = {}
@@ -107,7 +107,7 @@ def main():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         s.close()
-    controller = Controller(Handler(a.dir, a.fail_first, a.hold_file, a.delay_data), hostname="127.0.0.1", port=port, **kwargs)
+    controller = Controller(Handler(a.dir, a.fail_first, a.hold_file, a.delay), hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     print(port, flush=True)
     try:

@@ -28,6 +28,9 @@ CREATE TABLE sb_events (
     expires_at      timestamptz NOT NULL,
     lease_owner     uuid,
     lease_until     timestamptz,
+    -- Runs of its route that started and did not finish (a poison event is parked
+    -- after routes.max_crashes of them).
+    route_starts    integer NOT NULL DEFAULT 0,
     doc             jsonb NOT NULL
 );
 CREATE INDEX sb_events_inbox ON sb_events (id) WHERE status = 'received';

@@ -514,6 +514,27 @@ impl Backend for PgBackend {
         Ok(())
     }
 
+    async fn route_starts(&self, id: EventId) -> Result<u32> {
+        let n: Option<i32> = sqlx::query_scalar(
+            "SELECT route_starts FROM sb_events WHERE id = $1 AND status = 'received'",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(n.and_then(|n| u32::try_from(n).ok()).unwrap_or(0))
+    }
+
+    async fn set_route_starts(&self, id: EventId, started: u32) -> Result<()> {
+        sqlx::query("UPDATE sb_events SET route_starts = $2 WHERE id = $1 AND status = 'received'")
+            .bind(id.0)
+            .bind(i32::try_from(started).unwrap_or(i32::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
     async fn release(&self, id: EventId) -> Result<()> {
         self.hold_event(id, false);
         let mut tx = self.begin().await?;
@@ -617,7 +638,7 @@ impl Backend for PgBackend {
         let e = outbox::replayed(event_of(&row)?, reparsed)?;
         sqlx::query(
             "UPDATE sb_events SET status = $2, event_type = $3, doc = $4, \
-             lease_owner = NULL, lease_until = NULL WHERE id = $1",
+             lease_owner = NULL, lease_until = NULL, route_starts = 0 WHERE id = $1",
         )
         .bind(id.0)
         .bind(e.status.as_str())

@@ -16,58 +16,151 @@
 //! error".
 
 use std::{
-    cell::RefCell,
-    sync::Arc,
+    cell::{Cell, RefCell},
     time::{Duration, Instant},
 };
 
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Scope, exported_module, plugin::*};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Lookup, Method, RunFailure, RunLimits, event_value};
-use crate::{event::Event, mask::mask_text, outbox::ActionSpec, units::HumanDuration};
+use super::{LookupError, Method, RunFailure, RunLimits, paths::check_path, sandbox};
+use crate::{mask::mask_text, outbox::ActionSpec, units::HumanDuration};
+
+/// What a run needs from the place it runs in: the named services and the log. In a
+/// worker process they are requests to the server over a pipe; in the server itself (and
+/// in `switchboard test`), direct calls.
+pub trait Host {
+    /// Whether `service` is configured.
+    fn configured(&self, service: &str) -> bool;
+
+    /// Calls `service` and waits for its JSON answer, at most `timeout`.
+    fn lookup(
+        &mut self,
+        service: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, LookupError>;
+
+    /// A line of the script's output (already masked and within the run's limit).
+    fn output(&mut self, kind: Output, text: &str);
+}
+
+/// Kinds of output a run writes to the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    /// `print(...)`: logged at `info`.
+    Print,
+    /// `debug(...)`: logged at `debug`.
+    Debug,
+    /// An error inside a binding: logged at `error`, hidden from the script's message.
+    Internal,
+}
 
 struct RunCtx {
-    script: String,
     actions: Vec<ActionSpec>,
-    lookups: Arc<dyn Lookup>,
-    handle: tokio::runtime::Handle,
+    host: Option<Box<dyn Host>>,
     limits: RunLimits,
     started: Instant,
     lookup_spent: Duration,
     secrets: Vec<String>,
     /// A lookup failed in a way that may pass (timeout, 5xx, budget used up by slowness).
     transient_lookup_failure: bool,
+    /// Bytes of print and debug output so far.
+    output_bytes: usize,
+    /// Why the run must end at its next operation (a limit a printing function hit).
+    tripped: Option<String>,
 }
 
 thread_local! {
     static RUN: RefCell<Option<RunCtx>> = const { RefCell::new(None) };
+    /// Set with [`RunCtx::tripped`], read at every operation.
+    static TRIPPED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Whether the current run has used up its deadline (lookup time not counted).
-pub(crate) fn past_deadline() -> bool {
-    RUN.with(|r| {
+/// The token a run is terminated with when it tripped a limit.
+pub(crate) const LIMIT: &str = "limit";
+
+/// Whether the current run must stop now: it tripped a limit, or (checked every 256
+/// operations) used up its deadline, lookup time not counted.
+pub(crate) fn must_stop(ops: u64) -> Option<&'static str> {
+    if TRIPPED.with(Cell::get) {
+        return Some(LIMIT);
+    }
+    if ops % 256 != 0 {
+        return None;
+    }
+    let late = RUN.with(|r| {
         r.borrow()
             .as_ref()
             .is_some_and(|c| c.started.elapsed() > c.limits.deadline + c.lookup_spent)
-    })
+    });
+    late.then_some(super::engine::DEADLINE)
 }
 
-/// The script being run, for log lines.
-pub(crate) fn current_script() -> String {
+/// Ends the current run at its next operation, with `why` as its failure.
+pub(crate) fn trip(why: String) {
+    RUN.with(|r| {
+        if let Some(c) = r.borrow_mut().as_mut() {
+            c.tripped.get_or_insert(why);
+        }
+    });
+    TRIPPED.with(|t| t.set(true));
+}
+
+/// The value-depth limit of the current run.
+fn max_depth() -> usize {
+    RUN.with(|r| r.borrow().as_ref().map_or(64, |c| c.limits.max_value_depth))
+}
+
+/// `print` and `debug`: masked, counted against the run's output limit, handed to the
+/// host.
+pub(crate) fn output(kind: Output, text: &str) {
+    let host = RUN.with(|r| {
+        let mut r = r.borrow_mut();
+        let c = r.as_mut()?;
+        if c.tripped.is_some() {
+            return None;
+        }
+        c.output_bytes = c.output_bytes.saturating_add(text.len());
+        if c.output_bytes > c.limits.max_output {
+            let max = c.limits.max_output;
+            c.tripped = Some(format!(
+                "print and debug output over {max} bytes in one run (routes.max_output)"
+            ));
+            TRIPPED.with(|t| t.set(true));
+            return None;
+        }
+        let masked = mask_text(text, &c.secrets);
+        c.host.take().map(|h| (h, masked))
+    });
+    if let Some((mut host, masked)) = host {
+        host.output(kind, &masked);
+        put_host(host);
+    }
+}
+
+fn take_host() -> Option<Box<dyn Host>> {
+    RUN.with(|r| r.borrow_mut().as_mut().and_then(|c| c.host.take()))
+}
+
+fn put_host(host: Box<dyn Host>) {
+    RUN.with(|r| {
+        if let Some(c) = r.borrow_mut().as_mut() {
+            c.host = Some(host);
+        }
+    });
+}
+
+fn configured(service: &str) -> bool {
     RUN.with(|r| {
         r.borrow()
             .as_ref()
-            .map(|c| c.script.clone())
-            .unwrap_or_default()
-    })
-}
-
-/// `s` with the current event's secret values masked.
-pub(crate) fn mask_for_log(s: &str) -> String {
-    RUN.with(|r| match r.borrow().as_ref() {
-        Some(c) => mask_text(s, &c.secrets),
-        None => s.to_owned(),
+            .and_then(|c| c.host.as_ref())
+            .is_some_and(|h| h.configured(service))
     })
 }
 
@@ -77,22 +170,41 @@ fn fail(msg: impl Into<String>) -> Box<EvalAltResult> {
 
 /// An error inside a binding: logged in full, shown as "internal error".
 fn internal(what: &str, e: impl std::fmt::Display) -> Box<EvalAltResult> {
-    tracing::error!(script = %current_script(), error = %e, "script binding {what} failed");
+    if let Some(mut host) = take_host() {
+        host.output(
+            Output::Internal,
+            &format!("script binding {what} failed: {e}"),
+        );
+        put_host(host);
+    }
     fail(format!("internal error in {what} (see the log)"))
 }
 
-fn queue(channel: &str, payload: Value) {
+fn queue(channel: &str, payload: Value) -> Result<(), Box<EvalAltResult>> {
     RUN.with(|r| {
         if let Some(c) = r.borrow_mut().as_mut() {
+            if c.actions.len() >= c.limits.max_actions {
+                return Err(fail(format!(
+                    "more than {} actions in one run (routes.max_actions)",
+                    c.limits.max_actions
+                )));
+            }
             c.actions.push(ActionSpec {
                 channel: channel.into(),
                 payload,
             });
         }
-    });
+        Ok(())
+    })
 }
 
+/// A script value as JSON for a lookup or an action, refused when nested deeper than the
+/// run allows (a payload is read back later, and serde_json stops at 128 levels).
 fn to_json(d: &Dynamic, what: &str) -> Result<Value, Box<EvalAltResult>> {
+    let max = max_depth();
+    if !sandbox::depth_within(d, max) {
+        return Err(fail(sandbox::too_deep(what, max)));
+    }
     rhai::serde::from_dynamic::<Value>(d).map_err(|e| internal(what, e))
 }
 
@@ -140,7 +252,7 @@ fn lookup(
     path: &str,
     body: Option<Value>,
 ) -> Result<Dynamic, Box<EvalAltResult>> {
-    let (lookups, handle, timeout) = RUN
+    let timeout = RUN
         .with(|r| {
             let r = r.borrow();
             let Some(c) = r.as_ref() else {
@@ -150,11 +262,7 @@ fn lookup(
             if left.is_zero() {
                 return Err(Some(c.limits.lookup_budget));
             }
-            Ok((
-                c.lookups.clone(),
-                c.handle.clone(),
-                c.limits.lookup_timeout.min(left),
-            ))
+            Ok(c.limits.lookup_timeout.min(left))
         })
         .map_err(|budget| match budget {
             None => fail("lookups are only available while a route runs"),
@@ -165,35 +273,29 @@ fn lookup(
                 ))
             }
         })?;
-    if !lookups.configured(service) {
+    if !configured(service) {
         return Err(fail(format!("service `{service}` is not configured")));
     }
+    let what = format!("lookup {} {service}{path}", method.as_str());
+    check_path(path).map_err(|e| fail(format!("{what} failed: {e}")))?;
+    let Some(mut host) = take_host() else {
+        return Err(fail("lookups are only available while a route runs"));
+    };
     let started = Instant::now();
-    let result = handle.block_on(async {
-        tokio::time::timeout(timeout, lookups.call(service, method, path, body)).await
-    });
+    let result = host.lookup(service, method, path, body, timeout);
+    put_host(host);
     RUN.with(|r| {
         if let Some(c) = r.borrow_mut().as_mut() {
             c.lookup_spent += started.elapsed();
         }
     });
     match result {
-        Ok(Ok(v)) => rhai::serde::to_dynamic(v).map_err(|e| internal("a lookup's answer", e)),
-        Ok(Err(e)) => {
+        Ok(v) => rhai::serde::to_dynamic(v).map_err(|e| internal("a lookup's answer", e)),
+        Err(e) => {
             if e.transient {
                 transient_failure();
             }
-            Err(fail(format!(
-                "lookup {} {service}{path} failed: {e}",
-                method.as_str()
-            )))
-        }
-        Err(_) => {
-            transient_failure();
-            Err(fail(format!(
-                "lookup {} {service}{path} timed out after {timeout:?}",
-                method.as_str()
-            )))
+            Err(fail(format!("{what} failed: {e}")))
         }
     }
 }
@@ -237,28 +339,21 @@ pub mod http_api {
         super::lookup(service, super::Method::Post, path, Some(body))
     }
 
-    /// Queues a POST of `body` to `service` + `path`, retried until it gets a 2xx.
+    /// Queues a POST of `body` to `service` + `path`, retried until it gets a 2xx. The
+    /// service must be configured and the path valid now, not only when it is sent.
     #[rhai_fn(return_raw)]
     pub fn deliver(service: &str, path: &str, body: Dynamic) -> Result<(), Box<EvalAltResult>> {
-        let configured = super::RUN.with(|r| {
-            r.borrow()
-                .as_ref()
-                .is_some_and(|c| c.lookups.configured(service))
-        });
-        if !configured {
+        if !super::configured(service) {
             return Err(super::fail(format!(
                 "http::deliver: service `{service}` is not configured"
             )));
         }
-        if !path.starts_with('/') {
-            return Err(super::fail("http::deliver: the path must start with `/`"));
-        }
+        super::check_path(path).map_err(|e| super::fail(format!("http::deliver: {e}")))?;
         let body = super::to_json(&body, "http::deliver")?;
         super::queue(
             "http",
             serde_json::json!({"service": service, "path": path, "body": body}),
-        );
-        Ok(())
+        )
     }
 
     /// One path segment made safe from whatever the event holds:
@@ -270,11 +365,7 @@ pub mod http_api {
 
     /// Whether `service` is configured.
     pub fn configured(service: &str) -> bool {
-        super::RUN.with(|r| {
-            r.borrow()
-                .as_ref()
-                .is_some_and(|c| c.lookups.configured(service))
-        })
+        super::configured(service)
     }
 }
 
@@ -290,8 +381,7 @@ pub mod email_api {
             &["to", "subject", "text"],
             &["html", "valid_for"],
         )?;
-        super::queue("email", payload);
-        Ok(())
+        super::queue("email", payload)
     }
 }
 
@@ -302,8 +392,7 @@ pub mod sms_api {
     #[rhai_fn(return_raw)]
     pub fn send(msg: rhai::Map) -> Result<(), Box<EvalAltResult>> {
         let payload = super::message("sms::send", &msg, &["to", "text"], &["valid_for"])?;
-        super::queue("sms", payload);
-        Ok(())
+        super::queue("sms", payload)
     }
 }
 
@@ -311,19 +400,21 @@ pub mod sms_api {
 #[export_module]
 pub mod log_api {
     /// Queues a line for the log (secret values masked).
-    pub fn info(message: &str) {
+    #[rhai_fn(return_raw)]
+    pub fn info(message: &str) -> Result<(), Box<EvalAltResult>> {
         super::queue(
             "log",
             serde_json::json!({"level": "info", "message": message}),
-        );
+        )
     }
 
     /// Queues a warning for the log (secret values masked).
-    pub fn warn(message: &str) {
+    #[rhai_fn(return_raw)]
+    pub fn warn(message: &str) -> Result<(), Box<EvalAltResult>> {
         super::queue(
             "log",
             serde_json::json!({"level": "warn", "message": message}),
-        );
+        )
     }
 }
 
@@ -395,47 +486,72 @@ pub fn register(engine: &mut Engine) {
     engine.register_static_module("mask", exported_module!(mask_api).into());
 }
 
-/// Runs `ast` for `event` on this thread (a blocking thread: lookups wait on `handle`).
-pub(crate) fn run(
+/// Longest failure message kept (a script may `throw` a long string).
+const MAX_MESSAGE: usize = 2_000;
+
+/// Runs `ast` on this thread for the event as scripts see it (`event`, see
+/// [`super::event_value`]), with its secret values masked wherever the script's output
+/// and failure mention them. The thread needs a large stack: values may be nested as
+/// deep as `routes.max_collection_size`, and Rhai clones and drops them recursively.
+pub fn execute(
     engine: &Engine,
     ast: &rhai::AST,
-    script: &str,
-    event: &Event,
-    lookups: Arc<dyn Lookup>,
+    event: Value,
+    secrets: Vec<String>,
     limits: &RunLimits,
-    handle: tokio::runtime::Handle,
+    host: Box<dyn Host>,
 ) -> Result<Vec<ActionSpec>, RunFailure> {
-    let value = rhai::serde::to_dynamic(event_value(event)).map_err(|e| {
-        tracing::error!(error = %e, "cannot hand the event to the script");
-        RunFailure {
-            message: "internal error: the event could not be handed to the script".into(),
-            retryable: false,
-        }
+    let value = rhai::serde::to_dynamic(event).map_err(|_| RunFailure {
+        message: "internal error: the event could not be handed to the script".into(),
+        retryable: false,
     })?;
+    TRIPPED.with(|t| t.set(false));
     RUN.with(|r| {
         *r.borrow_mut() = Some(RunCtx {
-            script: script.to_owned(),
             actions: Vec::new(),
-            lookups,
-            handle,
+            host: Some(host),
             limits: *limits,
             started: Instant::now(),
             lookup_spent: Duration::ZERO,
-            secrets: event.secret_values(),
+            secrets,
             transient_lookup_failure: false,
+            output_bytes: 0,
+            tripped: None,
         });
     });
     let mut scope = Scope::new();
     scope.push_constant("event", value);
     let result = engine.run_ast_with_scope(&mut scope, ast);
+    drop(scope);
+    TRIPPED.with(|t| t.set(false));
     let ctx = RUN.with(|r| r.borrow_mut().take());
-    let secrets = ctx.as_ref().map(|c| c.secrets.clone()).unwrap_or_default();
-    match result {
-        Ok(()) => Ok(ctx.map(|c| c.actions).unwrap_or_default()),
-        Err(e) => Err(RunFailure {
-            message: mask_text(&describe(&e, limits), &secrets),
-            retryable: ctx.is_some_and(|c| c.transient_lookup_failure),
+    let Some(ctx) = ctx else {
+        return Err(RunFailure {
+            message: "internal error: the run lost its context".into(),
+            retryable: false,
+        });
+    };
+    match (result, ctx.tripped) {
+        (_, Some(why)) => Err(RunFailure {
+            message: mask_text(&why, &ctx.secrets),
+            retryable: false,
         }),
+        (Ok(()), None) => Ok(ctx.actions),
+        (Err(e), None) => {
+            let mut message = mask_text(&describe(&e, limits), &ctx.secrets);
+            if message.len() > MAX_MESSAGE {
+                let mut cut = MAX_MESSAGE;
+                while !message.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                message.truncate(cut);
+                message.push_str("… (cut)");
+            }
+            Err(RunFailure {
+                message,
+                retryable: ctx.transient_lookup_failure,
+            })
+        }
     }
 }
 
@@ -449,7 +565,13 @@ fn describe(e: &EvalAltResult, limits: &RunLimits) -> String {
         EvalAltResult::ErrorStackOverflow(pos) => format!("call stack too deep ({pos})"),
         EvalAltResult::ErrorDataTooLarge(what, pos) => format!("{what} too large ({pos})"),
         EvalAltResult::ErrorRuntime(v, pos) => {
-            let msg = v.clone().into_string().unwrap_or_else(|_| v.to_string());
+            let msg = match v.clone().into_string() {
+                Ok(s) => s,
+                // A thrown array or map: printed within the limits (its own `Display`
+                // recurses without bound).
+                Err(_) => sandbox::bounded_text(v, MAX_MESSAGE, limits.max_value_depth)
+                    .unwrap_or_else(|_| format!("a thrown {} over the limits", v.type_name())),
+            };
             if pos.is_none() {
                 msg
             } else {

@@ -1,23 +1,29 @@
 //! The sandboxed Rhai engine every route runs in.
 //!
-//! Built from `Engine::new_raw()` plus the packages routes need (core language,
-//! arithmetic, logic, strings, arrays, maps, math, iterators); no module can be imported
-//! (a dummy resolver, and `import` is disabled), `eval` is disabled, there is no `sleep`
-//! or clock. Operations, call depth, expression depth, string, array and map sizes are
-//! limited, and a deadline is checked as the script runs. `print` and `debug` go to the log,
-//! with the event's secret values masked.
+//! Built from `Engine::new_raw()` plus the packages routes need (arithmetic, logic,
+//! strings, arrays, maps, math, iterators, function pointers). Not Rhai's
+//! `LanguageCorePackage`: it brings `sleep` (which held a worker for as long as a script
+//! asked), `exit` and `parse_json`, none of which a route needs. No module can be imported
+//! (a dummy resolver, and `import` is disabled), `eval` is disabled, there is no clock.
+//! Operations, call depth, expression depth, string, array and map sizes are limited, a
+//! deadline is checked as the script runs, and the functions that could cost without
+//! bound in one call are guarded ([`super::sandbox`]). `print` and `debug` go to the log,
+//! with the event's secret values masked, up to `routes.max_output` bytes per run.
 
 use rhai::{
     Dynamic, Engine, OptimizationLevel,
     module_resolvers::DummyModuleResolver,
     packages::{
         ArithmeticPackage, BasicArrayPackage, BasicFnPackage, BasicIteratorPackage,
-        BasicMapPackage, BasicMathPackage, BasicStringPackage, LanguageCorePackage, LogicPackage,
-        MoreStringPackage, Package,
+        BasicMapPackage, BasicMathPackage, BasicStringPackage, LogicPackage, MoreStringPackage,
+        Package,
     },
 };
 
-use super::api;
+use super::{
+    api::{self, Output},
+    sandbox,
+};
 use crate::config::RoutesConfig;
 
 /// The message a run is terminated with when its deadline passes.
@@ -26,7 +32,6 @@ pub const DEADLINE: &str = "deadline";
 /// Builds the engine with the limits of `cfg` and the script API registered.
 pub fn build(cfg: &RoutesConfig) -> Engine {
     let mut e = Engine::new_raw();
-    e.register_global_module(LanguageCorePackage::new().as_shared_module());
     e.register_global_module(ArithmeticPackage::new().as_shared_module());
     e.register_global_module(LogicPackage::new().as_shared_module());
     e.register_global_module(BasicStringPackage::new().as_shared_module());
@@ -50,18 +55,16 @@ pub fn build(cfg: &RoutesConfig) -> Engine {
     e.set_max_variables(1_000);
     e.set_max_functions(256);
 
-    e.on_progress(|ops| {
-        // Checking the clock every 256 operations keeps the cost negligible.
-        if ops % 256 == 0 && api::past_deadline() {
-            Some(Dynamic::from(DEADLINE))
+    e.on_progress(|ops| api::must_stop(ops).map(Dynamic::from));
+    e.on_print(|s| api::output(Output::Print, s));
+    e.on_debug(|s, _src, pos| {
+        if pos.is_none() {
+            api::output(Output::Debug, s);
         } else {
-            None
+            api::output(Output::Debug, &format!("{s} ({pos})"));
         }
     });
-    e.on_print(|s| tracing::info!(script = %api::current_script(), output = %api::mask_for_log(s), "script print"));
-    e.on_debug(|s, _src, pos| {
-        tracing::debug!(script = %api::current_script(), position = %pos, output = %api::mask_for_log(s), "script debug");
-    });
+    sandbox::register(&mut e, cfg.max_value_depth);
     api::register(&mut e);
     e
 }

@@ -7,25 +7,44 @@
 //!   `log`, `fmt`, `mask`).
 //! - [`scripts`]: finding, compiling and hot-reloading the scripts; a script that fails to
 //!   compile keeps its last good version running.
-//! - [`router`]: the workers that take events from the inbox and record what their route
-//!   decided, atomically.
+//! - [`sandbox`]: guards on Rhai functions that could cost without bound in one call
+//!   (printing and comparing deeply nested values, `replace`).
+//! - [`paths`]: the rules a path to a named service follows.
+//! - [`router`]: takes events from the inbox, counts each run on disk before it starts,
+//!   runs it (in a worker process or in place) and records what it decided, atomically.
+//! - [`pool`]: the server's side of the worker processes: starting, feeding, answering
+//!   their lookups, killing them past the hard deadline or at shutdown.
+//! - [`worker`]: the worker process itself (`switchboard route-worker`), and [`proto`],
+//!   the frames the two exchange over the worker's stdin and stdout.
 //! - [`testing`]: `switchboard test`, which runs scripts against test files.
+//!
+//! What must not live here: HTTP. Lookups go through the [`Lookup`] trait, which the
+//! plugins implement with the configured services.
 
 pub mod api;
 pub mod engine;
+pub mod paths;
+pub mod pool;
+pub mod proto;
 pub mod router;
+pub mod sandbox;
 pub mod scripts;
 pub mod testing;
+pub mod worker;
+
+/// A compiled script.
+pub use rhai::AST;
 
 use std::{sync::Arc, time::Duration};
 
 use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{event::Event, outbox::ActionSpec};
+use crate::{config::RoutesConfig, event::Event, outbox::ActionSpec};
 
 /// HTTP methods of lookups.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Method {
     /// `http::get`.
     Get,
@@ -46,7 +65,7 @@ impl Method {
 /// Why a lookup failed: a message fit for the operator, and whether trying again soon may
 /// help (a timeout, a refused connection, a 5xx, a 429) or not (a 404, an answer that is
 /// not JSON).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LookupError {
     /// What happened.
     pub message: String,
@@ -84,6 +103,9 @@ pub trait Lookup: Send + Sync {
     /// Whether `service` is configured.
     fn configured(&self, service: &str) -> bool;
 
+    /// The names of every configured service (a worker process knows no more of them).
+    fn names(&self) -> Vec<String>;
+
     /// Calls `service`; the answer's JSON body, or why not.
     fn call(
         &self,
@@ -95,7 +117,7 @@ pub trait Lookup: Send + Sync {
 }
 
 /// Why a route run failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunFailure {
     /// The script's message, or the limit it hit (secret values masked).
     pub message: String,
@@ -118,6 +140,10 @@ impl Lookup for NoLookups {
         false
     }
 
+    fn names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     fn call(
         &self,
         service: &str,
@@ -130,7 +156,14 @@ impl Lookup for NoLookups {
     }
 }
 
-/// Runs the script `ast` for `event`; the actions it queued, or why it failed.
+/// Stack of a thread that runs scripts: Rhai clones, drops and hashes nested values
+/// recursively, up to `routes.max_collection_size` levels deep.
+pub const RUN_STACK: usize = 64 << 20;
+
+/// Runs the script `ast` for `event` in this process, on this thread (which must not be
+/// an async worker: lookups wait on `handle`); the actions it queued, or why it failed.
+/// The same sandbox and limits as in a worker process, without its protection: used by
+/// `switchboard test`, by `routes.isolation = "in_process"` and by unit tests.
 pub fn run_script(
     engine: &rhai::Engine,
     ast: &rhai::AST,
@@ -140,11 +173,95 @@ pub fn run_script(
     limits: &RunLimits,
     handle: tokio::runtime::Handle,
 ) -> Result<Vec<ActionSpec>, RunFailure> {
-    api::run(engine, ast, script, event, lookups, limits, handle)
+    let host = Direct {
+        lookups,
+        handle,
+        script: script.to_owned(),
+        event_id: event.id.to_string(),
+    };
+    api::execute(
+        engine,
+        ast,
+        event_value(event),
+        event.secret_values(),
+        limits,
+        Box::new(host),
+    )
 }
 
-/// The time limits of one run.
-#[derive(Clone, Copy, Debug)]
+/// Lookups and output in this process.
+struct Direct {
+    lookups: Arc<dyn Lookup>,
+    handle: tokio::runtime::Handle,
+    script: String,
+    event_id: String,
+}
+
+impl api::Host for Direct {
+    fn configured(&self, service: &str) -> bool {
+        self.lookups.configured(service)
+    }
+
+    fn lookup(
+        &mut self,
+        service: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, LookupError> {
+        let call = self.lookups.call(service, method, path, body);
+        self.handle
+            .block_on(async { tokio::time::timeout(timeout, call).await })
+            .unwrap_or_else(|_| {
+                Err(LookupError::transient(format!(
+                    "timed out after {timeout:?}"
+                )))
+            })
+    }
+
+    fn output(&mut self, kind: api::Output, text: &str) {
+        log_output(&self.script, &self.event_id, kind, text);
+    }
+}
+
+/// Writes a line of a script's output to the log, escaped so that it stays one line.
+pub fn log_output(script: &str, event_id: &str, kind: api::Output, text: &str) {
+    let text = log_safe(text);
+    match kind {
+        api::Output::Print => {
+            tracing::info!(script = %script, event_id = %event_id, output = %text, "script print")
+        }
+        api::Output::Debug => {
+            tracing::debug!(script = %script, event_id = %event_id, output = %text, "script debug")
+        }
+        api::Output::Internal => {
+            tracing::error!(script = %script, event_id = %event_id, error = %text, "a script binding failed")
+        }
+    }
+}
+
+/// `text` made safe for one log line: line breaks, other control characters and Unicode
+/// line separators written as escapes (`\n`, `\u{1b}`), so that what a script prints or
+/// throws can neither forge a log line nor drive a terminal.
+pub fn log_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => {
+                out.extend(c.escape_unicode());
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The limits of one run.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct RunLimits {
     /// Script time, lookups not counted.
     pub deadline: Duration,
@@ -152,6 +269,26 @@ pub struct RunLimits {
     pub lookup_timeout: Duration,
     /// All lookups of the run.
     pub lookup_budget: Duration,
+    /// Actions one run may queue.
+    pub max_actions: usize,
+    /// Bytes of print and debug output.
+    pub max_output: usize,
+    /// Nesting of values printed, compared or queued.
+    pub max_value_depth: usize,
+}
+
+impl RunLimits {
+    /// The limits `cfg` sets.
+    pub fn from_config(cfg: &RoutesConfig) -> RunLimits {
+        RunLimits {
+            deadline: cfg.deadline.get(),
+            lookup_timeout: cfg.lookup_timeout.get(),
+            lookup_budget: cfg.lookup_budget.get(),
+            max_actions: cfg.max_actions,
+            max_output: cfg.max_output.as_usize(),
+            max_value_depth: cfg.max_value_depth,
+        }
+    }
 }
 
 /// The event as scripts see it: `event.type`, `event.provider`, `event.id`,
@@ -214,6 +351,7 @@ mod tests {
             deadline: Duration::from_millis(250),
             lookup_timeout: Duration::from_secs(1),
             lookup_budget: Duration::from_secs(1),
+            ..RunLimits::from_config(&cfg)
         };
         run_script(
             &engine,
@@ -267,12 +405,40 @@ mod tests {
     }
 
     #[test]
+    fn guarded_functions_behave_like_rhais_own_within_the_limits() {
+        let actions = run(r#"
+            let parts = "a,b,,c".split(",");
+            let chars = "héllo".to_chars();
+            let words = " one  two ".split();
+            let each = "ab".split("");
+            let s = "hello";
+            s.replace("l", "L");
+            let same = [1, [2, #{a: "x"}]] == [1, [2, #{a: "x"}]];
+            let differ = [1, 2] != [1, 3];
+            let found = [[1], [2]].contains([2]);
+            log::info(`${parts} ${parts.len()} ${chars.len()} ${words} ${each.len()} ${s} ${same} ${differ} ${found}`);
+            log::info(`${#{k: [1, "two"]}}`);
+            log::info(#{k: [1, 2]}.to_json());
+        "#)
+        .unwrap();
+        assert_eq!(
+            actions[0].payload["message"],
+            r#"["a", "b", "", "c"] 4 5 ["one", "two"] 4 heLLo true true true"#
+        );
+        assert_eq!(actions[1].payload["message"], r#"#{"k": [1, "two"]}"#);
+        assert_eq!(actions[2].payload["message"], r#"{"k":[1,2]}"#);
+    }
+
+    #[test]
     fn the_deadline_excludes_time_spent_in_lookups_but_bounds_the_script() {
         /// A service that answers after 300 ms, or fails transiently.
         struct Slow;
         impl Lookup for Slow {
             fn configured(&self, _service: &str) -> bool {
                 true
+            }
+            fn names(&self) -> Vec<String> {
+                vec!["customers".into(), "down".into()]
             }
             fn call(
                 &self,
@@ -308,6 +474,7 @@ mod tests {
             deadline: Duration::from_millis(100),
             lookup_timeout: Duration::from_secs(1),
             lookup_budget: Duration::from_secs(1),
+            ..RunLimits::from_config(&cfg)
         };
         let run = |src: &str| {
             let ast = engine.compile(src).unwrap();

@@ -4,6 +4,34 @@
 //! lookup timed out or its service was unavailable is run again after a short wait
 //! (`routes.lookup_retries`) before the event is parked; the event stays in the inbox
 //! meanwhile, so a restart picks it up too.
+//!
+//! **Crashes.** Runs go to worker processes ([`super::pool`]) unless `routes.isolation =
+//! "in_process"`. A run whose worker dies (a stack overflow, a failed allocation, the
+//! hard deadline) is seen by the server, and its event is parked `failed` at once: a
+//! poison event costs one worker, never a loop. The server itself cannot be taken down by
+//! a script there, so a stop of the whole server (a `kill -9`, a reboot) is never held
+//! against the events whose runs it cut: they simply run again.
+//!
+//! In process, a script can take the whole server down with it, and nothing is left to
+//! see the crash: so there each run is counted on disk before it starts
+//! ([`Store::set_route_starts`], with the event's place in the inbox), the count goes
+//! once its outcome is recorded, and an event whose runs did not finish
+//! `routes.max_crashes` times is parked `failed` instead of being run at every start. An
+//! event with a run that did not finish is a suspect: it runs alone (no other run at the
+//! same time), so that the events that merely ran beside a poison one when it took the
+//! server down are not counted again, and only the poison one reaches the limit. (A
+//! server killed from outside twice while the same run is in flight parks that event too:
+//! in process, a crash cannot be told from a kill.) There are more route tasks than run
+//! slots (`routes.workers`): a task counts its run and waits for that write to be flushed
+//! (many such writes share one flush) before it takes a slot, so the flush does not hold a
+//! slot idle.
+//!
+//! Outcomes are recorded off the async threads: a run that queued a hundred actions never
+//! holds up an async worker that another provider's answer waits for.
+//!
+//! Shutdown ([`Router::run`]'s `stop`): no new run starts; runs in flight may finish
+//! within the grace period; past it they are ended and their events stay in the inbox,
+//! untouched (a run cancelled by shutdown is not a script failure), for the next start.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -11,16 +39,20 @@ use std::{
     time::Duration,
 };
 
+use rhai::AST;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::{
-    Lookup, RunFailure, RunLimits,
+    Lookup, RUN_STACK, RunFailure, RunLimits, log_safe,
+    pool::{Ended, Job, Pool},
     scripts::{Resolved, Scripts},
 };
 use crate::{
-    config::RoutesConfig,
-    event::{EventId, EventStatus},
+    config::{Isolation, RoutesConfig},
+    event::{Event, EventId, EventStatus},
     metrics::Metrics,
+    outbox::ActionSpec,
     store::Store,
 };
 
@@ -39,6 +71,38 @@ pub struct Router {
     in_flight: Mutex<HashSet<EventId>>,
     /// Runs of an event that failed on a transient lookup failure, so far.
     retried: Mutex<HashMap<EventId, usize>>,
+    isolation: Isolation,
+    /// The worker processes (used with `Isolation::Process`).
+    pool: Pool,
+    /// Unfinished runs after which an event is parked instead of run again.
+    max_crashes: u32,
+    /// Ends the runs in flight (shutdown, once the grace period is over).
+    abort: CancellationToken,
+    /// Held shared by every run, exclusively by a suspect's.
+    alone: tokio::sync::RwLock<()>,
+    /// Runs at once (`routes.workers`): worker processes or threads.
+    slots: tokio::sync::Semaphore,
+}
+
+/// A worker process idle this long is ended (but the last one used).
+const IDLE_WORKER: Duration = Duration::from_secs(60);
+
+/// Route tasks per run slot: the tasks that wait for their count's flush share it.
+const TASKS_PER_SLOT: usize = 4;
+
+/// How a run ended, as the router records it.
+enum Outcome {
+    /// The script finished (or there was none, or it does not compile).
+    Finished(Result<Vec<ActionSpec>, RunFailure>),
+    /// Its worker died or was killed: parked `failed` with this message.
+    Crashed(String),
+    /// It did not finish this many times before: parked `failed`, not run.
+    Poison(u32),
+    /// Shutdown ended it: the event stays in the inbox as it is, its count back at this.
+    Cancelled(u32),
+    /// It could not run now (no worker, the store could not count it): tried again soon,
+    /// its count back at this.
+    Unavailable(u32, String),
 }
 
 impl Router {
@@ -50,20 +114,23 @@ impl Router {
         cfg: &RoutesConfig,
         metrics: Arc<Metrics>,
     ) -> Arc<Router> {
+        let pool = Pool::new(cfg, lookups.names());
         Arc::new(Router {
             store,
             scripts,
             lookups,
-            limits: RunLimits {
-                deadline: cfg.deadline.get(),
-                lookup_timeout: cfg.lookup_timeout.get(),
-                lookup_budget: cfg.lookup_budget.get(),
-            },
+            limits: RunLimits::from_config(cfg),
             workers: cfg.workers.max(1),
             retry_waits: cfg.lookup_retries.iter().map(|d| d.get()).collect(),
             metrics,
             in_flight: Mutex::new(HashSet::new()),
             retried: Mutex::new(HashMap::new()),
+            isolation: cfg.isolation,
+            pool,
+            max_crashes: cfg.max_crashes.max(1),
+            abort: CancellationToken::new(),
+            alone: tokio::sync::RwLock::new(()),
+            slots: tokio::sync::Semaphore::new(cfg.workers.max(1)),
         })
     }
 
@@ -72,17 +139,40 @@ impl Router {
         &self.scripts
     }
 
-    /// Runs until the task is dropped: a dispatcher that reads the inbox when signalled
-    /// (and every second, as a safety net), and `workers` workers.
-    pub async fn run(self: Arc<Self>) {
-        let (tx, rx) = mpsc::channel::<EventId>(self.workers * 4);
+    /// The worker processes.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Where scripts run.
+    pub fn isolation(&self) -> Isolation {
+        self.isolation
+    }
+
+    /// The limits of a run.
+    pub fn limits(&self) -> RunLimits {
+        self.limits
+    }
+
+    /// Routes until `stop` is cancelled: a dispatcher that reads the inbox when signalled
+    /// (and every second, as a safety net), and `workers` workers. Then no run starts any
+    /// more; the runs in flight get `grace` to finish, after which they are ended (their
+    /// events stay in the inbox) and the idle workers are closed. Returns when nothing of
+    /// the router runs any more.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken, grace: Duration) {
+        let tasks = self.workers * TASKS_PER_SLOT;
+        let (tx, rx) = mpsc::channel::<EventId>(tasks);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let mut workers = Vec::new();
-        for _ in 0..self.workers {
-            let (me, rx) = (self.clone(), rx.clone());
-            workers.push(tokio::spawn(async move {
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..tasks {
+            let (me, rx, stop) = (self.clone(), rx.clone(), stop.clone());
+            workers.spawn(async move {
                 loop {
-                    let next = rx.lock().await.recv().await;
+                    let next = tokio::select! {
+                        biased;
+                        () = stop.cancelled() => None,
+                        id = async { rx.lock().await.recv().await } => id,
+                    };
                     let Some(id) = next else { break };
                     match me.route(id).await {
                         // Still in flight (so not dispatched again) until the wait is over.
@@ -90,22 +180,41 @@ impl Router {
                             if let Err(e) = me.store.defer(id, wait).await {
                                 tracing::error!(event_id = %id, error = %e, "cannot keep an event's lease for its retry");
                             }
-                            let me = me.clone();
+                            let (me, stop) = (me.clone(), stop.clone());
                             tokio::spawn(async move {
-                                tokio::time::sleep(wait).await;
+                                tokio::select! {
+                                    () = tokio::time::sleep(wait) => {}
+                                    () = stop.cancelled() => {}
+                                }
                                 me.release(id);
                             });
                         }
                         None => me.release(id),
                     }
                 }
-            }));
+            });
         }
+        self.dispatch(&tx, &stop).await;
+        drop(tx);
+        let drained = tokio::time::timeout(grace, async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(grace = ?grace, "route runs still in flight after the grace period are ended; their events stay in the inbox");
+            self.abort.cancel();
+            while workers.join_next().await.is_some() {}
+        }
+        self.pool.close().await;
+    }
+
+    /// Hands inbox events to the workers until `stop`.
+    async fn dispatch(&self, tx: &mpsc::Sender<EventId>, stop: &CancellationToken) {
         // The inbox is read a page at a time from a cursor, so that events still in
         // flight (waiting out a lookup retry, say) never hide the ones behind them; past
         // the end, the next pass starts from the beginning again.
         let mut cursor: Option<EventId> = None;
-        loop {
+        while !stop.is_cancelled() {
             let ids = match self.store.take_inbox(cursor, INBOX_PAGE).await {
                 Ok(ids) => ids,
                 Err(e) => {
@@ -121,16 +230,22 @@ impl Router {
                     .lock()
                     .map(|mut f| f.insert(id))
                     .unwrap_or(false);
-                if fresh && tx.send(id).await.is_err() {
-                    return;
+                if !fresh {
+                    continue;
+                }
+                tokio::select! {
+                    sent = tx.send(id) => if sent.is_err() { return },
+                    () = stop.cancelled() => return,
                 }
             }
             if !at_end {
                 continue;
             }
+            self.pool.retire_idle(IDLE_WORKER);
             tokio::select! {
                 () = self.store.inbox_signalled() => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = stop.cancelled() => {}
             }
         }
     }
@@ -170,34 +285,21 @@ impl Router {
         let outcome = match script {
             Resolved::Missing => {
                 tracing::warn!(provider = %event.provider, event_type = %event.event_type, "no route script for this event; nothing to do");
-                Ok(Vec::new())
+                Outcome::Finished(Ok(Vec::new()))
             }
-            Resolved::Broken(e) => Err(RunFailure {
+            Resolved::Broken(e) => Outcome::Finished(Err(RunFailure {
                 message: format!("the script does not compile and has no good version: {e}"),
                 retryable: false,
-            }),
-            Resolved::Script(name, ast) => {
-                let engine = self.scripts.engine().clone();
-                let (ev, lookups, limits) = (event.clone(), self.lookups.clone(), self.limits);
-                let handle = tokio::runtime::Handle::current();
-                tokio::task::spawn_blocking(move || {
-                    super::run_script(&engine, &ast, &name, &ev, lookups, &limits, handle)
-                })
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::error!(event_id = %id, error = %e, "a route run panicked");
-                    Err(RunFailure {
-                        message: "internal error: the route run stopped (see the log)".into(),
-                        retryable: false,
-                    })
-                })
+            })),
+            Resolved::Script(name, ast, source) => {
+                self.counted_run(&event, name, ast, source).await
             }
         };
         let retries = self
             .retried
             .lock()
             .map(|mut r| {
-                if outcome.as_ref().is_err_and(|f| f.retryable) {
+                if matches!(&outcome, Outcome::Finished(Err(f)) if f.retryable) {
                     let n = r.entry(id).or_insert(0);
                     *n += 1;
                     *n
@@ -206,57 +308,226 @@ impl Router {
                 }
             })
             .unwrap_or(usize::MAX);
-        let label = |outcome: &str| crate::metrics::RouteLabels {
-            provider: event.provider.clone(),
-            event_type: event.event_type.clone(),
-            outcome: outcome.to_owned(),
+        let (provider, event_type) = (event.provider.clone(), event.event_type.clone());
+        let count = |outcome: &str| {
+            self.metrics
+                .routes
+                .get_or_create(&crate::metrics::RouteLabels {
+                    provider: provider.clone(),
+                    event_type: self.metrics.event_type_label(&provider, &event_type),
+                    outcome: outcome.to_owned(),
+                })
+                .inc();
         };
-        match outcome {
-            Ok(specs) => {
-                let count = specs.len();
+        let script_label = script_name.as_deref().unwrap_or("none").to_owned();
+        let wait = match outcome {
+            Outcome::Finished(Ok(specs)) => {
+                let n = specs.len();
                 // No wait for the flush here: a delivery marks its attempt `sending` and waits
                 // for that later write to be durable before it sends, which covers this one.
-                match self
-                    .store
-                    .route_done(&event, script_name.clone(), specs)
-                    .await
-                {
-                    Ok(None) => {
-                        tracing::warn!(event_id = %id, "the event was routed elsewhere meanwhile (its lease ran out); this run's actions are dropped");
-                    }
-                    Ok(Some(_)) => {
-                        self.metrics.routes.get_or_create(&label("routed")).inc();
-                        tracing::info!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = script_name.as_deref().unwrap_or("none"), actions = count, "event routed");
+                match self.record(event.clone(), script_name, Ok(specs)).await {
+                    Ok(()) => {
+                        self.store.signal_outbox();
+                        count("routed");
+                        tracing::info!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = %script_label, actions = n, "event routed");
                     }
                     Err(e) => tracing::error!(event_id = %id, error = %e, "cannot record a route"),
                 }
+                None
             }
-            Err(failure) if failure.retryable && retries <= self.retry_waits.len() => {
+            Outcome::Finished(Err(failure))
+                if failure.retryable && retries <= self.retry_waits.len() =>
+            {
                 let wait = self.retry_waits[retries - 1];
-                self.metrics.routes.get_or_create(&label("retry")).inc();
-                tracing::warn!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = script_name.as_deref().unwrap_or("none"), error = %failure, retry_in = ?wait, "route failed on a lookup; running it again soon");
-                return Some(wait);
+                count("retry");
+                self.set_starts(&event, 0).await;
+                tracing::warn!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = %script_label, error = %log_safe(&failure.message), retry_in = ?wait, "route failed on a lookup; running it again soon");
+                Some(wait)
             }
-            Err(failure) => {
-                if failure.retryable {
-                    if let Ok(mut r) = self.retried.lock() {
-                        r.remove(&id);
-                    }
-                }
-                self.metrics.routes.get_or_create(&label("failed")).inc();
-                tracing::warn!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = script_name.as_deref().unwrap_or("none"), error = %failure, "route failed; the event is parked for replay");
-                if let Err(e) = self
-                    .store
-                    .route_failed(&event, script_name, failure.message)
-                    .await
-                {
-                    tracing::error!(event_id = %id, error = %e, "cannot record a failed route");
-                }
+            Outcome::Finished(Err(failure)) => {
+                count("failed");
+                tracing::warn!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = %script_label, error = %log_safe(&failure.message), "route failed; the event is parked for replay");
+                self.park(&event, script_name, failure.message).await;
+                None
             }
-        }
+            Outcome::Crashed(message) => {
+                count("crashed");
+                tracing::error!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = %script_label, error = %log_safe(&message), "route run crashed; the event is parked for replay");
+                self.park(&event, script_name, message).await;
+                None
+            }
+            Outcome::Poison(n) => {
+                count("crashed");
+                let message = format!(
+                    "the route run did not finish {n} times (its worker or the whole server crashed or was killed during it), so it is not run again (routes.max_crashes); fix the script, then replay the event"
+                );
+                tracing::error!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = %script_label, "{message}");
+                self.park(&event, script_name, message).await;
+                None
+            }
+            Outcome::Cancelled(prior) => {
+                count("cancelled");
+                self.set_starts(&event, prior).await;
+                tracing::info!(event_id = %id, script = %script_label, "route run ended by shutdown; the event stays in the inbox");
+                None
+            }
+            Outcome::Unavailable(prior, why) => {
+                self.set_starts(&event, prior).await;
+                tracing::error!(event_id = %id, error = %log_safe(&why), "cannot run a route now; trying again in 5s");
+                Some(Duration::from_secs(5))
+            }
+        };
         self.metrics
             .route_seconds
             .observe(started.elapsed().as_secs_f64());
-        None
+        wait
+    }
+
+    /// Runs the script where `routes.isolation` says. In process, the run is counted on
+    /// disk first, and runs alone if an earlier run of the event did not finish.
+    async fn counted_run(
+        &self,
+        event: &Event,
+        name: String,
+        ast: Arc<AST>,
+        source: Arc<str>,
+    ) -> Outcome {
+        let counted = self.counts_runs();
+        let prior = if counted {
+            match self.store.route_starts(event.id).await {
+                Ok(n) => n,
+                Err(e) => {
+                    return Outcome::Unavailable(0, format!("cannot read the run count: {e}"));
+                }
+            }
+        } else {
+            0
+        };
+        if prior >= self.max_crashes {
+            return Outcome::Poison(prior);
+        }
+        let abort = &self.abort;
+        let (_shared, _alone);
+        if prior == 0 {
+            _shared = tokio::select! {
+                g = self.alone.read() => g,
+                () = abort.cancelled() => return Outcome::Cancelled(prior),
+            };
+        } else {
+            tracing::warn!(event_id = %event.id, unfinished = prior, "an earlier run of this event did not finish; running it alone");
+            _alone = tokio::select! {
+                g = self.alone.write() => g,
+                () = abort.cancelled() => return Outcome::Cancelled(prior),
+            };
+        }
+        if counted {
+            if let Err(e) = self.store.set_route_starts(event.id, prior + 1).await {
+                return Outcome::Unavailable(prior, format!("cannot count the run on disk: {e}"));
+            }
+        }
+        let _slot = tokio::select! {
+            s = self.slots.acquire() => s,
+            () = abort.cancelled() => return Outcome::Cancelled(prior),
+        };
+        match self.isolation {
+            Isolation::Process => {
+                let job = Job {
+                    script: &name,
+                    source: &source,
+                    event,
+                    limits: self.limits,
+                    output: None,
+                    services: Vec::new(),
+                };
+                match self.pool.run(job, &self.lookups, abort).await {
+                    Ended::Finished(r) => Outcome::Finished(r),
+                    Ended::Crashed(m) => Outcome::Crashed(m),
+                    Ended::Cancelled => Outcome::Cancelled(prior),
+                    Ended::Unavailable(m) => Outcome::Unavailable(prior, m),
+                }
+            }
+            Isolation::InProcess => match self.run_in_process(event, name, ast).await {
+                Some(Outcome::Unavailable(_, m)) => Outcome::Unavailable(prior, m),
+                Some(outcome) => outcome,
+                None => Outcome::Cancelled(prior),
+            },
+        }
+    }
+
+    /// Runs the script on a thread of its own (a large stack; not a runtime thread, so
+    /// shutdown need not wait for it). `None` when shutdown ended it.
+    async fn run_in_process(&self, event: &Event, name: String, ast: Arc<AST>) -> Option<Outcome> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let engine = self.scripts.engine().clone();
+        let (ev, lookups, limits) = (event.clone(), self.lookups.clone(), self.limits);
+        let handle = tokio::runtime::Handle::current();
+        let spawned = std::thread::Builder::new()
+            .name("route-run".into())
+            .stack_size(RUN_STACK)
+            .spawn(move || {
+                let r = super::run_script(&engine, &ast, &name, &ev, lookups, &limits, handle);
+                let _ = tx.send(r);
+            });
+        if let Err(e) = spawned {
+            return Some(Outcome::Unavailable(
+                0,
+                format!("cannot start a thread for the run: {e}"),
+            ));
+        }
+        tokio::select! {
+            r = rx => Some(match r {
+                Ok(r) => Outcome::Finished(r),
+                Err(_) => Outcome::Crashed("the script crashed: its run panicked (see the log)".into()),
+            }),
+            () = self.abort.cancelled() => None,
+        }
+    }
+
+    /// Records a finished run (routed with its actions, or failed); the store does the
+    /// writing off the async threads. The event leaves the inbox, and its run count with
+    /// it.
+    async fn record(
+        &self,
+        event: Event,
+        script: Option<String>,
+        outcome: Result<Vec<ActionSpec>, String>,
+    ) -> crate::Result<()> {
+        match outcome {
+            Ok(specs) => {
+                if self
+                    .store
+                    .route_done(&event, script, specs)
+                    .await?
+                    .is_none()
+                {
+                    tracing::warn!(event_id = %event.id, "the event was routed elsewhere meanwhile (its lease ran out); this run's actions are dropped");
+                }
+                Ok(())
+            }
+            Err(message) => self.store.route_failed(&event, script, message).await,
+        }
+    }
+
+    async fn park(&self, event: &Event, script: Option<String>, message: String) {
+        if let Err(e) = self.record(event.clone(), script, Err(message)).await {
+            tracing::error!(event_id = %event.id, error = %e, "cannot record a failed route");
+        }
+    }
+
+    /// Whether runs are counted on disk before they start (in process only: see the
+    /// module documentation).
+    fn counts_runs(&self) -> bool {
+        self.isolation == Isolation::InProcess
+    }
+
+    /// Sets the run count of an event that stays in the inbox: zero after a finished run,
+    /// back to what it was when the run was handed back.
+    async fn set_starts(&self, event: &Event, to: u32) {
+        if !self.counts_runs() {
+            return;
+        }
+        if let Err(e) = self.store.set_route_starts(event.id, to).await {
+            tracing::error!(event_id = %event.id, error = %e, "cannot set a route's run count");
+        }
     }
 }

@@ -42,8 +42,9 @@ impl std::fmt::Display for CompileError {
 /// Which script handles an event.
 #[derive(Clone)]
 pub enum Resolved {
-    /// This one (its relative path and compiled form).
-    Script(String, Arc<AST>),
+    /// This one: its relative path, its compiled form and its text (for a worker process,
+    /// which compiles it again).
+    Script(String, Arc<AST>, Arc<str>),
     /// The most specific script that exists does not compile and has no good version.
     Broken(CompileError),
     /// No script exists for it.
@@ -54,7 +55,7 @@ impl Resolved {
     /// The script's relative path, if one exists.
     pub fn name(&self) -> Option<&str> {
         match self {
-            Resolved::Script(n, _) => Some(n),
+            Resolved::Script(n, _, _) => Some(n),
             Resolved::Broken(e) => Some(&e.file),
             Resolved::Missing => None,
         }
@@ -74,7 +75,7 @@ type Stamp = (Option<SystemTime>, u64);
 
 #[derive(Default)]
 struct State {
-    asts: BTreeMap<String, Arc<AST>>,
+    asts: BTreeMap<String, (Arc<AST>, Arc<str>)>,
     errors: BTreeMap<String, CompileError>,
     stamps: BTreeMap<String, Stamp>,
 }
@@ -182,7 +183,8 @@ impl Scripts {
                 for (name, text) in files.iter().filter(|(n, _)| n.ends_with(".rhai")) {
                     match self.engine.compile(*text) {
                         Ok(ast) => {
-                            st.asts.insert((*name).to_owned(), Arc::new(ast));
+                            st.asts
+                                .insert((*name).to_owned(), (Arc::new(ast), Arc::from(*text)));
                             r.compiled.push((*name).to_owned());
                         }
                         Err(e) => {
@@ -228,7 +230,8 @@ impl Scripts {
                     };
                     match self.engine.compile(&text) {
                         Ok(ast) => {
-                            st.asts.insert(name.clone(), Arc::new(ast));
+                            st.asts
+                                .insert(name.clone(), (Arc::new(ast), Arc::from(text.as_str())));
                             st.errors.remove(&name);
                             r.compiled.push(name);
                         }
@@ -269,8 +272,8 @@ impl Scripts {
             format!("{provider}/_default.rhai"),
             "_default.rhai".to_owned(),
         ] {
-            if let Some(ast) = st.asts.get(&name) {
-                return Resolved::Script(name, ast.clone());
+            if let Some((ast, source)) = st.asts.get(&name) {
+                return Resolved::Script(name, ast.clone(), source.clone());
             }
             if let Some(e) = st.errors.get(&name) {
                 return Resolved::Broken(e.clone());
@@ -328,7 +331,7 @@ mod tests {
         assert_eq!(e.line, Some(2));
         assert!(e.column.is_some());
         assert!(
-            matches!(s.resolve("p", "t"), Resolved::Script(n, _) if n == "p/t.rhai"),
+            matches!(s.resolve("p", "t"), Resolved::Script(n, _, _) if n == "p/t.rhai"),
             "the last good version stays"
         );
         assert_eq!(s.errors().len(), 1);
@@ -354,10 +357,10 @@ mod tests {
             _ => panic!("a broken p/t.rhai must not fall through to _default.rhai"),
         }
         assert!(!s.runs("p/t.rhai"));
-        assert!(matches!(s.resolve("p", "u"), Resolved::Script(n, _) if n == "_default.rhai"));
+        assert!(matches!(s.resolve("p", "u"), Resolved::Script(n, _, _) if n == "_default.rhai"));
         std::fs::remove_file(dir.path().join("p/t.rhai")).unwrap();
         s.reload();
         assert!(s.errors().is_empty(), "a removed file's error goes with it");
-        assert!(matches!(s.resolve("p", "t"), Resolved::Script(n, _) if n == "_default.rhai"));
+        assert!(matches!(s.resolve("p", "t"), Resolved::Script(n, _, _) if n == "_default.rhai"));
     }
 }

@@ -123,6 +123,12 @@ impl Lookup for Stubs {
             || self.services.iter().any(|s| s == service)
     }
 
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.stubs.iter().map(|s| s.service.clone()).collect();
+        names.extend(self.services.iter().cloned());
+        names
+    }
+
     fn call(
         &self,
         service: &str,
@@ -260,7 +266,7 @@ fn run_case(
     let resolved = scripts.resolve(&event.provider, &event.event_type);
     let script = resolved.name().map(str::to_owned);
     let (name, ast) = match resolved {
-        Resolved::Script(name, ast) => (name, ast),
+        Resolved::Script(name, ast, _) => (name, ast),
         Resolved::Broken(e) => {
             return CaseResult {
                 file: file.to_path_buf(),
@@ -368,8 +374,8 @@ fn placeholders(v: &Value, event: &Event) -> Value {
 /// Limits for test runs (the configured ones, with generous lookups: they are local).
 pub fn limits(cfg: &crate::config::RoutesConfig) -> RunLimits {
     RunLimits {
-        deadline: cfg.deadline.get(),
         lookup_timeout: Duration::from_secs(5),
         lookup_budget: Duration::from_secs(10),
+        ..RunLimits::from_config(cfg)
     }
 }

@@ -282,6 +282,16 @@ pub trait Backend: Send + Sync + 'static {
     /// Keeps an event leased for `wait` more (its route runs again after a lookup retry).
     async fn defer(&self, id: EventId, wait: Duration) -> Result<()>;
 
+    /// How many runs of the event's route started since it entered the inbox and did not
+    /// finish (0 when it does not wait). A poison event (one whose run kills its worker, or
+    /// the whole server) is recognised by it.
+    async fn route_starts(&self, id: EventId) -> Result<u32>;
+
+    /// Sets that count, durably (it is counted before a run starts, so that a crash of the
+    /// whole server still counts), if the event still waits. Recording the route (done or
+    /// failed) forgets it; a replay starts it again at zero.
+    async fn set_route_starts(&self, id: EventId, started: u32) -> Result<()>;
+
     /// Gives up the lease of an event this process took but did not route (a stop): it
     /// stays in the inbox, untouched, for whoever takes it next.
     async fn release(&self, id: EventId) -> Result<()>;
@@ -507,6 +517,16 @@ impl Store {
     /// See [`Backend::defer`].
     pub async fn defer(&self, id: EventId, wait: Duration) -> Result<()> {
         self.backend.defer(id, wait).await
+    }
+
+    /// See [`Backend::route_starts`].
+    pub async fn route_starts(&self, id: EventId) -> Result<u32> {
+        self.backend.route_starts(id).await
+    }
+
+    /// See [`Backend::set_route_starts`].
+    pub async fn set_route_starts(&self, id: EventId, started: u32) -> Result<()> {
+        self.backend.set_route_starts(id, started).await
     }
 
     /// See [`Backend::release`].

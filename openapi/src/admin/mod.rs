@@ -943,6 +943,7 @@ impl AdminApi {
         let result = try_run::try_script(
             &ctx.routes,
             &ctx.scripts,
+            &ctx.router,
             event,
             request.script,
             lookups,

@@ -3,9 +3,10 @@
 //! except that the actions it decides are returned instead of queued, and what it prints
 //! is captured instead of logged. Nothing is written to the store and nothing is sent.
 //!
-//! [`execute`] is the one place a try runs a script. Route runs are moving to worker
-//! processes: point [`execute`] at the worker pool then, and a try keeps running where
-//! real runs do, under the same limits.
+//! [`execute`] is the one place a try runs a script: where real runs go (a worker process
+//! of the router's pool, or in process with `routes.isolation = "in_process"`), with the
+//! limits of a real run, so that a hostile script tried from the console is contained as a
+//! real run is.
 //!
 //! Lookups are answered from values the operator typed in, or live by the configured
 //! services, and every lookup is recorded ([`Recorder`]).
@@ -18,15 +19,21 @@ use std::{
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 use switchboard_core::{
-    config::RoutesConfig,
+    config::{Isolation, RoutesConfig},
     event::Event,
     mask::{mask_by_name, mask_text, mask_values},
     outbox::ActionSpec,
     route::{
-        Lookup, LookupError, Method, RunFailure, RunLimits, engine, run_script,
+        AST, Lookup, LookupError, Method, RunFailure, RunLimits,
+        api::Output,
+        engine,
+        pool::{Ended, Job},
+        router::Router,
+        run_script,
         scripts::{Resolved, Scripts},
     },
 };
+use tokio_util::sync::CancellationToken;
 
 use super::views::{LookupAnswer, LookupCall, TryAction, TryOutcome, TryResult};
 
@@ -54,11 +61,7 @@ enum Ran {
 
 /// The limits of a real run, as the router takes them from `routes`.
 pub fn run_limits(routes: &RoutesConfig) -> RunLimits {
-    RunLimits {
-        deadline: routes.deadline.get(),
-        lookup_timeout: routes.lookup_timeout.get(),
-        lookup_budget: routes.lookup_budget.get(),
-    }
+    RunLimits::from_config(routes)
 }
 
 /// Output captured from `print` and `debug`, bounded.
@@ -80,25 +83,122 @@ impl Captured {
     }
 }
 
-/// Runs the event's current script (`text` absent) or `text` against `event`, in the
-/// sandbox and with the limits of a real run, on a blocking thread. Queues nothing.
-/// Returns how it ended and what it printed.
+/// The script a try runs: its name, its text and its compiled form; or how it ended
+/// before running.
+fn pick(
+    scripts: &Arc<Scripts>,
+    event: &Event,
+    text: Option<String>,
+) -> Result<(String, Arc<str>, Arc<AST>), Ran> {
+    match text {
+        Some(t) => match scripts.engine().compile(&t) {
+            Ok(ast) => Ok(("(pasted)".to_owned(), Arc::from(t), Arc::new(ast))),
+            Err(e) => {
+                let pos = e.position();
+                Err(Ran::CompileError {
+                    script: "(pasted)".into(),
+                    message: e.err_type().to_string(),
+                    line: pos.line(),
+                    column: pos.position(),
+                })
+            }
+        },
+        None => match scripts.resolve(&event.provider, &event.event_type) {
+            Resolved::Script(name, ast, source) => Ok((name, source, ast)),
+            Resolved::Broken(e) => Err(Ran::CompileError {
+                script: e.file,
+                message: e.message,
+                line: e.line,
+                column: e.column,
+            }),
+            Resolved::Missing => Err(Ran::NoScript),
+        },
+    }
+}
+
+/// Runs the event's current script (`text` absent) or `text` against `event` where real
+/// runs go, with their limits. Queues nothing. Returns how it ended and what it printed.
 async fn execute(
     routes: &RoutesConfig,
     scripts: &Arc<Scripts>,
+    router: &Router,
     event: Event,
     text: Option<String>,
     lookups: Arc<dyn Lookup>,
 ) -> (Ran, Vec<String>) {
-    let routes = routes.clone();
-    let scripts = scripts.clone();
-    let handle = tokio::runtime::Handle::current();
     let output = Arc::new(Mutex::new(Captured::default()));
-    let out = output.clone();
-    let ran = tokio::task::spawn_blocking(move || {
-        // The engine of a real run (`engine::build`), with output captured instead of logged.
+    let (name, source, ast) = match pick(scripts, &event, text) {
+        Ok(s) => s,
+        Err(ran) => return (ran, Vec::new()),
+    };
+    let result = match router.isolation() {
+        Isolation::Process => {
+            let out = output.clone();
+            let sink = move |kind: Output, line: &str| {
+                if let Ok(mut o) = out.lock() {
+                    o.push(match kind {
+                        Output::Print => line.to_owned(),
+                        Output::Debug => format!("debug: {line}"),
+                        Output::Internal => format!("error: {line}"),
+                    });
+                }
+            };
+            let job = Job {
+                script: &name,
+                source: &source,
+                event: &event,
+                limits: router.limits(),
+                output: Some(&sink),
+                services: lookups.names(),
+            };
+            match router
+                .pool()
+                .run(job, &lookups, &CancellationToken::new())
+                .await
+            {
+                Ended::Finished(r) => r,
+                Ended::Crashed(message) | Ended::Unavailable(message) => Err(RunFailure {
+                    message,
+                    retryable: false,
+                }),
+                Ended::Cancelled => Err(RunFailure {
+                    message: "the run was ended by a shutdown".into(),
+                    retryable: false,
+                }),
+            }
+        }
+        Isolation::InProcess => in_process(routes, &name, ast, &event, lookups, &output).await,
+    };
+    let mut captured = std::mem::take(&mut *output.lock().unwrap_or_else(|p| p.into_inner()));
+    if captured.cut {
+        captured.lines.push(format!(
+            "(output cut at {LOG_LINES} lines or {LOG_BYTES} bytes)"
+        ));
+    }
+    (
+        Ran::Finished {
+            script: name,
+            result,
+        },
+        captured.lines,
+    )
+}
+
+/// A try with `routes.isolation = "in_process"`: the engine of a real run, with its output
+/// captured instead of logged, on a blocking thread.
+async fn in_process(
+    routes: &RoutesConfig,
+    name: &str,
+    ast: Arc<AST>,
+    event: &Event,
+    lookups: Arc<dyn Lookup>,
+    output: &Arc<Mutex<Captured>>,
+) -> Result<Vec<ActionSpec>, RunFailure> {
+    let (routes, name, event) = (routes.clone(), name.to_owned(), event.clone());
+    let (o1, o2) = (output.clone(), output.clone());
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
         let mut engine = engine::build(&routes);
-        let (o1, o2) = (out.clone(), out);
         engine.on_print(move |s| {
             if let Ok(mut o) = o1.lock() {
                 o.push(s.to_owned());
@@ -109,33 +209,7 @@ async fn execute(
                 o.push(format!("debug ({pos}): {s}"));
             }
         });
-        let (name, ast) = match text {
-            Some(t) => match engine.compile(&t) {
-                Ok(ast) => ("(pasted)".to_owned(), Arc::new(ast)),
-                Err(e) => {
-                    let pos = e.position();
-                    return Ran::CompileError {
-                        script: "(pasted)".into(),
-                        message: e.err_type().to_string(),
-                        line: pos.line(),
-                        column: pos.position(),
-                    };
-                }
-            },
-            None => match scripts.resolve(&event.provider, &event.event_type) {
-                Resolved::Script(name, ast) => (name, ast),
-                Resolved::Broken(e) => {
-                    return Ran::CompileError {
-                        script: e.file,
-                        message: e.message,
-                        line: e.line,
-                        column: e.column,
-                    };
-                }
-                Resolved::Missing => return Ran::NoScript,
-            },
-        };
-        let result = run_script(
+        run_script(
             &engine,
             &ast,
             &name,
@@ -143,30 +217,16 @@ async fn execute(
             lookups,
             &run_limits(&routes),
             handle,
-        );
-        Ran::Finished {
-            script: name,
-            result,
-        }
+        )
     })
     .await
     .unwrap_or_else(|e| {
         tracing::error!(error = %e, "a tried route run panicked");
-        Ran::Finished {
-            script: String::new(),
-            result: Err(RunFailure {
-                message: "internal error: the run stopped (see the log)".into(),
-                retryable: false,
-            }),
-        }
-    });
-    let mut captured = std::mem::take(&mut *output.lock().unwrap_or_else(|p| p.into_inner()));
-    if captured.cut {
-        captured.lines.push(format!(
-            "(output cut at {LOG_LINES} lines or {LOG_BYTES} bytes)"
-        ));
-    }
-    (ran, captured.lines)
+        Err(RunFailure {
+            message: "internal error: the run stopped (see the log)".into(),
+            retryable: false,
+        })
+    })
 }
 
 /// Lookups of a try: typed-in answers first, then (if allowed) the configured services;
@@ -201,6 +261,16 @@ impl Lookup for Recorder {
     /// not it is called live), or if an answer for it was typed in.
     fn configured(&self, service: &str) -> bool {
         self.answers.iter().any(|a| a.service == service) || self.services.configured(service)
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut names = self.services.names();
+        for a in &self.answers {
+            if !names.contains(&a.service) {
+                names.push(a.service.clone());
+            }
+        }
+        names
     }
 
     fn call(
@@ -277,6 +347,7 @@ fn shown(v: &Value, secrets: &[String], reveal: bool) -> Value {
 pub async fn try_script(
     routes: &RoutesConfig,
     scripts: &Arc<Scripts>,
+    router: &Router,
     event: Event,
     text: Option<String>,
     lookups: Recorder,
@@ -285,7 +356,7 @@ pub async fn try_script(
     let secrets = event.secret_values();
     let calls = lookups.calls.clone();
     let started = Instant::now();
-    let (ran, log) = execute(routes, scripts, event, text, Arc::new(lookups)).await;
+    let (ran, log) = execute(routes, scripts, router, event, text, Arc::new(lookups)).await;
     let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let text = |s: &str| {
         if reveal {

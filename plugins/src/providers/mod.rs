@@ -104,6 +104,12 @@ pub trait Provider: fmt::Debug + Send + Sync + 'static {
     fn check_notes(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Its event types, when the body chooses them from a documented set (VerifyVASP's
+    /// `callbackType`): only these become metric labels, anything else is counted as
+    /// `other`. `None`: the first few types seen are labels of their own.
+    fn event_types(&self) -> Option<Vec<String>> {
+        None
+    }
     /// A correctly authenticated sample request, for `switchboard simulate <name>`.
     /// `fetch` GETs a path of the target (Verestro's public key, to encrypt to).
     fn sample<'a>(&'a self, opts: &'a SampleOptions, fetch: &'a dyn Fetch) -> SampleFuture<'a>;

@@ -6,7 +6,7 @@
 //! | `e`    | event id (16 bytes, time-ordered)              | [`Event`] (JSON)               |
 //! | `q`    | event id                                       | empty: quarantine index        |
 //! | `x`    | expiry ms (8 bytes BE) + event id              | idempotency key: expiry index  |
-//! | `n`    | event id                                       | idempotency key: the inbox     |
+//! | `n`    | event id                                       | the inbox: unfinished runs (4 bytes BE) + idempotency key |
 //! | `a`    | action id (16 bytes, time-ordered)             | [`Action`] (JSON)              |
 //! | `s`    | channel + 0 + due ms (8 bytes BE) + action id  | empty: one schedule per channel|
 //! | `o`    | action id                                      | empty: being sent              |
@@ -146,6 +146,23 @@ pub(crate) fn skip_unreadable(e: Error) -> Result<()> {
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Our own types always serialise.
     serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// An inbox entry's value: how many runs of the event's route started and did not finish
+/// (4 bytes, big-endian), then the key the event was claimed under.
+pub(crate) fn inbox_value(starts: u32, idem_key: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + idem_key.len());
+    v.extend_from_slice(&starts.to_be_bytes());
+    v.extend_from_slice(idem_key);
+    v
+}
+
+/// The parts of an inbox entry's value; an entry of a store older than both is empty.
+pub(crate) fn parse_inbox(v: &[u8]) -> (u32, &[u8]) {
+    match v.split_first_chunk::<4>() {
+        Some((n, key)) => (u32::from_be_bytes(*n), key),
+        None => (0, &[]),
+    }
 }
 
 /// The status of a stored event, read without decoding the whole record: serde writes
@@ -556,7 +573,7 @@ impl Inner {
                 None => {
                     match event.status {
                         EventStatus::Received => {
-                            tree.insert(key(INBOX, id), idem_key)?;
+                            tree.insert(key(INBOX, id), inbox_value(0, idem_key))?;
                             fault::after("inbox");
                         }
                         EventStatus::Quarantined => {
@@ -570,7 +587,9 @@ impl Inner {
                 // Stored by the run that crashed: make sure it is in the inbox if it still
                 // waits (a store written before the inbox entry came first may lack it).
                 Some(e) if e.status == EventStatus::Received => {
-                    tree.insert(key(INBOX, id), idem_key)?;
+                    if tree.get(key(INBOX, id))?.is_none() {
+                        tree.insert(key(INBOX, id), inbox_value(0, idem_key))?;
+                    }
                 }
                 Some(_) => {}
             }
@@ -764,8 +783,10 @@ impl Inner {
             waiting.insert(id);
             if !inbox.contains(&id) {
                 let e: Event = decode(&k, &v)?;
-                self.tree
-                    .insert(key(INBOX, id.as_bytes()), e.idempotency_key.as_bytes())?;
+                self.tree.insert(
+                    key(INBOX, id.as_bytes()),
+                    inbox_value(0, e.idempotency_key.as_bytes()),
+                )?;
                 tracing::warn!(event_id = %id, provider = %e.provider, "an event waiting for its route was missing from the inbox; put back");
                 repaired.inbox_added += 1;
             }
@@ -786,13 +807,15 @@ impl Inner {
     /// finish it). Returns whether it was removed.
     fn inbox_remove(&self, id: EventId) -> Result<bool> {
         let ik = key(INBOX, id.as_bytes());
-        let Some(idem_key) = self.tree.get(&ik)? else {
+        let Some(value) = self.tree.get(&ik)? else {
             return Ok(false);
         };
+        let (_, idem_key) = parse_inbox(&value);
         let waiting = match self.event(id) {
             Ok(Some(e)) => e.status == EventStatus::Received,
+            Ok(None) if idem_key.is_empty() => false,
             Ok(None) => {
-                let k = key(IDEM, &idem_key);
+                let k = key(IDEM, idem_key);
                 match self.tree.get(&k)?.map(|v| decode::<IdemRecord>(&k, &v)) {
                     Some(Ok(IdemRecord {
                         state: IdemState::Pending { event_id, .. },
@@ -810,7 +833,7 @@ impl Inner {
         }
         Ok(self
             .tree
-            .compare_and_swap(&ik, Some(idem_key), None::<&[u8]>)?
+            .compare_and_swap(&ik, Some(value), None::<&[u8]>)?
             .is_ok())
     }
 }
@@ -940,6 +963,26 @@ impl Backend for SledBackend {
 
     async fn defer(&self, _id: EventId, _wait: Duration) -> Result<()> {
         Ok(())
+    }
+
+    async fn route_starts(&self, id: EventId) -> Result<u32> {
+        Ok(self
+            .inner
+            .tree
+            .get(key(INBOX, id.as_bytes()))?
+            .map_or(0, |v| parse_inbox(&v).0))
+    }
+
+    async fn set_route_starts(&self, id: EventId, started: u32) -> Result<()> {
+        let k = key(INBOX, id.as_bytes());
+        // Never puts back an entry that is gone (the route was recorded meanwhile).
+        let seq = self.inner.write(|tree| {
+            tree.fetch_and_update(&k, |old| {
+                old.map(|v| inbox_value(started, parse_inbox(v).1))
+            })
+            .map(|_| ())
+        })?;
+        self.inner.durable(seq).await
     }
 
     async fn release(&self, _id: EventId) -> Result<()> {

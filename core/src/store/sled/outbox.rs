@@ -126,7 +126,10 @@ impl Inner {
         let mut batch = sled::Batch::default();
         batch.insert(key(EVENT, id.as_bytes()), encode(&e));
         batch.remove(key(QUARANTINE, id.as_bytes()));
-        batch.insert(key(INBOX, id.as_bytes()), e.idempotency_key.as_bytes());
+        batch.insert(
+            key(INBOX, id.as_bytes()),
+            super::inbox_value(0, e.idempotency_key.as_bytes()),
+        );
         self.batch(batch)?;
         Ok(Some(e))
     }

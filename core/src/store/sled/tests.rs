@@ -221,7 +221,7 @@ async fn an_inbox_entry_ahead_of_its_event_is_kept_while_its_claim_is_pending() 
     backend
         .inner
         .tree
-        .insert(key(INBOX, id.as_bytes()), b"k".as_slice())
+        .insert(key(INBOX, id.as_bytes()), inbox_value(0, b"k"))
         .unwrap();
     store.inbox_remove(id).await.unwrap();
     assert_eq!(
@@ -455,4 +455,32 @@ fn the_status_is_read_without_decoding_the_event() {
     let mut e = event(EventId::new(), EventStatus::Routed);
     e.data = Some(serde_json::json!({"status": "received"}));
     assert_eq!(status_of(&encode(&e)), Some(EventStatus::Routed));
+}
+
+#[tokio::test]
+async fn the_run_count_rides_on_the_inbox_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let e = put(&store, "k", EventStatus::Received).await;
+    assert_eq!(store.route_starts(e.id).await.unwrap(), 0);
+    store.set_route_starts(e.id, 1).await.unwrap();
+    store.set_route_starts(e.id, 2).await.unwrap();
+    assert_eq!(store.route_starts(e.id).await.unwrap(), 2);
+    // Still in the inbox, with its key: an entry ahead of its event still finds its claim.
+    assert_eq!(store.take_inbox(None, 10).await.unwrap(), vec![e.id]);
+    store.inbox_remove(e.id).await.unwrap();
+    assert_eq!(
+        store.take_inbox(None, 10).await.unwrap(),
+        vec![e.id],
+        "it waits"
+    );
+    // Recording the route forgets the count; setting it does not bring the entry back.
+    store.route_failed(&e, None, "x".into()).await.unwrap();
+    store.set_route_starts(e.id, 1).await.unwrap();
+    assert!(store.take_inbox(None, 10).await.unwrap().is_empty());
+    assert_eq!(store.route_starts(e.id).await.unwrap(), 0);
+    // A replay starts again at zero.
+    store.replay_event(e.id, None).await.unwrap();
+    assert_eq!(store.route_starts(e.id).await.unwrap(), 0);
+    assert_eq!(store.take_inbox(None, 10).await.unwrap(), vec![e.id]);
 }

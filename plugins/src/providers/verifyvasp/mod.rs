@@ -71,6 +71,16 @@ impl Provider for VerifyVaspConfig {
         NAME
     }
 
+    fn event_types(&self) -> Option<Vec<String>> {
+        Some(
+            KNOWN_TYPES
+                .iter()
+                .map(|t| event_type(t))
+                .chain([QUARANTINE_EVENT_TYPE.to_owned()])
+                .collect(),
+        )
+    }
+
     fn clone_box(&self) -> Box<dyn Provider> {
         Box::new(self.clone())
     }

@@ -1,0 +1,186 @@
+//! A graceful stop under load: SIGTERM in a loop while events wait for their route, runs
+//! wait on a slow service, and emails are being sent to a real SMTP server. A stop must
+//! fail no event (a run ended by shutdown leaves its event in the inbox), send no email
+//! twice (a send in flight is finished and recorded), and write nothing to the log after
+//! `store flushed; bye`.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+use crate::{
+    routes::{routes_config, write},
+    servers::{Recorder, Reply, SmtpSink},
+    support::*,
+};
+
+/// A Pomelo OTP with this code.
+fn otp(code: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "token": {"origin": "APPLE_PAY", "card_id": "card_1", "user_id": "user_1"},
+        "otp": code, "to": "m***@example.com", "contact_method": "EMAIL",
+    }))
+    .unwrap()
+}
+
+/// SIGTERM, then the checks every stop must pass: exit 0 and a clean log.
+fn stop(s: Server) -> String {
+    let path = s.log_path.clone();
+    let status = s.terminate();
+    assert!(status.success(), "exit status {status}");
+    let log = std::fs::read_to_string(path).unwrap();
+    let (_, after) = log
+        .split_once("store flushed; bye")
+        .unwrap_or_else(|| panic!("no orderly stop:\n{log}"));
+    assert!(
+        after.trim().is_empty(),
+        "logged after the last flush:{after}"
+    );
+    for bad in [
+        "was cancelled",
+        "being shutdown",
+        "panicked",
+        "route failed",
+    ] {
+        assert!(!log.contains(bad), "{bad:?} in the log:\n{log}");
+    }
+    log
+}
+
+/// Every Pomelo event, once none waits for its route any more.
+async fn all_routed(c: &reqwest::Client, s: &Server, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let evs = events(c, s, "provider=pomelo").await;
+        if evs.len() == n && evs.iter().all(|e| e["status"] != "received") {
+            return evs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not routed: {:?}",
+            evs.iter().map(|e| &e["status"]).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_routing_backlog_and_slow_lookups_fails_nothing() {
+    // Lookups take 300 ms; those of codes starting with 9 take 3 s, longer than the grace
+    // period, so every stop catches a run it must end.
+    let slow = Recorder::start().await;
+    let card = json!({"email": "holder@example.com"});
+    slow.plan(
+        "/cards/9",
+        vec![Reply::json(card.clone()).after(Duration::from_secs(3))],
+    );
+    slow.plan(
+        "/cards/",
+        vec![Reply::json(card).after(Duration::from_millis(300))],
+    );
+    let dir = Dir::new();
+    write(
+        dir.path(),
+        "pomelo/tokenization_otp.rhai",
+        "let c = http::get(\"cards\", `/cards/${event.data.otp}`); log::info(`for ${c.email}`);",
+    );
+    let tail = format!(
+        "{}lookup_timeout = \"5s\"\n\n[services.cards]\nbase_url = \"{}\"\ntimeout = \"10s\"\n",
+        routes_config(dir.path(), "1s"),
+        slow.url()
+    );
+    let extra = [
+        ("server", "shutdown_grace = \"1s\""),
+        ("tail", tail.as_str()),
+    ];
+    let c = client();
+    let mut sent = 0;
+    let mut ended_by_shutdown = 0;
+    for round in 0..3 {
+        let s = Server::start_in(dir.clone(), &extra);
+        // A slow one first, then a backlog.
+        for i in 0..16 {
+            let code = if i == 0 {
+                format!("9{round}{i:04}")
+            } else {
+                format!("1{round}{i:04}")
+            };
+            accepted_pomelo(&c, &s, &otp(&code)).await;
+            sent += 1;
+        }
+        // Stop while the slow lookup of this round is in flight.
+        let slow_path = format!("/cards/9{round}0000");
+        slow.wait_for(&slow_path, 1, Duration::from_secs(20)).await;
+        let log = stop(s);
+        ended_by_shutdown += log.matches("route run ended by shutdown").count();
+    }
+    assert!(ended_by_shutdown >= 3, "no run was ended by a stop");
+    // After the last restart every event is routed, each by one finished run.
+    let s = Server::start_in(dir.clone(), &extra);
+    let evs = all_routed(&c, &s, sent).await;
+    for e in &evs {
+        assert_eq!(e["status"], "routed", "{e}");
+        assert_eq!(e["route"]["runs"], 1, "{e}");
+    }
+    stop(s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_emails_in_flight_sends_none_twice() {
+    let dir = Dir::new();
+    // The SMTP server takes each message, then answers 250 only 300 ms later: a stop
+    // finds sends in flight.
+    let sink = SmtpSink::start(dir.path(), &["--delay", "0.3"]);
+    write(
+        dir.path(),
+        "pomelo/tokenization_otp.rhai",
+        "email::send(#{ to: \"holder@example.com\", subject: \"Your code\", text: `Code ${event.data.otp}` });",
+    );
+    let tail = format!(
+        "{}\n[channels.email]\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"otp@bank.example\"\n",
+        routes_config(dir.path(), "1s"),
+        sink.port
+    );
+    let extra = [
+        ("server", "shutdown_grace = \"5s\""),
+        ("tail", tail.as_str()),
+    ];
+    let c = client();
+    let mut sent = 0;
+    for round in 0..3 {
+        let s = Server::start_in(dir.clone(), &extra);
+        let before = sink.mails().len();
+        for i in 0..15 {
+            accepted_pomelo(&c, &s, &otp(&format!("{round}{i:05}"))).await;
+            sent += 1;
+        }
+        // Stop as soon as one of this round's messages is in the SMTP server's hands.
+        sink.wait_for(before + 1, Duration::from_secs(20)).await;
+        let log = stop(s);
+        assert!(
+            !log.contains("handed back"),
+            "a send did not finish within the grace period:\n{log}"
+        );
+    }
+    let s = Server::start_in(dir.clone(), &extra);
+    let evs = all_routed(&c, &s, sent).await;
+    assert!(evs.iter().all(|e| e["status"] == "routed"), "{evs:?}");
+    let mails = sink.wait_for(sent, Duration::from_secs(30)).await;
+    stop(s);
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    for m in sink.mails() {
+        let id = m
+            .data
+            .lines()
+            .find_map(|l| l.strip_prefix("Message-ID: "))
+            .expect("a Message-ID")
+            .to_owned();
+        *ids.entry(id).or_default() += 1;
+    }
+    let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "sent twice: {twice:?}");
+    assert_eq!(ids.len(), sent, "{} mails for {sent} events", mails.len());
+}
