@@ -17,7 +17,6 @@ pub mod config;
 pub mod devsecrets;
 pub mod error;
 pub mod front;
-pub mod pki;
 pub mod routes;
 pub mod server;
 pub mod system;
