@@ -27,6 +27,8 @@ mod admin;
 mod hardening;
 // The served spec equals the committed one; docs are self-contained.
 mod spec;
+// The internal services' contract (openapi/services.json) equals what the routes call.
+mod services;
 // Configuration files, environment overrides, `check`, and the first-run flow.
 mod config;
 // Secrets and OTPs never reach logs, metrics or error bodies.
