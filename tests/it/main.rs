@@ -31,6 +31,8 @@ mod spec;
 mod services;
 // Configuration files, environment overrides, `check`, and the first-run flow.
 mod config;
+// The README's "Run it" and "Onboarding Verestro", run as written; .gitignore.
+mod newcomer;
 // Secrets and OTPs never reach logs, metrics or error bodies.
 mod secrets;
 // Crate boundaries stated in ARCHITECTURE.md.
