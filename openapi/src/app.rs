@@ -439,7 +439,7 @@ impl App {
             idle_timeout: app.config.server.idle_timeout.get(),
             shutdown_grace: app.config.server.shutdown_grace.get(),
             drain_limit: 4 * app.config.server.body_limit.as_usize() as u64,
-            drain_timeout: app.config.server.request_timeout.get(),
+            drain_timeout: app.config.server.header_read_timeout.get(),
         };
         let mut servers = Vec::new();
         for b in listeners {

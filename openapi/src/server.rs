@@ -17,8 +17,9 @@
 //!   path) is read to its end and discarded before an HTTP/1.1 answer goes out, up to
 //!   `drain_limit` bytes and `drain_timeout` ([`Unread`]). A client that writes its whole
 //!   body before it reads sees the answer instead of a reset, and the connection stays
-//!   usable. Past either bound, or when the client waits for `100 Continue`, the answer
-//!   says `Connection: close` and the rest is never read.
+//!   usable. Past either bound, after a `408` (the client was too slow already), or when
+//!   the client waits for `100 Continue`, the answer says `Connection: close` and the
+//!   rest is never read.
 //! - On shutdown: stop accepting, let requests in flight finish (bounded by the grace
 //!   period), then return so that the caller can flush the store.
 
@@ -47,7 +48,7 @@ use hyper_util::{
 use poem::{
     Endpoint, Response,
     endpoint::DynEndpoint,
-    http::{HeaderValue, Version, header, uri::Scheme},
+    http::{HeaderValue, StatusCode, Version, header, uri::Scheme},
     web::{LocalAddr, RemoteAddr},
 };
 use switchboard_core::{metrics::Metrics, peer::ConnectionInfo};
@@ -80,7 +81,7 @@ pub struct ServeOptions {
     /// Most bytes of a body the endpoint left unread that are read and discarded so
     /// that an HTTP/1.1 client sees the answer (a few times the body limit).
     pub drain_limit: u64,
-    /// Longest reading them may take.
+    /// Longest reading them may take (switchboard gives `header_read_timeout`).
     pub drain_timeout: Duration,
 }
 
@@ -249,7 +250,9 @@ async fn http<I>(
             let unread = Unread::wrap(&mut req);
             let mut resp = ep.get_response(req).await;
             if let Some(unread) = unread {
-                if !unread.drain(drain.0, drain.1).await {
+                // A client too slow to send its body in time is not waited for again.
+                let timed_out = resp.status() == StatusCode::REQUEST_TIMEOUT;
+                if timed_out || !unread.drain(drain.0, drain.1).await {
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
