@@ -36,6 +36,7 @@ mod admin_cli;
 mod logging;
 mod pki;
 mod routes_cli;
+mod services_spec;
 mod simulate;
 mod store_cli;
 
@@ -80,6 +81,10 @@ enum Command {
         /// Describe the paths of this configuration instead of the defaults.
         #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
         config: Option<PathBuf>,
+        /// Print instead the calls the default routes make to your internal services
+        /// (`customers`, `cards`, `compliance`): what to build or mock them from.
+        #[arg(long)]
+        services: bool,
     },
     /// Validate a configuration file: keys, values and that every secret can be read.
     Check {
@@ -208,9 +213,17 @@ fn run(command: Command) -> anyhow::Result<()> {
                 _ => e,
             })
         }
-        Command::Openapi { format, config } => {
+        Command::Openapi {
+            format,
+            config,
+            services,
+        } => {
             let config = Config::load(config.as_deref())?;
-            let spec = app::spec(&config);
+            let spec = if services {
+                services_spec::spec(&config)?
+            } else {
+                app::spec(&config)
+            };
             match format {
                 Format::Json => out_part!("{}", app::spec_json(&spec)),
                 Format::Yaml => out_part!("{}", app::spec_yaml(&spec)),

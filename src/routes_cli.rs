@@ -14,8 +14,10 @@ use switchboard_core::{
         testing,
     },
 };
-use switchboard_openapi::{config::Config, pki, routes::EMBEDDED};
+use switchboard_openapi::{config::Config, routes::EMBEDDED};
 use switchboard_plugins::providers::verestro::jwe;
+
+use crate::pki;
 
 /// Runs `switchboard test [DIR]`: every `*.test.toml` under DIR against the scripts of
 /// DIR. Exits non-zero when a case fails or a script does not compile.

@@ -445,6 +445,8 @@ async fn start(ep: SharedEndpoint) -> anyhow::Result<(SocketAddr, CancellationTo
         header_read_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         shutdown_grace: Duration::from_secs(1),
+        drain_limit: 4 << 20,
+        drain_timeout: Duration::from_secs(30),
     };
     let metrics = switchboard_core::metrics::Metrics::shared();
     let listener = Listener {

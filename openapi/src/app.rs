@@ -467,6 +467,8 @@ impl App {
             header_read_timeout: app.config.server.header_read_timeout.get(),
             idle_timeout: app.config.server.idle_timeout.get(),
             shutdown_grace: grace,
+            drain_limit: 4 * app.config.server.body_limit.as_usize() as u64,
+            drain_timeout: app.config.server.header_read_timeout.get(),
         };
         let mut servers = Vec::new();
         for b in listeners {

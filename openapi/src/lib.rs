@@ -21,7 +21,6 @@ pub mod ctx;
 pub mod devsecrets;
 pub mod error;
 pub mod front;
-pub mod pki;
 pub mod routes;
 pub mod server;
 pub mod storage;

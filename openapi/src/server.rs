@@ -13,21 +13,31 @@
 //!   is closed ([`idle_watch`]), whatever bytes (HTTP/2 PINGs, say) it sends meanwhile. A
 //!   request runs until its answer is written out. hyper has no such limit for HTTP/2, so
 //!   idle HTTP/2 connections could otherwise hold every connection slot.
+//! - A body the endpoint left unread (a refusal: too large, unauthenticated, unknown
+//!   path) is read to its end and discarded before an HTTP/1.1 answer goes out, up to
+//!   `drain_limit` bytes and `drain_timeout` ([`Unread`]). A client that writes its whole
+//!   body before it reads sees the answer instead of a reset, and the connection stays
+//!   usable. Past either bound, after a `408` (the client was too slow already), or when
+//!   the client waits for `100 Continue`, the answer says `Connection: close` and the
+//!   rest is never read.
 //! - On shutdown: stop accepting, let requests in flight finish (bounded by the grace
 //!   period), then return so that the caller can flush the store.
 
 use std::{
     convert::Infallible,
     net::SocketAddr,
+    pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use bytes::Bytes;
+use http_body_util::{BodyExt, combinators::BoxBody};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{
@@ -38,7 +48,7 @@ use hyper_util::{
 use poem::{
     Endpoint, Response,
     endpoint::DynEndpoint,
-    http::uri::Scheme,
+    http::{HeaderValue, StatusCode, Version, header, uri::Scheme},
     web::{LocalAddr, RemoteAddr},
 };
 use switchboard_core::{metrics::Metrics, peer::ConnectionInfo};
@@ -68,6 +78,11 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
     /// Time given to requests in flight at shutdown.
     pub shutdown_grace: Duration,
+    /// Most bytes of a body the endpoint left unread that are read and discarded so
+    /// that an HTTP/1.1 client sees the answer (a few times the body limit).
+    pub drain_limit: u64,
+    /// Longest reading them may take (switchboard gives `header_read_timeout`).
+    pub drain_timeout: Duration,
 }
 
 /// One listener: its socket, its name, and its TLS settings if it is not plain HTTP.
@@ -85,6 +100,8 @@ struct Shared {
     ep: SharedEndpoint,
     first_request: Duration,
     idle: Duration,
+    drain_limit: u64,
+    drain_timeout: Duration,
     builder: auto::Builder<TokioExecutor>,
     metrics: Arc<Metrics>,
     local: SocketAddr,
@@ -119,6 +136,8 @@ pub async fn serve(
         ep,
         first_request: opts.header_read_timeout,
         idle: opts.idle_timeout,
+        drain_limit: opts.drain_limit,
+        drain_timeout: opts.drain_timeout,
         builder,
         metrics,
         local,
@@ -215,6 +234,7 @@ async fn http<I>(
     let activity = Arc::new(Activity::new());
     let idle = idle_watch(activity.clone(), shared.first_request, shared.idle);
     let ep = shared.ep.clone();
+    let drain = (shared.drain_limit, shared.drain_timeout);
     let local_addr = LocalAddr(shared.local.into());
     let remote_addr = RemoteAddr(remote.into());
     let service = hyper::service::service_fn(move |req: http_types::Request<Incoming>| {
@@ -227,7 +247,17 @@ async fn http<I>(
         async move {
             let mut req: poem::Request = (req, local_addr, remote_addr, scheme).into();
             req.extensions_mut().insert(info);
-            let resp: http_types::Response<_> = ep.get_response(req).await.into();
+            let unread = Unread::wrap(&mut req);
+            let mut resp = ep.get_response(req).await;
+            if let Some(unread) = unread {
+                // A client too slow to send its body in time is not waited for again.
+                let timed_out = resp.status() == StatusCode::REQUEST_TIMEOUT;
+                if timed_out || !unread.drain(drain.0, drain.1).await {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+            }
+            let resp: http_types::Response<_> = resp.into();
             // The request runs until its answer has been written out (or dropped): a
             // long answer to a slow reader is not idleness.
             Ok::<_, Infallible>(resp.map(move |body| {
@@ -249,6 +279,108 @@ async fn http<I>(
             }
         }
         () = idle => tracing::debug!(%remote, "idle connection closed"),
+    }
+}
+
+/// An HTTP/1.1 request body, read by the endpoint through this handle, so that the
+/// server can finish reading what the endpoint left. hyper closes a connection whose
+/// request body was not read; the client's unsent bytes then meet a closed socket, the
+/// kernel answers them with a reset, and a client that reads only after writing its whole
+/// request (many do) gets the reset, or a TLS EOF, instead of the answer.
+#[derive(Clone)]
+struct Unread(Arc<Mutex<UnreadState>>);
+
+struct UnreadState {
+    body: Option<BoxBody<Bytes, std::io::Error>>,
+    /// Whether anyone asked for the body: hyper sends `100 Continue` only then.
+    polled: bool,
+    /// The client sent `Expect: 100-continue`.
+    expects_continue: bool,
+}
+
+impl Unread {
+    /// Routes `req`'s body through a handle, when it is an HTTP/1 body with bytes to come.
+    /// HTTP/2 needs none: an unread stream is reset on its own, the connection lives on.
+    fn wrap(req: &mut poem::Request) -> Option<Unread> {
+        if req.version() == Version::HTTP_2 {
+            return None;
+        }
+        let body = BoxBody::from(req.take_body());
+        if body.is_end_stream() {
+            req.set_body(poem::Body::from(body));
+            return None;
+        }
+        let expects_continue = req
+            .header(header::EXPECT)
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        let unread = Unread(Arc::new(Mutex::new(UnreadState {
+            body: Some(body),
+            polled: false,
+            expects_continue,
+        })));
+        req.set_body(poem::Body::from(BoxBody::new(unread.clone())));
+        Some(unread)
+    }
+
+    /// Reads what the endpoint left of the body and discards it, up to `limit` bytes and
+    /// `timeout`. True when the body was read to its end (the connection can serve the
+    /// next request); false when the rest was left unread and the connection must close.
+    async fn drain(self, limit: u64, timeout: Duration) -> bool {
+        let (body, polled, expects_continue) = {
+            let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            (s.body.take(), s.polled, s.expects_continue)
+        };
+        let Some(mut body) = body else { return true };
+        if body.is_end_stream() {
+            return true;
+        }
+        // A client waiting for `100 Continue` has not sent its body: never invite it.
+        if (expects_continue && !polled) || body.size_hint().lower() > limit {
+            return false;
+        }
+        let deadline = Instant::now() + timeout;
+        let mut read = 0u64;
+        loop {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if read > limit {
+                        return false;
+                    }
+                }
+                Ok(None) => return true,
+                Ok(Some(Err(_))) | Err(_) => return false,
+            }
+        }
+    }
+}
+
+impl hyper::body::Body for Unread {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        s.polled = true;
+        match s.body.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        s.body.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        s.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
     }
 }
 

@@ -254,12 +254,15 @@ async fn a_body_that_trickles_past_the_request_timeout_gets_408() {
     );
     conn.write_all(head.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf))
+    // Answered at once: the rest of a body this slow is not waited for (draining what a
+    // refusal left would take up to `header_read_timeout`, 10 s).
+    let n = tokio::time::timeout(Duration::from_secs(6), conn.read(&mut buf))
         .await
         .expect("answered")
         .unwrap();
     let a = String::from_utf8_lossy(&buf[..n]);
     assert_eq!(status_of(&a), 408, "{a}");
+    assert!(a.to_ascii_lowercase().contains("connection: close"), "{a}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,4 +342,197 @@ async fn a_stop_lets_the_request_in_flight_finish(signal: &str) {
     let status = s.wait_exit();
     assert!(status.success(), "{status:?}");
     assert!(s.logs().contains("store flushed"));
+}
+
+/// An HTTP/1.1 client of the simplest kind: it writes its whole request, then reads the
+/// answer. Returns the answer's status and body, or what stopped it (a write cut by the
+/// server, a reset instead of an answer).
+async fn send_then_read<S>(io: &mut S, head: &str, body: &[u8]) -> Result<(u16, String), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    io.write_all(head.as_bytes())
+        .await
+        .map_err(|e| format!("writing the head: {e}"))?;
+    io.write_all(body)
+        .await
+        .map_err(|e| format!("writing the body: {e}"))?;
+    io.flush().await.map_err(|e| format!("flushing: {e}"))?;
+    read_answer(io).await
+}
+
+/// Reads one answer: status line, headers, and a Content-Length or chunked body.
+async fn read_answer<S>(io: &mut S) -> Result<(u16, String), String>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(answer) = complete_answer(&out) {
+            return Ok(answer);
+        }
+        match tokio::time::timeout(Duration::from_secs(30), io.read(&mut buf))
+            .await
+            .map_err(|_| "no answer in 30 s".to_owned())?
+        {
+            Ok(0) => {
+                return Err(format!("end of stream after {} bytes of answer", out.len()));
+            }
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("reading the answer: {e}")),
+        }
+    }
+}
+
+/// The status and body of `out` once it holds a whole answer.
+fn complete_answer(out: &[u8]) -> Option<(u16, String)> {
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+    let mut rest = &out[end + 4..];
+    if head.contains("transfer-encoding: chunked") {
+        let mut body = Vec::new();
+        loop {
+            let line = rest.windows(2).position(|w| w == b"\r\n")?;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..line]).ok()?.trim(), 16).ok()?;
+            rest = &rest[line + 2..];
+            if size == 0 {
+                return rest.starts_with(b"\r\n").then(|| {
+                    (
+                        status_of(&head),
+                        String::from_utf8_lossy(&body).into_owned(),
+                    )
+                });
+            }
+            if rest.len() < size + 2 {
+                return None;
+            }
+            body.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    (rest.len() >= len).then(|| {
+        (
+            status_of(&head),
+            String::from_utf8_lossy(&rest[..len]).into_owned(),
+        )
+    })
+}
+
+fn vasp_head(len: usize, close: bool) -> String {
+    format!(
+        "POST {VASP_PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {VASP_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n{}\r\n",
+        if close { "Connection: close\r\n" } else { "" }
+    )
+}
+
+#[tokio::test]
+async fn a_client_that_sends_an_oversized_body_before_reading_sees_the_413() {
+    let s = Server::start(&[]);
+    // The 1 MiB default limit: 1.5 MiB with a Content-Length (refused before reading),
+    // and 3.5 MiB, both on one keep-alive connection that carries on afterwards.
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    for size in [1536 * 1024, 3584 * 1024] {
+        let body = vec![b' '; size];
+        let (status, answer) = send_then_read(&mut conn, &vasp_head(size, false), &body)
+            .await
+            .unwrap_or_else(|e| panic!("{size} bytes: {e}"));
+        assert_eq!(status, 413, "{answer}");
+        assert!(answer.contains("payload_too_large"), "{answer}");
+    }
+    let fine = fixture("verifyvasp_tx_report.json");
+    let (status, _) = send_then_read(&mut conn, &vasp_head(fine.len(), false), &fine)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "the connection still serves requests");
+    // A client that asks first (`Expect: 100-continue`) is answered at once and never
+    // invited to send the body: the answer is a 413, not a `100 Continue`.
+    let head = vasp_head(1536 * 1024, true).replace("\r\n\r\n", "\r\nExpect: 100-continue\r\n\r\n");
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    let (status, _) = send_then_read(&mut conn, &head, b"").await.unwrap();
+    assert_eq!(status, 413);
+    // Chunked, without a Content-Length: refused once the limit is passed, then read to
+    // its end all the same.
+    let mut chunked = Vec::new();
+    for _ in 0..24 {
+        chunked.extend_from_slice(format!("{:x}\r\n", 64 * 1024).as_bytes());
+        chunked.extend_from_slice(&[b' '; 64 * 1024]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let head = format!(
+        "POST {POMELO_PATH} HTTP/1.1\r\nHost: x\r\nX-Api-Key: {POMELO_KEY}\r\nX-Signature: x\r\nX-Timestamp: {}\r\nX-Endpoint: {POMELO_PATH}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        now()
+    );
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    let (status, answer) = send_then_read(&mut conn, &head, &chunked).await.unwrap();
+    assert_eq!(status, 413, "{answer}");
+}
+
+#[tokio::test]
+async fn a_body_far_past_the_limit_is_not_read_to_its_end() {
+    // What is read after the answer is bounded (4 × the limit): a client sending 64 MiB
+    // against a 64 KiB limit is cut off long before it is done.
+    let s = Server::start(&[("server", "body_limit = \"64KiB\"")]);
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    let size = 64 * 1024 * 1024;
+    let sent = tokio::time::timeout(Duration::from_secs(30), async {
+        conn.write_all(vasp_head(size, false).as_bytes()).await?;
+        conn.write_all(&vec![b' '; size]).await
+    })
+    .await
+    .expect("the server stops reading and closes");
+    assert!(sent.is_err(), "the server read 64 MiB it had refused");
+    // The server is fine.
+    let r = client().get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn verestro_over_mutual_tls_sees_payload_too_large_after_sending_it_all() {
+    use std::sync::Arc;
+
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+
+    let dir = Dir::new();
+    let pki = crate::pki::Pki::new(dir.path());
+    let s = crate::pki::verestro_server(dir.clone(), &pki, "", "");
+    let roots = {
+        let mut r = rustls::RootCertStore::empty();
+        r.add(CertificateDer::from_pem_file(pki.dir.join("ca/ca.crt")).unwrap())
+            .unwrap();
+        r
+    };
+    let chain = vec![CertificateDer::from_pem_file(pki.dir.join("provider.crt")).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(pki.dir.join("provider.key")).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    for size in [1536 * 1024, 3584 * 1024] {
+        let tcp = TcpStream::connect(s.listeners["verestro"]).await.unwrap();
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /notifications/otp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nX-Idempotency-Key: {}\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n",
+            uuid::Uuid::new_v4()
+        );
+        let (status, answer) = send_then_read(&mut tls, &head, &vec![b' '; size])
+            .await
+            .unwrap_or_else(|e| panic!("{size} bytes: {e}"));
+        assert_eq!(status, 422, "{answer}");
+        assert!(answer.contains("PAYLOAD_TOO_LARGE"), "{answer}");
+    }
 }

@@ -43,8 +43,12 @@ mod console;
 mod hardening;
 // The served spec equals the committed one; docs are self-contained.
 mod spec;
+// The internal services' contract (openapi/services.json) equals what the routes call.
+mod services;
 // Configuration files, environment overrides, `check`, and the first-run flow.
 mod config;
+// The README's "Run it" and "Onboarding Verestro", run as written; .gitignore.
+mod newcomer;
 // Secrets and OTPs never reach logs, metrics or error bodies.
 mod secrets;
 // Crate boundaries stated in ARCHITECTURE.md.
