@@ -219,34 +219,42 @@ impl PgBackend {
     }
 
     /// Rows of `table` created since each window (their ids are UUIDv7), counted per
-    /// `by` and status: one indexed range per window.
+    /// `by` and status, all windows in one statement (one snapshot: the windows agree).
     async fn count(
         &self,
         table: &str,
         by: &str,
         windows: &[u64],
     ) -> Result<Vec<(String, String, Counts)>> {
-        let mut found: std::collections::HashMap<(String, String), Counts> = Default::default();
-        for (i, w) in windows.iter().enumerate() {
-            let rows = sqlx::query(&format!(
-                "SELECT {by} AS by, status, count(*) AS n FROM {table} WHERE id >= $1 GROUP BY 1, 2"
-            ))
-            .bind(first_id_at(*w))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
-            for r in rows {
-                let key = (
-                    r.try_get::<String, _>("by").map_err(db)?,
-                    r.try_get::<String, _>("status").map_err(db)?,
-                );
-                let n: i64 = r.try_get("n").map_err(db)?;
-                let c = found.entry(key).or_default();
-                c.counts.resize(windows.len(), 0);
-                c.counts[i] = u64::try_from(n).unwrap_or(0);
-            }
+        let Some(&earliest) = windows.iter().min() else {
+            return Ok(Vec::new());
+        };
+        let columns: Vec<String> = (0..windows.len())
+            .map(|i| format!("count(*) FILTER (WHERE id >= ${}) AS n{i}", i + 2))
+            .collect();
+        let sql = format!(
+            "SELECT {by} AS by, status, {} FROM {table} WHERE id >= $1 GROUP BY 1, 2",
+            columns.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(first_id_at(earliest));
+        for w in windows {
+            q = q.bind(first_id_at(*w));
         }
-        Ok(found.into_iter().map(|((a, b), c)| (a, b, c)).collect())
+        let rows = q.fetch_all(&self.pool).await.map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mut c = Counts::default();
+            for i in 0..windows.len() {
+                let n: i64 = r.try_get(format!("n{i}").as_str()).map_err(db)?;
+                c.counts.push(u64::try_from(n).unwrap_or(0));
+            }
+            out.push((
+                r.try_get::<String, _>("by").map_err(db)?,
+                r.try_get::<String, _>("status").map_err(db)?,
+                c,
+            ));
+        }
+        Ok(out)
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
