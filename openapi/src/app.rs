@@ -558,7 +558,7 @@ async fn watch_scripts(app: Arc<App>) {
     loop {
         tick.tick().await;
         let scripts = app.scripts.clone();
-        let _ = tokio::task::spawn_blocking(move || scripts.reload_and_log()).await;
+        let _ = tokio::task::spawn_blocking(move || scripts.reload_settled_and_log()).await;
     }
 }
 

@@ -78,6 +78,11 @@ struct State {
     asts: BTreeMap<String, (Arc<AST>, Arc<str>)>,
     errors: BTreeMap<String, CompileError>,
     stamps: BTreeMap<String, Stamp>,
+    /// Files seen changed by the last poll, with the stamp they had then: a poll loads a
+    /// file only once its stamp held still since the one before, so that a file caught
+    /// in the middle of being written (truncated, half there) is never compiled and kept
+    /// as the last good version.
+    settling: BTreeMap<String, Stamp>,
 }
 
 /// The current scripts.
@@ -168,9 +173,19 @@ impl Scripts {
         &self.source
     }
 
-    /// Compiles what changed since the last load. A script that fails keeps its last good
-    /// version.
+    /// Compiles what changed since the last load (at once: start-up, SIGHUP, an operator
+    /// who says the edit is done). A script that fails keeps its last good version.
     pub fn reload(&self) -> Reloaded {
+        self.reload_when(false)
+    }
+
+    /// What the poller calls: like [`Scripts::reload`], but a changed file is loaded
+    /// only once it stayed the same (size and modification time) since the previous poll.
+    pub fn reload_settled(&self) -> Reloaded {
+        self.reload_when(true)
+    }
+
+    fn reload_when(&self, settled: bool) -> Reloaded {
         let mut r = Reloaded::default();
         let Ok(mut st) = self.state.write() else {
             return r;
@@ -203,6 +218,7 @@ impl Scripts {
                     .filter(|k| !found.contains_key(*k))
                     .cloned()
                     .collect();
+                st.settling.retain(|k, _| found.contains_key(k));
                 for name in gone {
                     st.stamps.remove(&name);
                     st.asts.remove(&name);
@@ -211,8 +227,14 @@ impl Scripts {
                 }
                 for (name, (path, stamp)) in found {
                     if st.stamps.get(&name) == Some(&stamp) {
+                        st.settling.remove(&name);
                         continue;
                     }
+                    if settled && st.settling.insert(name.clone(), stamp) != Some(stamp) {
+                        // Changed since the last poll: loaded by the next one if it holds.
+                        continue;
+                    }
+                    st.settling.remove(&name);
                     st.stamps.insert(name.clone(), stamp);
                     let text = match std::fs::read_to_string(&path) {
                         Ok(t) => t,
@@ -249,7 +271,15 @@ impl Scripts {
 
     /// Reloads and logs what changed.
     pub fn reload_and_log(&self) {
-        let r = self.reload();
+        Self::log(self.reload());
+    }
+
+    /// [`Scripts::reload_settled`], and logs what changed.
+    pub fn reload_settled_and_log(&self) {
+        Self::log(self.reload_settled());
+    }
+
+    fn log(r: Reloaded) {
         for name in &r.compiled {
             tracing::info!(script = %name, "route script loaded");
         }
@@ -342,6 +372,33 @@ mod tests {
         std::fs::remove_file(dir.path().join("p/t.rhai")).unwrap();
         assert_eq!(s.reload().removed, vec!["p/t.rhai".to_string()]);
         assert_eq!(s.resolve("p", "t").name().unwrap(), "p/_default.rhai");
+    }
+
+    /// An editor that truncates a file and then writes it: the poller must not compile the
+    /// empty file it may catch in between and keep it as the last good version.
+    #[test]
+    fn the_poller_loads_a_file_only_once_it_holds_still() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("p")).unwrap();
+        let file = dir.path().join("p/t.rhai");
+        std::fs::write(&file, "log::info(\"v1\");").unwrap();
+        let engine = Arc::new(crate::route::engine::build(&RoutesConfig::default()));
+        let s = Scripts::load(engine, Source::Dir(dir.path().to_path_buf()));
+        let text = |s: &Scripts| match s.resolve("p", "t") {
+            Resolved::Script(_, _, source) => source.to_string(),
+            _ => String::new(),
+        };
+        // Caught half-written (here: empty), then the whole new text.
+        std::fs::write(&file, "").unwrap();
+        assert!(s.reload_settled().is_empty(), "not loaded while it moves");
+        std::fs::write(&file, "log::info(\"v2\"); // a longer text").unwrap();
+        assert!(s.reload_settled().is_empty(), "it moved again");
+        assert_eq!(text(&s), "log::info(\"v1\");", "v1 still runs");
+        assert_eq!(s.reload_settled().compiled, vec!["p/t.rhai".to_string()]);
+        assert_eq!(text(&s), "log::info(\"v2\"); // a longer text");
+        // SIGHUP (an operator's "now") loads at once.
+        std::fs::write(&file, "log::info(\"v3\");").unwrap();
+        assert_eq!(s.reload().compiled, vec!["p/t.rhai".to_string()]);
     }
 
     #[test]
