@@ -132,6 +132,25 @@ fn lock_timed_out(e: &sqlx::Error) -> bool {
         .is_some_and(|c| c == "55P03")
 }
 
+/// One page of a listing fetched with one row more than `limit`: the readable records
+/// of the first `limit` rows, and the id to continue after when there are more.
+fn page<T, I>(
+    rows: &[PgRow],
+    limit: usize,
+    decode: fn(&PgRow) -> Result<T>,
+    id: fn(&T) -> I,
+) -> Result<(Vec<T>, Option<I>)> {
+    let more = rows.len() > limit;
+    let items = keep_readable(rows.iter().take(limit).map(decode).collect())?;
+    let next = if more { items.last().map(id) } else { None };
+    Ok((items, next))
+}
+
+/// `limit` as the SQL `LIMIT` of a page: one more, to know whether another page follows.
+fn page_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1)
+}
+
 /// A record that cannot be decoded is left out of a listing (and logged).
 fn keep_readable<T>(items: Vec<Result<T>>) -> Result<Vec<T>> {
     let mut out = Vec::with_capacity(items.len());
@@ -433,19 +452,12 @@ impl Backend for PgBackend {
         .bind(filter.event_type.as_deref())
         .bind(filter.status.map(EventStatus::as_str))
         .bind(before.map(|b| b.0))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1))
+        .bind(page_limit(limit))
         .bind(filter.since().map(|s| s.0))
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        let more = rows.len() > limit;
-        let mut items = keep_readable(rows.iter().take(limit).map(event_of).collect())?;
-        items.truncate(limit);
-        let next = if more {
-            items.last().map(|e| e.id)
-        } else {
-            None
-        };
+        let (items, next) = page(&rows, limit, event_of, |e| e.id)?;
         Ok(Page { items, next })
     }
 
@@ -896,19 +908,11 @@ impl Backend for PgBackend {
         .bind(filter.channel.as_deref())
         .bind(filter.provider.as_deref())
         .bind(before.map(|b| b.0))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1))
+        .bind(page_limit(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        let more = rows.len() > limit;
-        let mut items = keep_readable(rows.iter().take(limit).map(action_of).collect())?;
-        items.truncate(limit);
-        let next = if more {
-            items.last().map(|a| a.id)
-        } else {
-            None
-        };
-        Ok((items, next))
+        page(&rows, limit, action_of, |a| a.id)
     }
 
     async fn sweep(&self, now_ms: u64, retention: Duration) -> Result<Swept> {
