@@ -223,9 +223,14 @@ impl Durability {
         self.batches.fetch_add(1, SeqCst);
         self.batched_jobs.fetch_add(jobs.len() as u64, SeqCst);
         if res.is_ok() {
-            for step in ["commit", "route"] {
-                if jobs.iter().any(|j| j.step == step) {
-                    fault::after(step);
+            for j in &jobs {
+                fault::after(j.step);
+                if j.step == "commit" {
+                    // The crash points of the earlier ordered commit: one commit's batch is
+                    // atomic, so each is now "this commit applied, not yet flushed".
+                    for step in ["expiry", "inbox", "event", "done"] {
+                        fault::after(step);
+                    }
                 }
             }
         }
@@ -246,9 +251,10 @@ impl Drop for AbortOnDrop {
 }
 
 /// Where a crash is simulated, for the crash tests (debug builds only):
-/// `SWITCHBOARD_CRASH_AT=<step>:<n>` aborts the process right after the `n`th write of
-/// `step`: `commit` (a combined batch holding at least one commit is applied, not yet
-/// flushed) or `route` (a combined batch holding at least one route run).
+/// `SWITCHBOARD_CRASH_AT=<step>:<n>` aborts the process right after the `n`th `step`:
+/// `commit` (the `n`th commit's batch is applied, not yet flushed; `expiry`, `inbox`,
+/// `event` and `done`, the steps of the earlier ordered commit, now mean the same) or
+/// `route` (the `n`th route run is written).
 #[cfg(debug_assertions)]
 mod fault {
     use std::sync::{
