@@ -4,21 +4,38 @@
 //! generator:
 //!
 //! - (a) a bare poem handler answering 204: the ceiling of this machine and stack;
-//! - (b) signed Pomelo notifications with unique bodies through the full durable path
-//!   (HMAC check, parse, idempotency claim, sled write, group-committed fsync, answer);
-//! - (c) a storm of duplicates: the same few signed bodies over and over;
-//! - (s) the engine alone, without HTTP: the same notifications submitted straight to
-//!   the ingestor, to show how much of (b) is the durable store;
+//! - (b) signed Pomelo notifications with unique bodies sent to **the whole server**, as
+//!   `switchboard serve` runs it: the listener, the route workers (a route script that does
+//!   nothing), delivery and the sweeper; each request goes through the HMAC check, parse,
+//!   idempotency claim, the durable commit and the group-committed fsync before its 204;
+//! - (v) the same with VerifyVASP callbacks (bearer token, a counter in
+//!   `verificationUuid`);
+//! - (c) a storm of duplicates to the whole server: the same few signed bodies over and
+//!   over;
+//! - (b0) (b) against the HTTP endpoint alone, with no route workers and no delivery: not
+//!   a real server (nothing routes what it stores), shown for what routing costs;
+//! - (s) the engine alone, without HTTP or routing: the same notifications submitted
+//!   straight to the ingestor;
 //! - (b½) (b) again, open-loop at half of (b)'s maximum rate, latency measured from each
-//!   request's scheduled start (no coordinated omission).
+//!   request's scheduled start (no coordinated omission);
+//! - (pg1), (pg2) (b) with the store on PostgreSQL (a throw-away cluster with its default
+//!   durability, fsync on), one instance, then two instances on the same database with
+//!   the connections split between them; skipped, saying so, when PostgreSQL is not
+//!   installed.
 //!
-//! Each prints requests/s and p50/p99 latency; the summary gives b/a and b½'s p99.
+//! Each prints requests/s and p50/p99 latency; the summary gives the ratios to (a). Then
+//! route + delivery (e, f, e½).
+//!
+//! `switchboard-bench open-loop --url URL --provider pomelo|verifyvasp --rate R ...` drives
+//! an external server (the release binary, from `bench/wrk.sh`) at a fixed rate with unique
+//! signed bodies and prints the same line: wrk2, which does this, is not in Debian.
+//!
 //! Options: `--seconds N` (per phase, default 5), `--connections N` (default 64),
-//! `--only b` (phase (b) alone, for profiling), `--only r` (what counting a route run on
-//! disk costs, alone). `BENCH_LOG=warn` drops the per-event log
-//! line that production writes at `info`.
+//! `--only a,b,v,c,b0,s,bh,pg,d` (those phases alone), `--messages N` (delivery runs).
+//! `BENCH_LOG=warn` drops the per-event log lines that production writes at `info`.
 
 mod delivery;
+mod pg;
 
 use std::{
     collections::HashMap,
@@ -39,45 +56,69 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use poem::{EndpointExt, Route, endpoint::make_sync, http::StatusCode};
 use sha2::Sha256;
-use switchboard_core::secret::SecretRef;
+use switchboard_core::{config::StoreBackend, secret::SecretRef, store::Store};
 use switchboard_openapi::{
-    app::App,
+    app::{App, Bound},
     config::Config,
     server::{Listener, ServeOptions, SharedEndpoint, serve},
 };
-use switchboard_plugins::providers::pomelo::config::{PomeloConfig, PomeloKey};
+use switchboard_plugins::providers::{
+    pomelo::config::{PomeloConfig, PomeloKey},
+    verifyvasp::config::VerifyVaspConfig,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-const PATH: &str = "/pomelo/tokenization/otp";
+const POMELO_PATH: &str = "/pomelo/tokenization/otp";
+const VASP_PATH: &str = "/verifyvasp/callback";
 const API_KEY: &str = "bench-key";
+const VASP_TOKEN: &str = "bench-verifyvasp-token-0123456789";
+/// The route script of every event in the ingest phases: it queues nothing.
+const NOOP_ROUTE: &str = "// The benchmark: routed, nothing queued.\n()\n";
+
+const PHASES: &[&str] = &["a", "b", "v", "c", "b0", "s", "bh", "pg", "d"];
 
 struct Options {
     seconds: u64,
     connections: usize,
     /// Messages per delivery run.
     messages: usize,
-    /// `b`: only the durable ingest phase (for profiling); `d`: only route + delivery;
-    /// anything else: everything.
-    only: String,
+    /// The phases to run.
+    only: Vec<String>,
 }
 
-fn options() -> anyhow::Result<Options> {
+impl Options {
+    fn runs(&self, phase: &str) -> bool {
+        self.only.iter().any(|p| p == phase)
+    }
+}
+
+const HELP: &str = "\
+switchboard-bench [--seconds N] [--connections N] [--messages N] [--only LIST]
+switchboard-bench open-loop --url URL --provider pomelo|verifyvasp --rate R [--seconds N]
+    [--connections N] [--pomelo-key K --pomelo-secret BASE64] [--verifyvasp-token T]
+
+Phases (--only takes a comma-separated list; default: all):
+  a   a bare poem handler (the ceiling)
+  b   signed Pomelo, unique bodies, the whole server (listener, route workers, delivery)
+  v   VerifyVASP, unique bodies, the whole server
+  c   a duplicate storm, the whole server
+  b0  as b, the endpoint alone: no route workers, no delivery (not a real server)
+  s   the engine alone: ingest + store, no HTTP, no routing
+  bh  as b, open loop at half of b's rate (b runs first if not chosen)
+  pg  as b, on PostgreSQL: one instance, then two on one database
+  d   route + delivery to local SMTP and HTTP sinks
+
+open-loop: drives an external server (bench/wrk.sh: the release binary) at a fixed rate
+with unique, correctly signed bodies; latency from each request's scheduled time.";
+
+fn options(args: &[String]) -> anyhow::Result<Options> {
     let mut o = Options {
         seconds: 5,
         connections: 64,
         messages: 3000,
-        only: "abc".into(),
+        only: PHASES.iter().map(|p| (*p).to_owned()).collect(),
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!(
-            "switchboard-bench [--seconds N] [--connections N] [--messages N] [--only b|d|r]\n\n\
-             Without --only: every ingest phase (a, b, c, s, b½), then route + delivery (e, f, e½).\n\
-             --only b: the durable ingest path alone (for profiling); --only d: route + delivery; --only r: the route-run count alone."
-        );
-        std::process::exit(0);
-    }
     let mut i = 0;
     while i < args.len() {
         let value = args.get(i + 1).context("missing value")?;
@@ -85,8 +126,13 @@ fn options() -> anyhow::Result<Options> {
             "--seconds" => o.seconds = value.parse()?,
             "--connections" => o.connections = value.parse()?,
             "--messages" => o.messages = value.parse()?,
-            "--only" => o.only = value.clone(),
-            other => anyhow::bail!("unknown option {other}"),
+            "--only" => {
+                o.only = value.split(',').map(str::to_owned).collect();
+                if let Some(bad) = o.only.iter().find(|p| !PHASES.contains(&p.as_str())) {
+                    anyhow::bail!("unknown phase {bad} (see --help)");
+                }
+            }
+            other => anyhow::bail!("unknown option {other} (see --help)"),
         }
         i += 2;
     }
@@ -96,6 +142,7 @@ fn options() -> anyhow::Result<Options> {
 /// One prepared request.
 #[derive(Clone)]
 struct Prepared {
+    path: &'static str,
     headers: Vec<(&'static str, String)>,
     body: Bytes,
 }
@@ -103,7 +150,7 @@ struct Prepared {
 fn sign(secret: &[u8], ts: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
     mac.update(ts.as_bytes());
-    mac.update(PATH.as_bytes());
+    mac.update(POMELO_PATH.as_bytes());
     mac.update(body);
     format!(
         "hmac-sha256 {}",
@@ -111,17 +158,8 @@ fn sign(secret: &[u8], ts: &str, body: &[u8]) -> String {
     )
 }
 
-fn pomelo(secret: &[u8], n: u64) -> Prepared {
-    pomelo_with(
-        secret,
-        &format!("card_{n}"),
-        &format!("{:06}", n % 1_000_000),
-        "SMS",
-    )
-}
-
 /// A signed Pomelo OTP notification for card `card`, sent by `method`.
-fn pomelo_with(secret: &[u8], card: &str, otp: &str, method: &str) -> Prepared {
+fn pomelo_with(secret: &[u8], api_key: &str, card: &str, otp: &str, method: &str) -> Prepared {
     let body = serde_json::to_vec(&serde_json::json!({
         "token": {"origin": "APPLE_PAY", "card_id": card, "user_id": "user_123456789"},
         "otp": otp,
@@ -135,12 +173,29 @@ fn pomelo_with(secret: &[u8], card: &str, otp: &str, method: &str) -> Prepared {
         .as_secs()
         .to_string();
     Prepared {
+        path: POMELO_PATH,
         headers: vec![
             ("content-type", "application/json".into()),
-            ("x-api-key", API_KEY.into()),
+            ("x-api-key", api_key.into()),
             ("x-signature", sign(secret, &ts, &body)),
             ("x-timestamp", ts),
-            ("x-endpoint", PATH.into()),
+            ("x-endpoint", POMELO_PATH.into()),
+        ],
+        body: Bytes::from(body),
+    }
+}
+
+/// A VerifyVASP transaction report whose `verificationUuid` (its key) carries `tag` and
+/// `n`.
+fn vasp(token: &str, tag: u32, n: u64) -> Prepared {
+    let body = format!(
+        r#"{{"callbackType":"TX_REPORT","data":{{"verificationUuid":"{tag:08x}-0000-4000-8000-{n:012}","txHash":"0x9fd7afd46e4402c7197b4d8deb0199fcf7c1f57ef70c339f403a1c0c31c28a1b"}}}}"#
+    );
+    Prepared {
+        path: VASP_PATH,
+        headers: vec![
+            ("content-type", "application/json".into()),
+            ("authorization", format!("Bearer {token}")),
         ],
         body: Bytes::from(body),
     }
@@ -150,16 +205,62 @@ fn pomelo_with(secret: &[u8], card: &str, otp: &str, method: &str) -> Prepared {
 #[derive(Clone)]
 enum Source {
     Fixed(Arc<Vec<Prepared>>),
-    Unique(Arc<Vec<u8>>, Arc<AtomicU64>),
+    /// Signed Pomelo notifications, each for another card (`<tag>_<n>`).
+    Pomelo {
+        secret: Arc<Vec<u8>>,
+        api_key: Arc<str>,
+        tag: Arc<str>,
+        counter: Arc<AtomicU64>,
+    },
+    /// VerifyVASP callbacks, each for another verification.
+    Vasp {
+        token: Arc<str>,
+        tag: u32,
+        counter: Arc<AtomicU64>,
+    },
 }
 
 impl Source {
+    fn pomelo(secret: &[u8], api_key: &str, tag: &str) -> Source {
+        Source::Pomelo {
+            secret: Arc::new(secret.to_vec()),
+            api_key: Arc::from(api_key),
+            tag: Arc::from(tag),
+            counter: Arc::default(),
+        }
+    }
+
+    fn vasp(token: &str, tag: u32) -> Source {
+        Source::Vasp {
+            token: Arc::from(token),
+            tag,
+            counter: Arc::default(),
+        }
+    }
+
     fn next(&self, i: u64) -> Prepared {
         match self {
             Source::Fixed(list) => list[(i % list.len() as u64) as usize].clone(),
-            Source::Unique(secret, counter) => {
-                pomelo(secret, counter.fetch_add(1, Ordering::Relaxed))
+            Source::Pomelo {
+                secret,
+                api_key,
+                tag,
+                counter,
+            } => {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                pomelo_with(
+                    secret,
+                    api_key,
+                    &format!("{tag}_{n}"),
+                    &format!("{:06}", n % 1_000_000),
+                    "SMS",
+                )
             }
+            Source::Vasp {
+                token,
+                tag,
+                counter,
+            } => vasp(token, *tag, counter.fetch_add(1, Ordering::Relaxed)),
         }
     }
 }
@@ -183,7 +284,7 @@ impl Result {
 
     fn print(&self) {
         println!(
-            "{:<44} {:>10.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} requests, {} not 2xx)",
+            "{:<52} {:>8.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} requests, {} not 2xx)",
             self.name,
             self.rps(),
             self.p(0.50),
@@ -194,9 +295,9 @@ impl Result {
     }
 }
 
-async fn connect(
-    addr: SocketAddr,
-) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -204,12 +305,8 @@ async fn connect(
     Ok(sender)
 }
 
-async fn send(
-    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    addr: SocketAddr,
-    p: Prepared,
-) -> anyhow::Result<bool> {
-    let mut req = hyper::Request::post(format!("http://{addr}{PATH}"));
+async fn send(sender: &mut Sender, addr: SocketAddr, p: Prepared) -> anyhow::Result<bool> {
+    let mut req = hyper::Request::post(format!("http://{addr}{}", p.path));
     for (k, v) in &p.headers {
         req = req.header(*k, v);
     }
@@ -222,10 +319,10 @@ async fn send(
 }
 
 /// Closed loop: `connections` clients, each sending its next request as soon as the
-/// previous answer arrives.
+/// previous answer arrives; the connections are spread over `addrs` in turn.
 async fn closed_loop(
     name: &'static str,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     source: Source,
     o: &Options,
 ) -> anyhow::Result<Result> {
@@ -233,6 +330,7 @@ async fn closed_loop(
     let measuring = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for w in 0..o.connections {
+        let addr = addrs[w % addrs.len()];
         let (stop, measuring, source) = (stop.clone(), measuring.clone(), source.clone());
         tasks.push(tokio::spawn(async move {
             let mut sender = connect(addr).await?;
@@ -290,7 +388,7 @@ async fn open_loop(
             anyhow::Ok((hist, n, bad))
         }));
     }
-    let interval = Duration::from_secs_f64(1.0 / rate);
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let warmup = Duration::from_secs(1);
     let total = warmup + Duration::from_secs(o.seconds);
     let t0 = Instant::now();
@@ -332,87 +430,6 @@ async fn collect(
     })
 }
 
-/// (r) What counting a route run on disk costs alone: events already in the inbox, and
-/// `connections` tasks that each count a run (`set_route_starts`, durable on return), as
-/// the router does before every run.
-async fn run_count_phase(o: &Options) -> anyhow::Result<Result> {
-    use switchboard_core::{
-        config::StoreConfig,
-        ingest::{Content, Ingestor, OnConflict, Submission},
-        metrics::Metrics,
-        store::{Store, StoredResponse},
-    };
-    let dir = tempfile::tempdir()?;
-    let cfg = StoreConfig {
-        path: dir.path().to_path_buf(),
-        ..StoreConfig::default()
-    };
-    let store = Store::open_sled(&cfg)?;
-    let ingest = Ingestor::new(store.clone(), Metrics::shared(), &cfg);
-    let n = 50_000u64;
-    for i in 0..n {
-        let body = format!("{{\"n\":{i}}}").into_bytes();
-        ingest
-            .submit(Submission {
-                answer_within: None,
-                provider: "pomelo".into(),
-                endpoint: PATH.into(),
-                event_type: "tokenization_otp".into(),
-                key: format!("run-count-{i}"),
-                content: Content::Parsed {
-                    data: serde_json::json!({"n": i}),
-                    flags: Vec::new(),
-                },
-                body,
-                on_conflict: OnConflict::KeepAndFlag,
-                meta: Default::default(),
-                secret_paths: Vec::new(),
-                response: StoredResponse::empty(204),
-                dedup_window: None,
-            })
-            .await?;
-    }
-    let mut ids = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = store.take_inbox(cursor, 1000).await?;
-        cursor = page.last().copied();
-        let done = page.len() < 1000;
-        ids.extend(page);
-        if done {
-            break;
-        }
-    }
-    let ids = Arc::new(std::sync::Mutex::new(ids));
-    let started = Instant::now();
-    let mut tasks: Vec<Worker> = Vec::new();
-    for _ in 0..o.connections {
-        let (store, ids) = (store.clone(), ids.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new(3)?;
-            let mut count = 0u64;
-            loop {
-                let Some(id) = ids.lock().unwrap().pop() else {
-                    break;
-                };
-                let t = Instant::now();
-                store.set_route_starts(id, 1).await?;
-                hist.record(t.elapsed().as_micros() as u64)?;
-                count += 1;
-            }
-            anyhow::Ok((hist, count, 0))
-        }));
-    }
-    let mut r = collect(
-        "(r) route runs counted on disk, alone",
-        Duration::ZERO,
-        tasks,
-    )
-    .await?;
-    r.elapsed = started.elapsed();
-    Ok(r)
-}
-
 /// A multi-consumer queue of scheduled requests.
 fn async_channel() -> (Tx, Rx) {
     let (tx, rx) = tokio::sync::mpsc::channel(1 << 16);
@@ -436,25 +453,35 @@ impl Rx {
     }
 }
 
-async fn start(ep: SharedEndpoint) -> anyhow::Result<(SocketAddr, CancellationToken)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
-    let opts = ServeOptions {
+fn serve_options() -> ServeOptions {
+    ServeOptions {
         max_connections: 4096,
         header_read_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         shutdown_grace: Duration::from_secs(1),
         drain_limit: 4 << 20,
         drain_timeout: Duration::from_secs(30),
-    };
+    }
+}
+
+/// Serves `ep` alone (no route workers, no delivery) behind the real listener.
+async fn start_endpoint(ep: SharedEndpoint) -> anyhow::Result<(SocketAddr, CancellationToken)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
     let metrics = switchboard_core::metrics::Metrics::shared();
     let listener = Listener {
         socket: listener,
         name: Arc::from("main"),
         tls: None,
     };
-    tokio::spawn(serve(listener, ep, opts, metrics, shutdown.clone()));
+    tokio::spawn(serve(
+        listener,
+        ep,
+        serve_options(),
+        metrics,
+        shutdown.clone(),
+    ));
     Ok((addr, shutdown))
 }
 
@@ -465,7 +492,7 @@ async fn engine_only(o: &Options) -> anyhow::Result<Result> {
         config::StoreConfig,
         ingest::{Content, Ingestor, OnConflict, Submission},
         metrics::Metrics,
-        store::{Store, StoredResponse},
+        store::StoredResponse,
     };
     let dir = tempfile::tempdir()?;
     let cfg = StoreConfig {
@@ -473,28 +500,30 @@ async fn engine_only(o: &Options) -> anyhow::Result<Result> {
         ..StoreConfig::default()
     };
     let ingest = Ingestor::new(Store::open_sled(&cfg)?, Metrics::shared(), &cfg);
-    let secret = secret_bytes();
-    let counter = Arc::new(AtomicU64::new(0));
+    let source = Source::pomelo(&secret_bytes(), API_KEY, "s");
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..o.connections {
-        let (ingest, secret, counter) = (ingest.clone(), secret.clone(), counter.clone());
+        let (ingest, source) = (ingest.clone(), source.clone());
         let (stop, measuring) = (stop.clone(), measuring.clone());
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3)?;
             let (mut n, mut bad) = (0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
-                let p = pomelo(&secret, counter.fetch_add(1, Ordering::Relaxed));
+                let p = source.next(0);
                 let data: serde_json::Value = serde_json::from_slice(&p.body)?;
                 let t = Instant::now();
                 let sub = Submission {
                     answer_within: None,
                     dedup_window: None,
                     provider: "pomelo".into(),
-                    endpoint: PATH.into(),
+                    endpoint: POMELO_PATH.into(),
                     event_type: "tokenization_otp".into(),
-                    key: format!("{PATH}#{}", switchboard_core::ingest::fingerprint(&p.body)),
+                    key: format!(
+                        "{POMELO_PATH}#{}",
+                        switchboard_core::ingest::fingerprint(&p.body)
+                    ),
                     body: p.body.to_vec(),
                     content: Content::Parsed {
                         data,
@@ -523,7 +552,7 @@ async fn engine_only(o: &Options) -> anyhow::Result<Result> {
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     collect(
-        "(s) the engine alone: ingest + sled + flush",
+        "(s) the engine alone: ingest + store + flush",
         elapsed,
         tasks,
     )
@@ -534,13 +563,15 @@ fn secret_bytes() -> Vec<u8> {
     b"bench-secret-bytes-0123456789abcdef".to_vec()
 }
 
-/// The real server, built from a configuration like an operator's, on a fresh data dir.
-async fn real_server(
-    dir: &std::path::Path,
-    secret: &[u8],
-) -> anyhow::Result<(SocketAddr, CancellationToken, App)> {
+/// A configuration like an operator's, on a fresh data dir under `dir`, with a route
+/// script that does nothing for every event.
+fn config(dir: &std::path::Path, secret: &[u8]) -> anyhow::Result<Config> {
+    let routes = dir.join("routes");
+    std::fs::create_dir_all(&routes)?;
+    std::fs::write(routes.join("_default.rhai"), NOOP_ROUTE)?;
     let mut cfg = Config::default();
     cfg.store.path = dir.join("data");
+    cfg.routes.dir = routes;
     cfg.dev.secrets = false;
     cfg.providers
         .typed_mut::<PomeloConfig>()
@@ -549,9 +580,60 @@ async fn real_server(
             api_key: API_KEY.into(),
             api_secret: SecretRef::Literal(STANDARD.encode(secret)),
         });
-    let app = App::build(cfg).await?;
-    let (addr, stop) = start(app.endpoint()).await?;
-    Ok((addr, stop, app))
+    cfg.providers.typed_mut::<VerifyVaspConfig>().token =
+        Some(SecretRef::Literal(VASP_TOKEN.into()));
+    Ok(cfg)
+}
+
+/// The whole server, as `switchboard serve` runs it: listener, route workers, delivery,
+/// sweeper.
+struct Whole {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<switchboard_openapi::Result<()>>,
+    store: Store,
+}
+
+impl Whole {
+    async fn start(cfg: Config) -> anyhow::Result<Whole> {
+        let app = App::build(cfg).await?;
+        let store = app.store.clone();
+        let socket = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = socket.local_addr()?;
+        let stop = CancellationToken::new();
+        let bound = Bound {
+            listener: Listener {
+                socket,
+                name: Arc::from("main"),
+                tls: None,
+            },
+            url: format!("http://{addr}"),
+        };
+        let task = tokio::spawn(app.run(vec![bound], stop.clone()));
+        Ok(Whole {
+            addr,
+            stop,
+            task,
+            store,
+        })
+    }
+
+    /// Waits until the route workers have caught up (nothing left in the inbox), up to
+    /// `within`; returns how long that took.
+    async fn drained(&self, within: Duration) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        while !self.store.take_inbox(None, 1).await?.is_empty() {
+            anyhow::ensure!(t.elapsed() < within, "routing did not catch up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(t.elapsed())
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await??;
+        Ok(())
+    }
 }
 
 /// The same allocator as the `switchboard` binary.
@@ -570,12 +652,20 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn bench() -> anyhow::Result<()> {
-    let o = options()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{HELP}");
+        return Ok(());
+    }
     // Logs are formatted as in production (info level), then discarded.
     tracing_subscriber::fmt()
         .with_writer(std::io::sink)
         .with_env_filter(std::env::var("BENCH_LOG").unwrap_or("info".into()))
         .init();
+    if args.first().map(String::as_str) == Some("open-loop") {
+        return external_open_loop(&args[1..]).await;
+    }
+    let o = options(&args)?;
     println!(
         "switchboard ingest benchmark: {} connections, {} s per phase, {} CPUs\n",
         o.connections,
@@ -584,113 +674,292 @@ async fn bench() -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     );
+    let secret = secret_bytes();
+    let mut summary: Vec<String> = Vec::new();
 
-    if o.only == "d" {
-        return delivery_phases(&o).await;
-    }
-    if o.only == "r" {
-        run_count_phase(&o).await?.print();
-        return Ok(());
-    }
-    if o.only == "b" {
-        // For profiling the durable path alone.
-        let dir = tempfile::tempdir()?;
-        let (addr, _stop, _app) = real_server(dir.path(), &secret_bytes()).await?;
-        let unique = Source::Unique(Arc::new(secret_bytes()), Arc::new(AtomicU64::new(0)));
-        closed_loop(
-            "(b) signed Pomelo, unique bodies, durable",
-            addr,
-            unique,
+    let a = if o.runs("a") {
+        // The ceiling: a bare poem handler behind the same listener.
+        let bare: SharedEndpoint = Arc::from(
+            Route::new()
+                .at(POMELO_PATH, make_sync(|_| StatusCode::NO_CONTENT))
+                .map_to_response()
+                .boxed(),
+        );
+        let (addr_a, stop_a) = start_endpoint(bare).await?;
+        let a = closed_loop(
+            "(a) bare poem handler, 204",
+            &[addr_a],
+            Source::pomelo(&secret, API_KEY, "a"),
             &o,
         )
-        .await?
-        .print();
-        return Ok(());
+        .await?;
+        a.print();
+        stop_a.cancel();
+        Some(a.rps())
+    } else {
+        None
+    };
+    let ratio = |name: &str, r: &Result, summary: &mut Vec<String>| {
+        if let Some(a) = a {
+            summary.push(format!("{name:<36} {:>3.0}% of (a)", 100.0 * r.rps() / a));
+        }
+    };
+
+    if ["b", "v", "c", "bh"].iter().any(|p| o.runs(p)) {
+        let dir = tempfile::tempdir()?;
+        let server = Whole::start(config(dir.path(), &secret)?).await?;
+        let addr = [server.addr];
+        let flushes_before = server.store.stats().flushes.unwrap_or(0);
+        let batches_before = server.store.stats().batches.unwrap_or_default();
+        let mut b_rps = None;
+        if o.runs("b") || o.runs("bh") {
+            let b = closed_loop(
+                "(b) Pomelo, signed, unique, the whole server",
+                &addr,
+                Source::pomelo(&secret, API_KEY, "b"),
+                &o,
+            )
+            .await?;
+            b.print();
+            let flushes = server.store.stats().flushes.unwrap_or(0) - flushes_before;
+            let routed_in = server.drained(Duration::from_secs(120)).await?;
+            let (batches, jobs) = server.store.stats().batches.unwrap_or_default();
+            let (batches, jobs) = (batches - batches_before.0, jobs - batches_before.1);
+            ratio("b/a (durable Pomelo ingest)", &b, &mut summary);
+            summary.push(format!(
+                "group commit during (b):             {flushes} fsyncs for ~{} events ({:.0} per fsync); routing caught up {:.1} s after",
+                b.requests,
+                b.requests as f64 / flushes.max(1) as f64,
+                routed_in.as_secs_f64()
+            ));
+            if batches > 0 {
+                summary.push(format!(
+                    "combined batches during (b):         {batches} batches for {jobs} commits and route runs ({:.1} per batch)",
+                    jobs as f64 / batches as f64
+                ));
+            }
+            b_rps = Some(b.rps());
+        }
+        if o.runs("v") {
+            let v = closed_loop(
+                "(v) VerifyVASP, unique, the whole server",
+                &addr,
+                Source::vasp(VASP_TOKEN, 1),
+                &o,
+            )
+            .await?;
+            v.print();
+            server.drained(Duration::from_secs(120)).await?;
+            ratio("v/a (durable VerifyVASP ingest)", &v, &mut summary);
+        }
+        if o.runs("c") {
+            let storm: Vec<Prepared> = (0..8)
+                .map(|n| pomelo_with(&secret, API_KEY, &format!("storm_{n}"), "123456", "SMS"))
+                .collect();
+            let c = closed_loop(
+                "(c) duplicate storm (8 bodies, all repeats)",
+                &addr,
+                Source::Fixed(Arc::new(storm)),
+                &o,
+            )
+            .await?;
+            c.print();
+            ratio("c/a (duplicates)", &c, &mut summary);
+        }
+        if let (true, Some(b)) = (o.runs("bh"), b_rps) {
+            let half = b / 2.0;
+            let bh = open_loop(
+                "(b½) as (b), open loop at half of (b)'s rate",
+                addr[0],
+                Source::pomelo(&secret, API_KEY, "bh"),
+                half,
+                &o,
+            )
+            .await?;
+            bh.print();
+            summary.push(format!(
+                "(b) at {half:.0} req/s (half its max):       p50 {:.2} ms, p99 {:.2} ms (target p99 <= 10 ms)",
+                bh.p(0.5),
+                bh.p(0.99)
+            ));
+        }
+        summary.push(format!(
+            "events stored by the whole server:   {}",
+            server.store.event_count().await?
+        ));
+        server.stop().await?;
     }
 
-    // (a) The ceiling: a bare poem handler behind the same listener.
-    let bare: SharedEndpoint = Arc::from(
-        Route::new()
-            .at(PATH, make_sync(|_| StatusCode::NO_CONTENT))
-            .map_to_response()
-            .boxed(),
-    );
-    let (addr_a, stop_a) = start(bare).await?;
-    let secret = secret_bytes();
-    let unique = || Source::Unique(Arc::new(secret.clone()), Arc::new(AtomicU64::new(0)));
-    let a = closed_loop("(a) bare poem handler, 204", addr_a, unique(), &o).await?;
-    a.print();
-    stop_a.cancel();
+    if o.runs("b0") {
+        let dir = tempfile::tempdir()?;
+        let app = App::build(config(dir.path(), &secret)?).await?;
+        let (addr, stop) = start_endpoint(app.endpoint()).await?;
+        let b0 = closed_loop(
+            "(b0) as (b), endpoint alone: no routing, no delivery",
+            &[addr],
+            Source::pomelo(&secret, API_KEY, "b0"),
+            &o,
+        )
+        .await?;
+        b0.print();
+        ratio("b0/a (endpoint alone)", &b0, &mut summary);
+        stop.cancel();
+    }
 
-    // (b), (c), (b½): the real server.
+    if o.runs("s") {
+        let s = engine_only(&o).await?;
+        s.print();
+        ratio("s/a (engine alone, no HTTP)", &s, &mut summary);
+    }
+
+    if o.runs("pg") {
+        postgres_phases(&o, &secret, &mut summary).await?;
+    }
+
+    if !summary.is_empty() {
+        println!();
+        for line in &summary {
+            println!("{line}");
+        }
+        println!();
+    }
+    if o.runs("d") {
+        delivery_phases(&o).await?;
+    }
+    Ok(())
+}
+
+/// (pg1), (pg2): (b) on PostgreSQL, one instance, then two on the same database.
+async fn postgres_phases(
+    o: &Options,
+    secret: &[u8],
+    summary: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let Some(bin) = pg::bindir() else {
+        println!(
+            "(pg1), (pg2) skipped: PostgreSQL is not installed (Debian: apt-get install postgresql)"
+        );
+        return Ok(());
+    };
+    let cluster = pg::Cluster::start(bin)?;
+    let pg_config = |dir: &std::path::Path, url: &str| -> anyhow::Result<Config> {
+        let mut cfg = config(dir, secret)?;
+        cfg.store.backend = StoreBackend::Postgres;
+        cfg.store.url = Some(SecretRef::Literal(url.to_owned()));
+        Ok(cfg)
+    };
+
+    let url = cluster.database("bench1")?;
     let dir = tempfile::tempdir()?;
-    let (addr_b, stop_b, app) = real_server(dir.path(), &secret).await?;
-    let store = app.store.clone();
-    let flushes_before = store.stats().flushes.unwrap_or(0);
-    let b = closed_loop(
-        "(b) signed Pomelo, unique bodies, durable",
-        addr_b,
-        unique(),
-        &o,
+    let one = Whole::start(pg_config(dir.path(), &url)?).await?;
+    let p1 = closed_loop(
+        "(pg1) as (b), PostgreSQL, one instance",
+        &[one.addr],
+        Source::pomelo(secret, API_KEY, "pg1"),
+        o,
     )
     .await?;
-    b.print();
-    let flushes = store.stats().flushes.unwrap_or(0) - flushes_before;
+    p1.print();
+    let caught_up = one.drained(Duration::from_secs(300)).await?;
+    one.stop().await?;
+    ratio_line(summary, "pg1 (PostgreSQL, one instance)", &p1, caught_up);
 
-    let storm: Vec<Prepared> = (0..8).map(|n| pomelo(&secret, 1_000_000_000 + n)).collect();
-    let c = closed_loop(
-        "(c) duplicate storm (8 bodies, all repeats)",
-        addr_b,
-        Source::Fixed(Arc::new(storm)),
-        &o,
+    let url = cluster.database("bench2")?;
+    let (d1, d2) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let first = Whole::start(pg_config(d1.path(), &url)?).await?;
+    let second = Whole::start(pg_config(d2.path(), &url)?).await?;
+    let p2 = closed_loop(
+        "(pg2) as (b), PostgreSQL, two instances",
+        &[first.addr, second.addr],
+        Source::pomelo(secret, API_KEY, "pg2"),
+        o,
     )
     .await?;
-    c.print();
+    p2.print();
+    let caught_up = first.drained(Duration::from_secs(300)).await?;
+    first.stop().await?;
+    second.stop().await?;
+    ratio_line(summary, "pg2 (PostgreSQL, two instances)", &p2, caught_up);
+    Ok(())
+}
 
-    let s = engine_only(&o).await?;
-    s.print();
+fn ratio_line(summary: &mut Vec<String>, name: &str, r: &Result, caught_up: Duration) {
+    summary.push(format!(
+        "{name:<36} {:.0} req/s, p99 {:.2} ms; routing caught up {:.1} s after",
+        r.rps(),
+        r.p(0.99),
+        caught_up.as_secs_f64()
+    ));
+}
 
-    let half = b.rps() / 2.0;
-    let b_half = open_loop(
-        "(b½) as (b), open loop at half of (b)'s rate",
-        addr_b,
-        unique(),
-        half,
-        &o,
-    )
-    .await?;
-    b_half.print();
-    stop_b.cancel();
-
-    let events = store.event_count().await?;
-    println!();
+/// `open-loop`: an external server at a fixed rate.
+async fn external_open_loop(args: &[String]) -> anyhow::Result<()> {
+    let mut url = None;
+    let mut provider = "pomelo".to_owned();
+    let mut rate = None;
+    let mut o = Options {
+        seconds: 5,
+        connections: 64,
+        messages: 0,
+        only: Vec::new(),
+    };
+    let mut api_key = API_KEY.to_owned();
+    let mut secret = None;
+    let mut token = VASP_TOKEN.to_owned();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).context("missing value")?.clone();
+        match args[i].as_str() {
+            "--url" => url = Some(value),
+            "--provider" => provider = value,
+            "--rate" => rate = Some(value.parse::<f64>()?),
+            "--seconds" => o.seconds = value.parse()?,
+            "--connections" => o.connections = value.parse()?,
+            "--pomelo-key" => api_key = value,
+            "--pomelo-secret" => secret = Some(STANDARD.decode(value.trim())?),
+            "--verifyvasp-token" => token = value,
+            other => anyhow::bail!("unknown option {other} (see --help)"),
+        }
+        i += 2;
+    }
+    let url = url.context("--url is required")?;
+    let rate = rate.context("--rate is required")?;
+    let hostport = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let addr = tokio::net::lookup_host(&hostport)
+        .await?
+        .next()
+        .context("--url names no address")?;
+    // Bodies unlike any other client's (wrk's count from zero): a tag from the clock.
+    let tag = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u32
+        | 1;
+    let (name, source) = match provider.as_str() {
+        "pomelo" => (
+            "Pomelo, signed, unique, open loop",
+            Source::pomelo(
+                &secret.context("--pomelo-secret is required for pomelo")?,
+                &api_key,
+                &format!("open{tag:x}"),
+            ),
+        ),
+        "verifyvasp" => ("VerifyVASP, unique, open loop", Source::vasp(&token, tag)),
+        other => anyhow::bail!("unknown provider {other}"),
+    };
+    let r = open_loop(name, addr, source, rate, &o).await?;
     println!(
-        "b/a throughput ratio:        {:.0}% (target >= 50%)",
-        100.0 * b.rps() / a.rps()
+        "{:<36} at {rate:.0} req/s offered: {:.0} answered/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms ({} not 2xx)",
+        r.name,
+        r.rps(),
+        r.p(0.5),
+        r.p(0.99),
+        r.p(0.999),
+        r.non_2xx
     );
-    println!(
-        "b at {:.0} req/s (half max):  p50 {:.2} ms, p99 {:.2} ms (target p99 <= 10 ms)",
-        half,
-        b_half.p(0.5),
-        b_half.p(0.99)
-    );
-    println!(
-        "c/a throughput ratio:        {:.0}%",
-        100.0 * c.rps() / a.rps()
-    );
-    println!(
-        "s/a throughput ratio:        {:.0}% (the durable engine alone, no HTTP)",
-        100.0 * s.rps() / a.rps()
-    );
-    println!(
-        "group commit during (b):     {} fsyncs for ~{} events ({:.0} events per fsync)",
-        flushes,
-        b.requests,
-        b.requests as f64 / flushes.max(1) as f64
-    );
-    println!("events stored in total:      {events}");
-    println!();
-    delivery_phases(&o).await
+    Ok(())
 }
 
 /// Ingests `items` (id, method) with `connections` clients, at `rate` per second if given
@@ -705,7 +974,7 @@ async fn ingest(
     let prepared: Vec<(String, Prepared)> = items
         .into_iter()
         .map(|(id, method)| {
-            let p = pomelo_with(secret, &id, "123456", method);
+            let p = pomelo_with(secret, API_KEY, &id, "123456", method);
             (id, p)
         })
         .collect();
@@ -742,7 +1011,6 @@ async fn ingest(
     let map = std::mem::take(&mut *started.lock().unwrap());
     Ok(map)
 }
-
 /// (e), (f), (e½): route + delivery to local SMTP and HTTP sinks.
 async fn delivery_phases(o: &Options) -> anyhow::Result<()> {
     let (smtp, mails) = delivery::smtp_sink().await?;
@@ -752,9 +1020,7 @@ async fn delivery_phases(o: &Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(&routes)?;
     std::fs::write(routes.join("tokenization_otp.rhai"), delivery::SCRIPT)?;
     let secret = secret_bytes();
-    // Defaults, then `SWITCHBOARD_*` variables (`SWITCHBOARD_ROUTES__ISOLATION=in_process`
-    // compares the route workers with runs in the server's own threads).
-    let mut cfg = Config::load(None)?;
+    let mut cfg = Config::default();
     cfg.store.path = dir.path().join("data");
     cfg.dev.secrets = false;
     cfg.routes.dir = dir.path().join("routes");
@@ -781,9 +1047,8 @@ async fn delivery_phases(o: &Options) -> anyhow::Result<()> {
         },
     );
     println!(
-        "route + delivery: {} messages per run, scripts {:?}, email concurrency {} over {} pooled SMTP connections, http concurrency {}",
+        "route + delivery: {} messages per run, email concurrency {} over {} pooled SMTP connections, http concurrency {}",
         o.messages,
-        cfg.routes.isolation,
         cfg.channels.email.concurrency,
         cfg.channels.email.pool_size,
         cfg.channels.http.concurrency
@@ -793,7 +1058,7 @@ async fn delivery_phases(o: &Options) -> anyhow::Result<()> {
     let socket = TcpListener::bind("127.0.0.1:0").await?;
     let addr = socket.local_addr()?;
     let stop = CancellationToken::new();
-    let bound = switchboard_openapi::app::Bound {
+    let bound = Bound {
         listener: Listener {
             socket,
             name: Arc::from("main"),

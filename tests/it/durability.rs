@@ -241,3 +241,61 @@ async fn the_store_is_readable_by_its_owner_only() {
     accepted_pomelo(&c, &s, &pomelo_body("777112")).await;
     check("an older store");
 }
+
+/// A commit is one atomic batch (combined with the batches of concurrent requests): a
+/// crash right after one is applied, before it is flushed, leaves each notification whole
+/// or absent. Every notification is then sent again: each is stored exactly once, none is
+/// lost, and every one is routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_right_after_a_commit_batch_leaves_whole_events_only() {
+    // The fault hook is the embedded store's.
+    let sled = [("store", "backend = \"sled\"\n")];
+    let dir = Dir::new();
+    let c = client();
+    let bodies: Vec<Vec<u8>> = (0..30)
+        .map(|i| pomelo_body(&format!("{:06}", 200_000 + i)))
+        .collect();
+    let mut s = Server::start_env(dir.clone(), &sled, &[("SWITCHBOARD_CRASH_AT", "commit:6")]);
+    let mut acknowledged = vec![];
+    for chunk in bodies.chunks(5) {
+        let mut tasks = vec![];
+        for body in chunk {
+            let req = pomelo_request(&c, &s, body);
+            tasks.push(tokio::spawn(async move {
+                req.send().await.map(|r| r.status().as_u16()).ok()
+            }));
+        }
+        for (t, body) in tasks.into_iter().zip(chunk) {
+            if t.await.unwrap() == Some(204) {
+                acknowledged.push(body.clone());
+            }
+        }
+        if s.try_wait().is_some() {
+            break;
+        }
+    }
+    assert!(
+        !s.wait_exit().success(),
+        "the fault hook aborted the process"
+    );
+    let s = Server::start_in(dir, &sled);
+    let stored = events(&c, &s, "provider=pomelo").await;
+    assert!(
+        stored.len() >= acknowledged.len(),
+        "every notification answered 204 is on disk ({} stored, {} acknowledged)",
+        stored.len(),
+        acknowledged.len()
+    );
+    for body in &bodies {
+        assert_eq!(
+            pomelo_request(&c, &s, body).send().await.unwrap().status(),
+            204
+        );
+    }
+    assert_eq!(
+        events(&c, &s, "provider=pomelo").await.len(),
+        bodies.len(),
+        "each notification stored exactly once"
+    );
+    until_routed(&c, &s).await;
+}

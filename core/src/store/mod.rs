@@ -216,6 +216,10 @@ pub struct StoreStats {
     pub flushes: Option<u64>,
     /// Bytes on disk.
     pub size_on_disk: Option<u64>,
+    /// Atomic batches written, and the commits and route runs they held (a backend that
+    /// combines the writes of concurrent requests: the second divided by the first is
+    /// the combined batch's size).
+    pub batches: Option<(u64, u64)>,
 }
 
 /// The durable state of switchboard: idempotency records, events, the inbox, the outbox.

@@ -12,17 +12,27 @@
 //! | `o`    | action id                                      | empty: being sent              |
 //! | `m`    | a name                                         | the store's own facts (`mclean`: the last stop was graceful) |
 //!
-//! **Ordered writes instead of batches.** sled 0.34's `apply_batch` costs about four plain
-//! inserts of fixed overhead, so a commit is a sequence of single-key writes in an order
-//! that is safe at every crash point: expiry entry, inbox entry, event, then the
-//! idempotency record that makes the key done. sled's log is recovered as a contiguous
-//! prefix (everything up to its highest contiguous stable LSN), and each write of the
-//! sequence completes before the next starts, so a recovered done-record implies its
-//! event, and a recovered event its inbox entry. A crash earlier in the sequence leaves the
-//! claim pending: the next request with the key takes it over and reuses the event id the
-//! claim reserved, so no event is ever stored twice. An inbox entry whose event is not
-//! written yet names its key, so the route workers leave it while that key's claim is
-//! pending (see [`SledBackend::inbox_remove`]).
+//! **One atomic write per commit, combined across requests.** A claim is held in memory
+//! (sled is one process: the directory is locked), so a claim costs a read, not a write.
+//! The commit is one sled batch: expiry entry, inbox entry, event and the idempotency
+//! record that makes the key done. sled recovers a batch whole or not at all, so a crash
+//! leaves either every write of a commit or none: a stored event always has its inbox
+//! entry and its done record, and a key is never done without its event. sled 0.34's
+//! `apply_batch` has a fixed cost (it takes sled's global write lock and seals the log's
+//! I/O buffer twice, each seal a fresh 512 KiB buffer and a write with `sync_file_range`
+//! on sled's thread pool), so batches are **combined**: a commit waits for a flush anyway,
+//! so it hands its batch to the flusher, which applies every batch queued since its last
+//! flush as one, then flushes; a route run that queues actions joins the batches of
+//! concurrent route runs (flat combining, see [`Combiner`]); a route run that queues
+//! nothing, or fails, needs no batch: the event's new status, then its removal from the
+//! inbox, as plain writes. A claim is released only once its batch is applied, so a
+//! duplicate never finds the key free in between.
+//!
+//! Stores written by earlier versions hold claims as `pending` idempotency records (a
+//! commit was then a sequence of single writes): such a record is a claim of a run that
+//! crashed, and the next request with its key takes it over and reuses the event id it
+//! reserved, so no event is stored twice; an inbox entry whose event was never written
+//! is kept while such a record names its key (see [`SledBackend::inbox_remove`]).
 //!
 //! **Group commit.** A write is durable only once `durable` has returned for its sequence
 //! number: one flusher task runs `sled::Db::flush` for all writers that arrived while the
@@ -87,8 +97,9 @@ pub struct IdemRecord {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum IdemState {
-    /// A request of process run `boot` owns the key and is storing its event under
-    /// `event_id`.
+    /// Written by earlier versions only (claims are now held in memory): a request of
+    /// process run `boot` owned the key and was storing its event under `event_id`. Found
+    /// now, it is the claim of a run that crashed, taken over by the next request.
     Pending {
         /// The owning process run.
         boot: u64,
@@ -190,6 +201,62 @@ struct Durability {
     state: watch::Sender<FlushState>,
     kick: Notify,
     flushes: AtomicU64,
+    /// The batches of commits waiting for the next flush, which applies them as one
+    /// batch first (see `run_flusher`).
+    commits: std::sync::Mutex<Vec<Job>>,
+    /// Combined batches applied, and the jobs they held.
+    batches: AtomicU64,
+    batched_jobs: AtomicU64,
+}
+
+impl Durability {
+    /// Runs `writes` and numbers them for [`Inner::durable`].
+    fn write(
+        &self,
+        tree: &sled::Tree,
+        writes: impl FnOnce(&sled::Tree) -> Result<(), sled::Error>,
+    ) -> Result<u64> {
+        self.in_progress.fetch_add(1, SeqCst);
+        let res = writes(tree);
+        let seq = self.written.fetch_add(1, SeqCst) + 1;
+        self.in_progress.fetch_sub(1, SeqCst);
+        res?;
+        self.kick.notify_one();
+        Ok(seq)
+    }
+
+    /// Applies the batches of `jobs` as one atomic batch and tells each job how it went.
+    fn apply_jobs(&self, tree: &sled::Tree, jobs: Vec<Job>) {
+        let mut batch = sled::Batch::default();
+        for j in &jobs {
+            for (k, v) in &j.writes {
+                match v {
+                    Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+                    None => batch.remove(k.as_slice()),
+                }
+            }
+        }
+        let res = self.write(tree, |tree| tree.apply_batch(batch));
+        self.batches.fetch_add(1, SeqCst);
+        self.batched_jobs.fetch_add(jobs.len() as u64, SeqCst);
+        if res.is_ok() {
+            for j in &jobs {
+                fault::after(j.step);
+                if j.step == "commit" {
+                    // The crash points of the earlier ordered commit: one commit's batch is
+                    // atomic, so each is now "this commit applied, not yet flushed".
+                    for step in ["expiry", "inbox", "event", "done"] {
+                        fault::after(step);
+                    }
+                }
+            }
+        }
+        let res = res.map_err(|e| e.to_string());
+        for j in jobs {
+            drop(j.keep);
+            let _ = j.done.send(res.clone());
+        }
+    }
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -200,9 +267,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Where a crash is simulated, for the tests of the commit sequence (debug builds only):
-/// `SWITCHBOARD_CRASH_AT=<step>:<n>` aborts the process right after the `n`th write of
-/// `step` (`expiry`, `inbox`, `event`, `done`).
+/// Where a crash is simulated, for the crash tests (debug builds only):
+/// `SWITCHBOARD_CRASH_AT=<step>:<n>` aborts the process right after the `n`th `step`:
+/// `commit` (the `n`th commit's batch is applied, not yet flushed; `expiry`, `inbox`,
+/// `event` and `done`, the steps of the earlier ordered commit, now mean the same) or
+/// `route` (the `n`th route run is written).
 #[cfg(debug_assertions)]
 mod fault {
     use std::sync::{
@@ -238,10 +307,10 @@ struct Inner {
     db: sled::Db,
     tree: sled::Tree,
     durability: Arc<Durability>,
-    /// Identifies this process run: a pending claim of another run is stale.
-    boot: u64,
-    /// Woken whenever a claim finishes or is released.
-    settled: Notify,
+    /// The claims of this process run.
+    claims: Arc<Claims>,
+    /// Applies the batches of concurrent route runs together.
+    combiner: Combiner,
     /// How long events and their keys are kept.
     retention: Duration,
     /// Held by every read-modify-write of an action.
@@ -260,25 +329,62 @@ pub struct SledBackend {
     inner: Arc<Inner>,
 }
 
-/// A claim this process run holds: released when dropped before its commit.
+/// The keys claimed by requests of this process run and not yet committed (or released).
+/// Only this process opens the directory, so this is every claim there is.
+#[derive(Default)]
+struct Claims {
+    keys: std::sync::Mutex<HashSet<String>>,
+    /// Woken whenever a claim finishes or is released.
+    settled: Notify,
+}
+
+impl Claims {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A claim this process run holds: the key leaves [`Claims`] when this is dropped, which
+/// is after its commit's batch is applied (or when the request gives up).
 struct SledClaim {
-    inner: Arc<Inner>,
+    claims: Arc<Claims>,
     key: String,
     fingerprint: String,
     event_id: EventId,
+    /// The claim took over a `pending` record an earlier version left (its event may
+    /// already be stored).
     taken_over: bool,
-    committed: bool,
 }
 
 impl Drop for SledClaim {
     fn drop(&mut self) {
-        if !self.committed {
-            if let Err(e) = self.inner.release_claim(&self.key) {
-                tracing::error!(error = %e, "could not release an idempotency claim");
-            }
-        }
-        self.inner.settled.notify_waiters();
+        self.claims.lock().remove(&self.key);
+        self.claims.settled.notify_waiters();
     }
+}
+
+/// One write of a batch: a value to insert, or `None` to remove the key.
+type Write = (Vec<u8>, Option<Vec<u8>>);
+
+/// A batch waiting in the [`Combiner`].
+struct Job {
+    writes: Vec<Write>,
+    /// Dropped once the batch is applied (a claim, released only then).
+    keep: Option<SledClaim>,
+    /// For the fault-injection hook: `commit` or `route`.
+    step: &'static str,
+    done: tokio::sync::oneshot::Sender<std::result::Result<u64, String>>,
+}
+
+/// Flat combining of the batches that do not wait for a flush (route runs that queue
+/// actions): each writer queues its batch, and whoever finds no batch being applied
+/// applies everything queued as one sled batch (one write lock, one pair of I/O-buffer
+/// seals), then looks again. A batch of one request is still atomic: it is part of a
+/// larger atomic batch. (Commits wait for a flush anyway: the flusher applies theirs.)
+#[derive(Default)]
+struct Combiner {
+    queue: std::sync::Mutex<Vec<Job>>,
+    busy: AtomicBool,
 }
 
 /// Restricts the store's directory to its owner: it holds OTPs and card data in clear.
@@ -347,15 +453,18 @@ impl SledBackend {
             state: watch::Sender::new(FlushState::default()),
             kick: Notify::new(),
             flushes: AtomicU64::new(0),
+            commits: std::sync::Mutex::new(Vec::new()),
+            batches: AtomicU64::new(0),
+            batched_jobs: AtomicU64::new(0),
         });
-        let flusher = tokio::spawn(run_flusher(db.clone(), durability.clone()));
+        let flusher = tokio::spawn(run_flusher(db.clone(), tree.clone(), durability.clone()));
         Ok(SledBackend {
             inner: Arc::new(Inner {
                 db,
                 tree,
                 durability,
-                boot: rand::random(),
-                settled: Notify::new(),
+                claims: Arc::default(),
+                combiner: Combiner::default(),
                 retention: cfg.retention.get(),
                 outbox_lock: std::sync::Mutex::new(()),
                 was_clean,
@@ -401,18 +510,70 @@ pub struct ExportedKey {
 impl Inner {
     /// Runs `writes` and numbers them for [`Inner::durable`].
     fn write(&self, writes: impl FnOnce(&sled::Tree) -> Result<(), sled::Error>) -> Result<u64> {
-        let d = &self.durability;
-        d.in_progress.fetch_add(1, SeqCst);
-        let res = writes(&self.tree);
-        let seq = d.written.fetch_add(1, SeqCst) + 1;
-        d.in_progress.fetch_sub(1, SeqCst);
-        res?;
-        d.kick.notify_one();
-        Ok(seq)
+        self.durability.write(&self.tree, writes)
     }
 
     fn batch(&self, batch: sled::Batch) -> Result<u64> {
         self.write(|tree| tree.apply_batch(batch))
+    }
+
+    /// `writes` as plain single writes, in their order.
+    fn write_in_order(&self, writes: Vec<Write>) -> Result<u64> {
+        self.write(|tree| {
+            for (k, v) in writes {
+                match v {
+                    Some(v) => tree.insert(k, v).map(|_| ())?,
+                    None => tree.remove(k).map(|_| ())?,
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Applies `writes` atomically, now, combined with the batches other tasks queued
+    /// meanwhile. Returns the sequence number to wait for with [`Inner::durable`].
+    async fn apply(&self, writes: Vec<Write>, step: &'static str) -> Result<u64> {
+        let (done, applied) = tokio::sync::oneshot::channel();
+        let c = &self.combiner;
+        let queue = || c.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue().push(Job {
+            writes,
+            keep: None,
+            step,
+            done,
+        });
+        // Become the combiner unless another task is one; it will find this job (it looks
+        // at the queue again after clearing `busy`).
+        while !c.busy.swap(true, SeqCst) {
+            let jobs = std::mem::take(&mut *queue());
+            if !jobs.is_empty() {
+                self.durability.apply_jobs(&self.tree, jobs);
+            }
+            c.busy.store(false, SeqCst);
+            if queue().is_empty() {
+                break;
+            }
+        }
+        outcome(applied.await)
+    }
+
+    /// Hands the batch of a commit to the flusher, which applies it with the other
+    /// commits queued meanwhile as one batch right before its next flush, then drops
+    /// `claim`. Returns the sequence number to wait for with [`Inner::durable`].
+    async fn apply_before_flush(&self, writes: Vec<Write>, claim: SledClaim) -> Result<u64> {
+        let (done, applied) = tokio::sync::oneshot::channel();
+        let d = &self.durability;
+        d.commits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Job {
+                writes,
+                keep: Some(claim),
+                step: "commit",
+                done,
+            });
+        d.kick.notify_one();
+        outcome(applied.await)
     }
 
     /// Waits until the write numbered `seq` is on disk.
@@ -454,103 +615,72 @@ impl Inner {
         self.tree.get(&k)?.map(|v| decode(&k, &v)).transpose()
     }
 
-    /// One attempt at the key, without waiting.
+    /// One attempt at the key, without waiting. An owned key stays in [`Inner::claims`]
+    /// until its [`SledClaim`] is dropped.
     fn try_claim(&self, req: &ClaimRequest<'_>) -> Result<TryClaim> {
+        if !self.claims.lock().insert(req.key.to_owned()) {
+            return Ok(TryClaim::Pending);
+        }
+        let found = self.claimed(req);
+        if !matches!(found, Ok(TryClaim::Owned { .. })) {
+            self.claims.lock().remove(req.key);
+            self.claims.settled.notify_waiters();
+        }
+        found
+    }
+
+    /// What the durable record of a key this process holds in memory says.
+    fn claimed(&self, req: &ClaimRequest<'_>) -> Result<TryClaim> {
         let k = key(IDEM, req.key.as_bytes());
-        let mut event_id = EventId::new();
-        let mut expected: Option<sled::IVec> = None;
-        let mut taken_over = false;
-        loop {
-            let mine = encode(&IdemRecord {
-                fingerprint: req.fingerprint.to_owned(),
-                state: IdemState::Pending {
-                    boot: self.boot,
-                    event_id,
-                },
+        let Some(current) = self.tree.get(&k)? else {
+            return Ok(TryClaim::Owned {
+                event_id: EventId::new(),
+                taken_over: false,
             });
-            match self
-                .tree
-                .compare_and_swap(&k, expected.as_ref(), Some(mine.as_slice()))?
-            {
-                Ok(()) => {
-                    return Ok(TryClaim::Owned {
-                        event_id,
-                        taken_over,
-                    });
-                }
-                Err(cas) => {
-                    let Some(current) = cas.current else {
-                        expected = None;
-                        taken_over = false;
-                        event_id = EventId::new();
-                        continue;
-                    };
-                    let rec: IdemRecord = decode(&k, &current)?;
-                    match rec.state {
-                        IdemState::Pending { boot, .. } if boot == self.boot => {
-                            return Ok(TryClaim::Pending);
-                        }
-                        IdemState::Pending {
-                            event_id: reserved, ..
-                        } => {
-                            tracing::info!("taking over a claim left by an earlier run");
-                            event_id = reserved;
-                            taken_over = true;
-                            expected = Some(current);
-                        }
-                        IdemState::Done { until_ms, .. }
-                            if until_ms.is_some_and(|u| u <= now_ms()) =>
-                        {
-                            // Past the provider's de-duplication window: a new notification.
-                            event_id = EventId::new();
-                            taken_over = false;
-                            expected = Some(current);
-                        }
-                        IdemState::Done {
-                            event_id, response, ..
-                        } => {
-                            return Ok(TryClaim::Done(Claim::Done {
-                                fingerprint: rec.fingerprint,
-                                event_id,
-                                response,
-                            }));
-                        }
-                    }
-                }
+        };
+        let rec: IdemRecord = decode(&k, &current)?;
+        match rec.state {
+            // Only earlier versions wrote these: a claim of a run that crashed.
+            IdemState::Pending {
+                event_id: reserved, ..
+            } => {
+                tracing::info!("taking over a claim left by an earlier run");
+                Ok(TryClaim::Owned {
+                    event_id: reserved,
+                    taken_over: true,
+                })
             }
+            // Past the provider's de-duplication window: a new notification.
+            IdemState::Done { until_ms, .. } if until_ms.is_some_and(|u| u <= now_ms()) => {
+                Ok(TryClaim::Owned {
+                    event_id: EventId::new(),
+                    taken_over: false,
+                })
+            }
+            IdemState::Done {
+                event_id, response, ..
+            } => Ok(TryClaim::Done(Claim::Done {
+                fingerprint: rec.fingerprint,
+                event_id,
+                response,
+            })),
         }
     }
 
-    /// Gives up a claim this process run owns (the request failed before its commit).
-    fn release_claim(&self, idem_key: &str) -> Result<()> {
-        let k = key(IDEM, idem_key.as_bytes());
-        if let Some(current) = self.tree.get(&k)? {
-            let rec: IdemRecord = decode(&k, &current)?;
-            if matches!(rec.state, IdemState::Pending { boot, .. } if boot == self.boot) {
-                // Only remove it if nobody replaced it meanwhile.
-                let _ = self
-                    .tree
-                    .compare_and_swap(&k, Some(current), None::<&[u8]>)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The commit sequence (see the module documentation). Returns the sequence number
-    /// of its last write.
+    /// The writes of a commit (see the module documentation), applied as one batch.
     fn commit_writes(
         &self,
         claim: &SledClaim,
         event: &Event,
         response: &StoredResponse,
         dedup_window: Option<Duration>,
-    ) -> Result<u64> {
+    ) -> Result<Vec<Write>> {
         let now = now_ms();
         let expires = now.saturating_add(millis(self.retention));
         let id = event.id.as_bytes();
-        // A claim left pending by a crash may already have its event stored: keep it when
-        // it is this very body (it may have been routed since), replace it otherwise (it
-        // was never acknowledged).
+        // A claim an earlier version left pending may already have its event stored: keep
+        // it when it is this very body (it may have been routed since), replace it
+        // otherwise (it was never acknowledged).
         let existing = if claim.taken_over {
             self.event(event.id)?
                 .filter(|e| e.fingerprint == claim.fingerprint)
@@ -566,37 +696,32 @@ impl Inner {
             },
         });
         let idem_key = claim.key.as_bytes();
-        self.write(|tree| {
-            tree.insert(expiry_key(expires, id), idem_key)?;
-            fault::after("expiry");
-            match &existing {
-                None => {
-                    match event.status {
-                        EventStatus::Received => {
-                            tree.insert(key(INBOX, id), inbox_value(0, idem_key))?;
-                            fault::after("inbox");
-                        }
-                        EventStatus::Quarantined => {
-                            tree.insert(key(QUARANTINE, id), &[])?;
-                        }
-                        _ => {}
+        let mut writes = Vec::with_capacity(4);
+        writes.push((expiry_key(expires, id), Some(idem_key.to_vec())));
+        match &existing {
+            None => {
+                match event.status {
+                    EventStatus::Received => {
+                        writes.push((key(INBOX, id), Some(inbox_value(0, idem_key))));
                     }
-                    tree.insert(key(EVENT, id), encode(event))?;
-                    fault::after("event");
-                }
-                // Stored by the run that crashed: make sure it is in the inbox if it still
-                // waits (a store written before the inbox entry came first may lack it).
-                Some(e) if e.status == EventStatus::Received => {
-                    if tree.get(key(INBOX, id))?.is_none() {
-                        tree.insert(key(INBOX, id), inbox_value(0, idem_key))?;
+                    EventStatus::Quarantined => {
+                        writes.push((key(QUARANTINE, id), Some(Vec::new())));
                     }
+                    _ => {}
                 }
-                Some(_) => {}
+                writes.push((key(EVENT, id), Some(encode(event))));
             }
-            tree.insert(key(IDEM, idem_key), done)?;
-            fault::after("done");
-            Ok(())
-        })
+            // Stored by the run that crashed: make sure it is in the inbox if it still
+            // waits (a store written before the inbox entry came first may lack it).
+            Some(e) if e.status == EventStatus::Received => {
+                if self.tree.get(key(INBOX, id))?.is_none() {
+                    writes.push((key(INBOX, id), Some(inbox_value(0, idem_key))));
+                }
+            }
+            Some(_) => {}
+        }
+        writes.push((key(IDEM, idem_key), Some(done)));
+        Ok(writes)
     }
 
     fn export(&self) -> Result<Export> {
@@ -844,6 +969,20 @@ enum TryClaim {
     Done(Claim),
 }
 
+/// What a job's sender said.
+fn outcome(
+    r: std::result::Result<
+        std::result::Result<u64, String>,
+        tokio::sync::oneshot::error::RecvError,
+    >,
+) -> Result<u64> {
+    match r {
+        Ok(Ok(seq)) => Ok(seq),
+        Ok(Err(e)) => Err(Error::Unavailable(format!("a store write failed: {e}"))),
+        Err(_) => Err(Error::Unavailable("a store write was lost".into())),
+    }
+}
+
 /// Runs blocking store work off the async threads.
 async fn blocking<T: Send + 'static>(
     inner: &Arc<Inner>,
@@ -865,7 +1004,7 @@ impl Backend for SledBackend {
         let inner = &self.inner;
         let deadline = tokio::time::Instant::now() + req.wait;
         loop {
-            let settled = inner.settled.notified();
+            let settled = inner.claims.settled.notified();
             tokio::pin!(settled);
             settled.as_mut().enable();
             match inner.try_claim(req)? {
@@ -876,12 +1015,11 @@ impl Backend for SledBackend {
                     return Ok(Claim::Owned(OwnedClaim {
                         event_id,
                         hold: Box::new(SledClaim {
-                            inner: inner.clone(),
+                            claims: inner.claims.clone(),
                             key: req.key.to_owned(),
                             fingerprint: req.fingerprint.to_owned(),
                             event_id,
                             taken_over,
-                            committed: false,
                         }),
                     }));
                 }
@@ -907,7 +1045,7 @@ impl Backend for SledBackend {
         response: &StoredResponse,
         dedup_window: Option<Duration>,
     ) -> Result<()> {
-        let mut hold = claim
+        let hold = claim
             .hold
             .downcast::<SledClaim>()
             .map_err(|_| Error::Unavailable("a claim of another store".into()))?;
@@ -916,15 +1054,13 @@ impl Backend for SledBackend {
                 "an event stored under another id than its claim reserved".into(),
             ));
         }
-        let seq = self
+        let writes = self
             .inner
             .commit_writes(&hold, event, response, dedup_window)?;
-        // Committed: from here on the key is done, whatever happens to the flush.
-        hold.committed = true;
-        let durable = self.inner.durable(seq).await;
-        // Dropping the hold wakes the requests waiting for this key.
-        drop(hold);
-        durable
+        // The claim is let go once the batch is applied: from then on the key is done,
+        // whatever happens to the flush, and the requests waiting for it find it so.
+        let seq = self.inner.apply_before_flush(writes, *hold).await?;
+        self.inner.durable(seq).await
     }
 
     async fn event(&self, id: EventId) -> Result<Option<Event>> {
@@ -999,11 +1135,17 @@ impl Backend for SledBackend {
         script: Option<String>,
         specs: Vec<ActionSpec>,
     ) -> Result<Option<Vec<Action>>> {
-        let event = event.clone();
-        blocking(&self.inner, move |inner| {
-            inner.route_done(&event, script, specs).map(Some)
-        })
-        .await
+        let (writes, actions) = self.inner.route_done(event, script, specs);
+        if actions.is_empty() {
+            // Nothing to keep together with the routed mark: plain writes in an order that
+            // is safe at a crash between them (an inbox entry of an event that no longer
+            // waits is removed by the route workers and the start-up check).
+            self.inner.write_in_order(writes)?;
+            fault::after("route");
+        } else {
+            self.inner.apply(writes, "route").await?;
+        }
+        Ok(Some(actions))
     }
 
     async fn route_failed(
@@ -1012,7 +1154,10 @@ impl Backend for SledBackend {
         script: Option<String>,
         error: String,
     ) -> Result<()> {
-        self.inner.route_failed(event, script, error)
+        let writes = self.inner.route_failed(event, script, error);
+        // As a route that queued nothing: the failed mark, then out of the inbox.
+        self.inner.write_in_order(writes)?;
+        Ok(())
     }
 
     async fn replay_event(
@@ -1120,6 +1265,10 @@ impl Backend for SledBackend {
         StoreStats {
             flushes: Some(self.inner.durability.flushes.load(SeqCst)),
             size_on_disk: self.inner.db.size_on_disk().ok(),
+            batches: Some((
+                self.inner.durability.batches.load(SeqCst),
+                self.inner.durability.batched_jobs.load(SeqCst),
+            )),
         }
     }
 }
@@ -1129,7 +1278,7 @@ impl Backend for SledBackend {
 /// events/s; beyond 16 the delay starts to cost more than the batching saves.
 const FLUSH_YIELDS: u32 = 8;
 
-async fn run_flusher(db: sled::Db, d: Arc<Durability>) {
+async fn run_flusher(db: sled::Db, tree: sled::Tree, d: Arc<Durability>) {
     loop {
         d.kick.notified().await;
         loop {
@@ -1138,22 +1287,31 @@ async fn run_flusher(db: sled::Db, d: Arc<Durability>) {
             for _ in 0..FLUSH_YIELDS {
                 tokio::task::yield_now().await;
             }
-            let target = d.written.load(SeqCst);
-            if target <= d.state.borrow().flushed {
+            let commits = std::mem::take(&mut *d.commits.lock().unwrap_or_else(|p| p.into_inner()));
+            if commits.is_empty() && d.written.load(SeqCst) <= d.state.borrow().flushed {
                 break;
             }
-            let db2 = db.clone();
-            let res = tokio::task::spawn_blocking(move || db2.flush()).await;
+            let (db2, tree2, d2) = (db.clone(), tree.clone(), d.clone());
+            // The commits queued since the last flush, as one batch, then the flush.
+            let res = tokio::task::spawn_blocking(move || {
+                if !commits.is_empty() {
+                    d2.apply_jobs(&tree2, commits);
+                }
+                let target = d2.written.load(SeqCst);
+                (target, db2.flush())
+            })
+            .await;
             d.flushes.fetch_add(1, SeqCst);
             match res {
-                Ok(Ok(_)) => d.state.send_modify(|s| s.flushed = s.flushed.max(target)),
-                Ok(Err(e)) => {
+                Ok((target, Ok(_))) => d.state.send_modify(|s| s.flushed = s.flushed.max(target)),
+                Ok((target, Err(e))) => {
                     tracing::error!(error = %e, "flush to disk failed");
                     d.state.send_modify(|s| s.failed = s.failed.max(target));
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "flush task failed");
+                    let target = d.written.load(SeqCst);
                     d.state.send_modify(|s| s.failed = s.failed.max(target));
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }

@@ -1,14 +1,16 @@
 //! The sled backend's inbox and outbox: the key spaces `n`, `a`, `s` and `o`.
 //!
 //! A route's actions, their schedule entries and the event marked routed are one atomic
-//! batch: a crash mid-route leaves either nothing of it or all of it. Every
+//! batch (combined with the batches of other route runs and commits, see
+//! [`super::Combiner`]): a crash mid-route leaves either nothing of it or all of it. Every
 //! read-modify-write of an action holds the outbox lock, so a replay cannot interleave
 //! with an attempt. What each change means is written once, in [`crate::outbox`].
 
 use uuid::Uuid;
 
 use super::{
-    ACTION, DUE, EVENT, INBOX, Inner, QUARANTINE, SENDING, decode, encode, key, skip_unreadable,
+    ACTION, DUE, EVENT, INBOX, Inner, QUARANTINE, SENDING, Write, decode, encode, key,
+    skip_unreadable,
 };
 use crate::{
     Result,
@@ -82,36 +84,40 @@ impl Inner {
         Ok(out)
     }
 
+    /// The writes of a successful route: its actions, their schedule, the event marked
+    /// routed and out of the inbox (applied as one batch).
     pub(super) fn route_done(
         &self,
         event: &Event,
         script: Option<String>,
         specs: Vec<ActionSpec>,
-    ) -> Result<Vec<Action>> {
+    ) -> (Vec<Write>, Vec<Action>) {
         let actions = outbox::new_actions(event, specs, now_ms());
         let routed = outbox::routed(event, script, &actions);
-        let mut batch = sled::Batch::default();
+        let mut writes = Vec::with_capacity(2 + 2 * actions.len());
         for a in &actions {
-            put_action(&mut batch, a);
+            if let Some(at) = a.due_ms {
+                writes.push((due_key(&a.channel, at, &a.id), Some(Vec::new())));
+            }
+            writes.push((key(ACTION, a.id.0.as_bytes()), Some(encode(a))));
         }
-        batch.insert(key(EVENT, event.id.as_bytes()), encode(&routed));
-        batch.remove(key(INBOX, event.id.as_bytes()));
-        self.batch(batch)?;
-        Ok(actions)
+        writes.push((key(EVENT, event.id.as_bytes()), Some(encode(&routed))));
+        writes.push((key(INBOX, event.id.as_bytes()), None));
+        (writes, actions)
     }
 
+    /// The writes of a failed route: the event parked `failed`, out of the inbox.
     pub(super) fn route_failed(
         &self,
         event: &Event,
         script: Option<String>,
         error: String,
-    ) -> Result<()> {
+    ) -> Vec<Write> {
         let failed = outbox::failed(event, script, error);
-        let mut batch = sled::Batch::default();
-        batch.insert(key(EVENT, event.id.as_bytes()), encode(&failed));
-        batch.remove(key(INBOX, event.id.as_bytes()));
-        self.batch(batch)?;
-        Ok(())
+        vec![
+            (key(EVENT, event.id.as_bytes()), Some(encode(&failed))),
+            (key(INBOX, event.id.as_bytes()), None),
+        ]
     }
 
     pub(super) fn replay_event(

@@ -39,10 +39,23 @@ fn event(id: EventId, status: EventStatus) -> Event {
     }
 }
 
-/// Leaves a claim as a crash does: neither committed nor released.
-fn abandon(c: OwnedClaim) {
-    let mut hold = c.hold.downcast::<SledClaim>().unwrap();
-    hold.committed = true;
+/// Writes what the commit sequence of earlier versions left after a crash between its
+/// claim and its done-record: a `pending` idempotency record of another process run.
+fn old_pending(backend: &SledBackend, key_: &str, fp: &str) -> EventId {
+    let id = EventId::new();
+    let rec = IdemRecord {
+        fingerprint: fp.into(),
+        state: IdemState::Pending {
+            boot: 7,
+            event_id: id,
+        },
+    };
+    backend
+        .inner
+        .tree
+        .insert(key(IDEM, key_.as_bytes()), encode(&rec))
+        .unwrap();
+    id
 }
 
 fn req<'a>(key: &'a str, fp: &'a str) -> ClaimRequest<'a> {
@@ -113,11 +126,7 @@ async fn pending_claims_of_an_earlier_run_are_taken_over() {
     let dir = tempfile::tempdir().unwrap();
     let reserved = {
         let (store, backend) = open(dir.path());
-        let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
-            panic!("a fresh key is owned")
-        };
-        let id = c.event_id;
-        abandon(c);
+        let id = old_pending(&backend, "k", "f");
         store.flush().await.unwrap();
         drop(store);
         drop(backend);
@@ -139,11 +148,7 @@ async fn a_taken_over_claim_puts_its_waiting_event_in_the_inbox() {
     let dir = tempfile::tempdir().unwrap();
     let id = {
         let (store, backend) = open(dir.path());
-        let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
-            panic!()
-        };
-        let id = c.event_id;
-        abandon(c);
+        let id = old_pending(&backend, "k", "f");
         let mut e = event(id, EventStatus::Received);
         e.idempotency_key = "k".into();
         backend
@@ -209,15 +214,15 @@ async fn the_start_up_check_mends_the_inbox_after_a_crash_only() {
     );
 }
 
+/// An earlier version's commit wrote the inbox entry first: a crash right after it left
+/// the entry, a pending record and no event. The entry stays while the record names its
+/// key; the key's next request takes the claim over and stores the event under the id
+/// the entry names, so it is routed.
 #[tokio::test]
 async fn an_inbox_entry_ahead_of_its_event_is_kept_while_its_claim_is_pending() {
     let dir = tempfile::tempdir().unwrap();
     let (store, backend) = open(dir.path());
-    let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
-        panic!()
-    };
-    let id = c.event_id;
-    // The first write of the commit sequence, as a worker may see it mid-commit.
+    let id = old_pending(&backend, "k", "f");
     backend
         .inner
         .tree
@@ -229,12 +234,28 @@ async fn an_inbox_entry_ahead_of_its_event_is_kept_while_its_claim_is_pending() 
         vec![id],
         "kept while the claim is pending"
     );
-    drop(c);
-    store.inbox_remove(id).await.unwrap();
-    assert!(
-        store.take_inbox(None, 10).await.unwrap().is_empty(),
-        "removed once the claim is gone"
-    );
+    let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
+        panic!("the stale claim is taken over")
+    };
+    assert_eq!(c.event_id, id);
+    let mut e = event(id, EventStatus::Received);
+    e.idempotency_key = "k".into();
+    store
+        .commit(c, &e, &StoredResponse::empty(204), None)
+        .await
+        .unwrap();
+    assert_eq!(store.take_inbox(None, 10).await.unwrap(), vec![id]);
+    store.route_done(&e, None, vec![]).await.unwrap();
+    assert!(store.take_inbox(None, 10).await.unwrap().is_empty());
+    // An entry with neither an event nor a pending record stands for nothing.
+    let stray = EventId::new();
+    backend
+        .inner
+        .tree
+        .insert(key(INBOX, stray.as_bytes()), b"gone".as_slice())
+        .unwrap();
+    store.inbox_remove(stray).await.unwrap();
+    assert!(store.take_inbox(None, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -444,6 +465,129 @@ async fn concurrent_writers_share_flushes() {
     assert_eq!(store.event_count().await.unwrap(), 200);
     let flushes = store.stats().flushes.unwrap();
     assert!(flushes < 200, "flushes: {flushes}");
+}
+
+/// Concurrent commits are applied as combined batches, and a claim is held until its
+/// batch is applied: a duplicate never finds the key free in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_batches_are_combined_and_claims_held_until_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let mut tasks = vec![];
+    for i in 0..400 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("k{}", i % 200);
+            match store
+                .claim(&ClaimRequest {
+                    key: &key,
+                    fingerprint: "f",
+                    wait: Duration::from_secs(30),
+                })
+                .await
+                .unwrap()
+            {
+                Claim::Owned(c) => {
+                    let mut e = event(c.event_id, EventStatus::Received);
+                    e.idempotency_key = key.clone();
+                    store
+                        .commit(c, &e, &StoredResponse::empty(204), None)
+                        .await
+                        .unwrap();
+                    store.route_done(&e, None, vec![]).await.unwrap();
+                    1
+                }
+                Claim::Done { response, .. } => {
+                    assert_eq!(response, StoredResponse::empty(204));
+                    0
+                }
+            }
+        }));
+    }
+    let mut stored = 0;
+    for t in tasks {
+        stored += t.await.unwrap();
+    }
+    assert_eq!(stored, 200, "each key stored once");
+    assert_eq!(store.event_count().await.unwrap(), 200);
+    assert!(store.take_inbox(None, 10).await.unwrap().is_empty());
+    // Route runs that queue nothing are plain writes; the 200 commits went to the flusher,
+    // which applies what queued up before each flush as one batch.
+    let (batches, jobs) = store.stats().batches.unwrap();
+    assert_eq!(jobs, 200, "one job per commit");
+    assert!(
+        batches <= store.stats().flushes.unwrap(),
+        "at most one batch per flush: {batches}"
+    );
+}
+
+/// A store an earlier version wrote (claims as durable records, a commit as ordered single
+/// writes, with a crash between two of them) opens and works: its events are read, its
+/// finished keys answer duplicates, and its stale claim is taken over.
+#[tokio::test]
+async fn a_store_of_the_earlier_format_opens_and_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let (done, stale) = {
+        let (_store, backend) = open(dir.path());
+        let tree = &backend.inner.tree;
+        // A finished key, written as the ordered sequence did.
+        let done = event(EventId::new(), EventStatus::Received);
+        let idem = b"done-key";
+        tree.insert(
+            expiry_key(now_ms() + 86_400_000, done.id.as_bytes()),
+            idem.as_slice(),
+        )
+        .unwrap();
+        // The earlier version's inbox entries were empty.
+        tree.insert(key(INBOX, done.id.as_bytes()), &[]).unwrap();
+        tree.insert(key(EVENT, done.id.as_bytes()), encode(&done))
+            .unwrap();
+        tree.insert(
+            key(IDEM, idem),
+            encode(&IdemRecord {
+                fingerprint: "f".into(),
+                state: IdemState::Done {
+                    event_id: Some(done.id),
+                    response: StoredResponse::empty(204),
+                    until_ms: None,
+                },
+            }),
+        )
+        .unwrap();
+        // A crash after the claim of another key.
+        let stale = old_pending(&backend, "stale-key", "g");
+        // No graceful stop.
+        backend.inner.db.flush().unwrap();
+        (done, stale)
+    };
+    tokio::task::yield_now().await;
+    let (store, _) = open(dir.path());
+    assert_eq!(
+        store.consistency_check().await.unwrap(),
+        Repaired::default()
+    );
+    assert_eq!(store.event(done.id).await.unwrap(), Some(done.clone()));
+    assert_eq!(store.take_inbox(None, 10).await.unwrap(), vec![done.id]);
+    match store.claim(&req("done-key", "f")).await.unwrap() {
+        Claim::Done { event_id, .. } => assert_eq!(event_id, Some(done.id)),
+        other => panic!("a duplicate, not {other:?}"),
+    }
+    let Claim::Owned(c) = store.claim(&req("stale-key", "g")).await.unwrap() else {
+        panic!("the stale claim is taken over")
+    };
+    assert_eq!(c.event_id, stale);
+    let mut e = event(stale, EventStatus::Received);
+    e.idempotency_key = "stale-key".into();
+    store
+        .commit(c, &e, &StoredResponse::empty(204), None)
+        .await
+        .unwrap();
+    store.route_done(&done, None, vec![]).await.unwrap();
+    assert_eq!(store.take_inbox(None, 10).await.unwrap(), vec![stale]);
+    assert!(matches!(
+        store.claim(&req("stale-key", "g")).await.unwrap(),
+        Claim::Done { .. }
+    ));
 }
 
 #[test]
