@@ -1053,20 +1053,9 @@ async fn delivery_phases(o: &Options) -> anyhow::Result<()> {
         cfg.channels.email.pool_size,
         cfg.channels.http.concurrency
     );
-    let app = App::build(cfg).await?;
     // The whole server this time: listener, route workers and delivery workers.
-    let socket = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = socket.local_addr()?;
-    let stop = CancellationToken::new();
-    let bound = Bound {
-        listener: Listener {
-            socket,
-            name: Arc::from("main"),
-            tls: None,
-        },
-        url: format!("http://{addr}"),
-    };
-    let run_app = tokio::spawn(app.run(vec![bound], stop.clone()));
+    let server = Whole::start(cfg).await?;
+    let addr = server.addr;
     let within = Duration::from_secs(120);
     let ids = |prefix: &str, method: &'static str| {
         (0..o.messages)
@@ -1104,8 +1093,7 @@ async fn delivery_phases(o: &Options) -> anyhow::Result<()> {
     .await?;
     let r = delivery::collect("(e½) emails at 1000/s offered", &sent, &mails, within).await?;
     r.print();
-    stop.cancel();
-    let _ = run_app.await;
+    let _ = server.stop().await;
     println!();
     println!(
         "emails/s (burst):            {:.0} (target >= 1000)",

@@ -251,7 +251,7 @@ impl Inner {
             );
         }
         let event = Event {
-            id: claim.event_id,
+            id: claim.event_id(),
             provider: sub.provider.clone(),
             endpoint: sub.endpoint.clone(),
             event_type: sub.event_type.clone(),
@@ -450,7 +450,7 @@ mod tests {
         let Claim::Owned(first) = store.claim(&claim_of("test:k", &fp)).await.unwrap() else {
             panic!()
         };
-        let event_id = first.event_id;
+        let event_id = first.event_id();
         let waiting = tokio::spawn({
             let ing = ing.clone();
             async move { ing.submit(sub("k", "{}", OnConflict::KeepAndFlag)).await }

@@ -88,12 +88,7 @@ async fn events_filter_and_paginate_newest_first() {
 
     // Bad parameters are a 400, not a 5xx.
     for q in ["status=exploded", "limit=-1", "before=not-an-id"] {
-        let r = c
-            .get(s.url(&format!("/admin/events?{q}")))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let r = admin_get(&c, &s, &format!("/admin/events?{q}")).await;
         assert_eq!(r.status(), 400, "{q}");
     }
 }
@@ -111,19 +106,9 @@ async fn one_event_in_detail_and_unknown_ids() {
     assert_eq!(d["body"]["otp"], "******");
     assert_eq!(d["data"]["otp"], "******");
     assert!(!d.to_string().contains("777777"));
-    let missing = c
-        .get(s.url("/admin/events/01a209d9-581e-7648-bd73-9b840c0b6b5a"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let missing = admin_get(&c, &s, "/admin/events/01a209d9-581e-7648-bd73-9b840c0b6b5a").await;
     assert_eq!(missing.status(), 404);
-    let bad = c
-        .get(s.url("/admin/events/nope"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let bad = admin_get(&c, &s, "/admin/events/nope").await;
     assert_eq!(bad.status(), 400);
 }
 
@@ -428,12 +413,7 @@ async fn a_script_is_tried_against_a_stored_event_without_queuing_anything() {
     )
     .await;
     assert!(src["text"].as_str().unwrap().contains("http::get"), "{src}");
-    let r = c
-        .get(s.url("/admin/routes/source?file=../Cargo.toml"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = admin_get(&c, &s, "/admin/routes/source?file=../Cargo.toml").await;
     assert_eq!(r.status(), 404);
 }
 
@@ -503,12 +483,7 @@ async fn recent_counts_time_windows_and_replay_dry_runs() {
     .await;
     assert_eq!(rest["items"].as_array().unwrap().len(), 1);
     assert!(rest["next"].is_null());
-    let r = c
-        .get(s.url("/admin/events?since=yesterday"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = admin_get(&c, &s, "/admin/events?since=yesterday").await;
     assert_eq!(r.status(), 400);
 
     // A dry run counts and changes nothing; the replay then does what it said.
@@ -536,14 +511,7 @@ async fn recent_counts_time_windows_and_replay_dry_runs() {
 #[tokio::test]
 async fn every_admin_answer_has_a_realistic_example_in_the_spec() {
     let s = Server::start(&[]);
-    let spec: Value = client()
-        .get(s.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec: Value = get_json(&client(), &s, "/openapi.json").await;
     let schemas = &spec["components"]["schemas"];
     let mut checked = 0;
     for (path, ops) in spec["paths"].as_object().unwrap() {

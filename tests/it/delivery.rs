@@ -7,35 +7,6 @@ use crate::{servers::*, support::*};
 const FAST_RETRIES: &str =
     "[delivery]\nschedule = [\"200ms\", \"300ms\", \"300ms\"]\njitter = 0.0\n";
 
-fn pomelo_otp(otp: &str, method: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "token": {"origin": "APPLE_PAY", "card_id": "card_123456789", "user_id": "user_1"},
-        "otp": otp, "to": "m***@example.com", "contact_method": method,
-    }))
-    .unwrap()
-}
-
-fn smtp(port: u16) -> String {
-    format!(
-        "[channels.email]\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"Bank <otp@bank.example>\"\n"
-    )
-}
-
-fn service(name: &str, r: &Recorder, extra: &str) -> String {
-    format!("[services.{name}]\nbase_url = \"{}\"\n{extra}\n", r.url())
-}
-
-async fn customers() -> Recorder {
-    let r = Recorder::start().await;
-    r.plan(
-        "/cards/",
-        vec![Reply::json(
-            json!({"phone": "+48500100200", "email": "jan@example.com"}),
-        )],
-    );
-    r
-}
-
 /// The single action of the single event of `provider`, once its route ran.
 async fn the_action(c: &reqwest::Client, s: &Server, provider: &str) -> Value {
     let e = routed_event(c, s, provider).await;
@@ -60,7 +31,7 @@ async fn until_status(c: &reqwest::Client, s: &Server, action: &str, status: &st
 async fn an_otp_email_reaches_a_real_smtp_server() {
     let dir = Dir::new();
     let sink = SmtpSink::start(dir.path(), &[]);
-    let customers = customers().await;
+    let customers = customers(None).await;
     let tail = format!(
         "{}{}",
         smtp(sink.port),
@@ -134,7 +105,7 @@ async fn smtp_encrypted_with_auth(mode: &str) {
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let sink = SmtpSink::start(dir.path(), &args);
-    let customers = customers().await;
+    let customers = customers(None).await;
     std::fs::write(dir.path().join("smtp-password"), "s3cret-pass\n").unwrap();
     let tail = format!(
         "[channels.email]\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"{mode}\"\nusername = \"otp-sender\"\npassword = \"file:{}\"\nfrom = \"otp@bank.example\"\nca_file = \"{}\"\n{}",
@@ -169,7 +140,7 @@ async fn smtp_with_implicit_tls_and_auth() {
 async fn pooled_smtp_connections_are_reused_and_replaced_when_the_server_drops_them() {
     let dir = Dir::new();
     let sink = SmtpSink::start(dir.path(), &["--idle-timeout", "1"]);
-    let customers = customers().await;
+    let customers = customers(None).await;
     let tail = format!(
         "{}{}",
         smtp(sink.port),
@@ -212,7 +183,7 @@ async fn sms_gateways_and_http_deliveries_carry_their_auth_and_a_stable_idempote
     let dir = Dir::new();
     let gateway = Recorder::start().await;
     gateway.plan("/2010-04-01/", vec![Reply::status(201)]);
-    let customers = customers().await;
+    let customers = customers(None).await;
     let compliance = Recorder::start().await;
     let tail = format!(
         "[channels.sms]\nkind = \"twilio\"\nurl = \"{}/2010-04-01\"\naccount_sid = \"AC123\"\nauth_token = \"env:SWITCHBOARD_TEST_TWILIO\"\nfrom = \"+15005550006\"\n{}{}",
@@ -267,7 +238,7 @@ async fn sms_gateways_and_http_deliveries_carry_their_auth_and_a_stable_idempote
 async fn a_json_sms_gateway_gets_its_template_and_headers() {
     let dir = Dir::new();
     let gateway = Recorder::start().await;
-    let customers = customers().await;
+    let customers = customers(None).await;
     let tail = format!(
         "[channels.sms]\nkind = \"json\"\nurl = \"{}/v1/messages\"\nfrom = \"BANK\"\nheaders = {{ X-Api-Key = \"env:SWITCHBOARD_TEST_SMS_KEY\" }}\ntemplate = '{{\"recipient\": {{{{to}}}}, \"message\": {{{{text}}}}, \"sender\": {{{{from}}}}}}'\n{}",
         gateway.url(),
@@ -295,7 +266,7 @@ async fn servers_that_refuse_then_recover_get_their_deliveries_on_retry() {
     let dir = Dir::new();
     let smtp_port = free_port();
     let compliance_port = free_port();
-    let customers = customers().await;
+    let customers = customers(None).await;
     // Fast first retries, then enough slower ones that the schedule outlasts starting the
     // two servers below on a busy machine (0.8 s of retries did not, under a full suite).
     let tail = format!(
@@ -383,7 +354,7 @@ async fn a_permanent_failure_ends_dead_and_an_admin_replay_delivers_it() {
     let hold = dir.path().join("hold");
     std::fs::write(&hold, "").unwrap();
     let sink = SmtpSink::start(dir.path(), &["--hold-file", hold.to_str().unwrap()]);
-    let customers = customers().await;
+    let customers = customers(None).await;
     let compliance = Recorder::start().await;
     compliance.plan("/travel-rule/", vec![Reply::status(400)]);
     let tail = format!(
@@ -747,7 +718,7 @@ async fn each_channel_keeps_to_its_concurrency_and_a_stuck_one_holds_up_no_other
     let gateway = Recorder::start().await;
     // The SMS gateway takes every message and never answers.
     gateway.plan("/v1/messages", vec![Reply::hang()]);
-    let customers = customers().await;
+    let customers = customers(None).await;
     let compliance = Recorder::start().await;
     let tail = format!(
         "[channels.sms]\nkind = \"json\"\nurl = \"{}/v1/messages\"\nconcurrency = 2\ntimeout = \"60s\"\n{}{}",

@@ -369,14 +369,7 @@ async fn exercise(case: Case) {
         );
     }
     assert!(s.logs().contains("routed "), "{name}: the script ran");
-    let metrics = c
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&c, &s, "/metrics").await;
     assert!(
         metrics.contains(&format!(
             "switchboard_auth_failures_total{{provider=\"{name}\""
@@ -385,14 +378,7 @@ async fn exercise(case: Case) {
     );
 
     // The operation is in the served spec, at its path, tagged with the provider.
-    let spec: Value = c
-        .get(s.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec: Value = get_json(&c, &s, "/openapi.json").await;
     let op = &spec["paths"][&path]["post"];
     assert_eq!(op["tags"][0], name, "{name}: {op}");
     assert!(

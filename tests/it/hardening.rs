@@ -115,14 +115,7 @@ async fn deep_garbage_and_binary_bodies_get_4xx_or_quarantine_never_5xx() {
     let a = raw(&s, "GARBAGE\r\n\r\n", b"").await;
     assert!(a.is_empty() || status_of(&a) == 400, "{a}");
     assert!(!s.logs().contains("panicked"));
-    let text = c
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&c, &s, "/metrics").await;
     assert!(!text.contains("status=\"5"), "no 5xx answered:\n{text}");
 }
 

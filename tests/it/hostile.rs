@@ -137,14 +137,7 @@ async fn every_hostile_script_fails_alone_while_the_server_keeps_answering() {
         "print output is escaped"
     );
     // Made-up callback types do not become metric labels.
-    let metrics = c
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&c, &s, "/metrics").await;
     assert!(!metrics.contains("hostile_"), "{metrics}");
     assert!(metrics.contains(r#"event_type="other""#), "{metrics}");
     assert!(metrics.contains(r#"event_type="tx_report""#), "{metrics}");

@@ -16,34 +16,6 @@ use serde_json::{Value, json};
 
 use crate::{pg, servers::*, support::*};
 
-fn smtp(port: u16) -> String {
-    format!(
-        "[channels.email]\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"Bank <otp@bank.example>\"\n"
-    )
-}
-
-async fn customers(delay: Option<Duration>) -> Recorder {
-    let r = Recorder::start().await;
-    let mut reply = Reply::json(json!({"phone": "+48500100200", "email": "jan@example.com"}));
-    if let Some(d) = delay {
-        reply = reply.after(d);
-    }
-    r.plan("/cards/", vec![reply]);
-    r
-}
-
-fn customers_service(r: &Recorder) -> String {
-    format!("[services.customers]\nbase_url = \"{}\"\n", r.url())
-}
-
-fn otp_email(otp: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "token": {"origin": "APPLE_PAY", "card_id": "card_123456789", "user_id": "user_1"},
-        "otp": otp, "to": "m***@example.com", "contact_method": "EMAIL",
-    }))
-    .unwrap()
-}
-
 /// The lease-owner id an instance logged at start-up.
 fn instance_of(s: &Server) -> String {
     let logs = s.logs();
@@ -136,12 +108,12 @@ async fn a_killed_instances_work_is_finished_by_the_other() {
     // A slow relay and a slow lookup: work is in flight when the instance dies.
     let sink = SmtpSink::start(sink_dir.path(), &["--delay", "1"]);
     let lookups = customers(Some(Duration::from_millis(400))).await;
-    let tail = format!("{}{}", smtp(sink.port), customers_service(&lookups));
+    let tail = format!("{}{}", smtp(sink.port), service("customers", &lookups, ""));
     let (a, b, _, _) = two(&store, &tail);
     let c = client();
     let otps: Vec<String> = (0..20).map(|i| format!("7{i:05}")).collect();
     for otp in &otps {
-        accepted_pomelo(&c, &a, &otp_email(otp)).await;
+        accepted_pomelo(&c, &a, &pomelo_otp(otp, "EMAIL")).await;
     }
     // Some lookups under way, some messages with the relay: kill one instance while it
     // holds leases on work.
@@ -246,7 +218,7 @@ async fn a_rolling_restart_under_load_loses_nothing() {
     let sink_dir = Dir::new();
     let sink = SmtpSink::start(sink_dir.path(), &[]);
     let lookups = customers(None).await;
-    let tail = format!("{}{}", smtp(sink.port), customers_service(&lookups));
+    let tail = format!("{}{}", smtp(sink.port), service("customers", &lookups, ""));
     let (a, b, da, db) = two(&store, &tail);
     let addrs: Arc<Mutex<Vec<SocketAddr>>> = Arc::new(Mutex::new(vec![a.addr, b.addr]));
     let stop = Arc::new(AtomicBool::new(false));
@@ -263,7 +235,7 @@ async fn a_rolling_restart_under_load_loses_nothing() {
             while !stop.load(Ordering::SeqCst) {
                 n += 1;
                 let otp = format!("9{n:05}");
-                let body = otp_email(&otp);
+                let body = pomelo_otp(&otp, "EMAIL");
                 // Like a provider behind a load balancer: the next instance on a refusal.
                 for attempt in 0..4 {
                     let addr = addrs.lock().unwrap()[(n as usize + attempt) % 2];
@@ -449,13 +421,13 @@ async fn an_embedded_store_is_copied_into_postgres_and_carries_on() {
     let tail = format!(
         "{}{}[delivery]\nschedule = [\"100ms\"]\njitter = 0.0\n",
         smtp(smtp_port),
-        customers_service(&lookups)
+        service("customers", &lookups, "")
     );
     // The embedded store, whatever the suite's backend.
     let sled = "backend = \"sled\"\n";
     let s = Server::start_in(dir.clone(), &[("store", sled), ("tail", &tail)]);
     let c = client();
-    let otp_body = otp_email("161803");
+    let otp_body = pomelo_otp("161803", "EMAIL");
     accepted_pomelo(&c, &s, &otp_body).await;
     accepted_vasp(&c, &s, &fixture("verifyvasp_tx_report.json")).await;
     // Authenticated but malformed: quarantined.

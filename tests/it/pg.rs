@@ -17,6 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::servers::free_port;
+
 /// Whether this test run puts every server on PostgreSQL.
 pub fn everywhere() -> bool {
     std::env::var("SWITCHBOARD_TEST_STORE").is_ok_and(|v| v == "postgres")
@@ -68,14 +70,6 @@ fn as_owner(program: &Path) -> Command {
     } else {
         Command::new(program)
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Cluster {

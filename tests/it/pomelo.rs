@@ -285,14 +285,7 @@ async fn secrets_rotate_with_several_key_pairs_and_paths_are_configurable() {
     let evs = events(&c, &s, "provider=pomelo").await;
     assert_eq!(evs.len(), 2);
     assert!(evs.iter().all(|e| e["endpoint"] == "/hooks/pomelo-otp"));
-    let spec: Value = c
-        .get(s.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec: Value = get_json(&c, &s, "/openapi.json").await;
     assert!(spec["paths"].get("/hooks/pomelo-otp").is_some());
     assert!(spec["paths"].get(POMELO_PATH).is_none());
 }

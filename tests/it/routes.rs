@@ -236,14 +236,7 @@ async fn edits_take_effect_without_a_restart_and_broken_ones_keep_the_last_good_
     assert_eq!(err["file"], "pomelo/tokenization_otp.rhai");
     assert_eq!(err["line"], 3);
     assert!(err["column"].as_u64().is_some());
-    let ready: Value = c
-        .get(s.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = get_json(&c, &s, "/readyz").await;
     assert!(
         ready["checks"]
             .to_string()

@@ -85,14 +85,7 @@ async fn no_secret_or_otp_reaches_logs_metrics_or_error_bodies() {
                 .to_string(),
             );
         }
-        let metrics = c
-            .get(s.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = get_text(&c, &s, "/metrics").await;
         let logs = s.logs();
         assert!(
             logs.contains("event stored"),

@@ -16,7 +16,7 @@ use poem::{
     http::StatusCode,
     listener::{Acceptor, Listener, TcpListener},
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// One message the SMTP server accepted.
 #[derive(Debug, Clone)]
@@ -330,4 +330,28 @@ impl Recorder {
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// The `[channels.email]` table that sends to the SMTP server on `port`, without TLS.
+pub fn smtp(port: u16) -> String {
+    format!(
+        "[channels.email]\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"Bank <otp@bank.example>\"\n"
+    )
+}
+
+/// A `[services.<name>]` table for a recorder, with `extra` lines.
+pub fn service(name: &str, r: &Recorder, extra: &str) -> String {
+    format!("[services.{name}]\nbase_url = \"{}\"\n{extra}\n", r.url())
+}
+
+/// The customers service the default routes look card holders up in: every `/cards/`
+/// path answers a phone and an email, after `delay` when given.
+pub async fn customers(delay: Option<Duration>) -> Recorder {
+    let r = Recorder::start().await;
+    let mut reply = Reply::json(json!({"phone": "+48500100200", "email": "jan@example.com"}));
+    if let Some(d) = delay {
+        reply = reply.after(d);
+    }
+    r.plan("/cards/", vec![reply]);
+    r
 }

@@ -39,14 +39,7 @@ async fn the_served_spec_is_the_committed_spec() {
         committed,
         "GET /openapi.json serves the committed spec"
     );
-    let yaml = client()
-        .get(s.url("/openapi.yaml"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let yaml = get_text(&client(), &s, "/openapi.yaml").await;
     let from_yaml: Value = serde_yaml::from_str(&yaml).unwrap();
     let from_json: Value = serde_json::from_str(&committed).unwrap();
     assert_eq!(from_yaml, from_json, "the YAML is the same spec");
@@ -141,14 +134,7 @@ fn every_operation_body_field_and_answer_is_documented() {
 #[tokio::test]
 async fn the_docs_page_needs_no_internet() {
     let s = Server::start(&[]);
-    let html = client()
-        .get(s.url("/docs"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = get_text(&client(), &s, "/docs").await;
     assert!(html.contains("SwaggerUIBundle"), "the UI is there");
     assert!(
         html.contains("validatorUrl: null"),

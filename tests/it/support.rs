@@ -355,6 +355,15 @@ pub fn pomelo_body(otp: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// A Pomelo notification whose OTP goes out by `method` (`SMS`, `EMAIL`, ...).
+pub fn pomelo_otp(otp: &str, method: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "token": {"origin": "APPLE_PAY", "card_id": "card_123456789", "user_id": "user_1"},
+        "otp": otp, "to": "m***@example.com", "contact_method": method,
+    }))
+    .unwrap()
+}
+
 pub fn vasp_request(c: &reqwest::Client, s: &Server, body: &[u8]) -> reqwest::RequestBuilder {
     c.post(s.url(VASP_PATH))
         .header("content-type", "application/json")
@@ -369,14 +378,18 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// `GET` an admin path with the admin token; returns the JSON answer.
-pub async fn admin(c: &reqwest::Client, s: &Server, path: &str) -> serde_json::Value {
-    let r = c
-        .get(s.url(path))
+/// `GET` an admin path with the admin token; the answer, whatever its status.
+pub async fn admin_get(c: &reqwest::Client, s: &Server, path: &str) -> reqwest::Response {
+    c.get(s.url(path))
         .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
-        .expect("admin request");
+        .expect("admin request")
+}
+
+/// `GET` an admin path with the admin token; returns the JSON answer.
+pub async fn admin(c: &reqwest::Client, s: &Server, path: &str) -> serde_json::Value {
+    let r = admin_get(c, s, path).await;
     assert_eq!(r.status(), 200, "GET {path}");
     r.json().await.expect("admin json")
 }
@@ -389,16 +402,31 @@ pub async fn events(c: &reqwest::Client, s: &Server, query: &str) -> Vec<serde_j
         .unwrap_or_default()
 }
 
-/// A metric's value from `/metrics` (0 when absent).
-pub async fn metric(c: &reqwest::Client, s: &Server, series: &str) -> f64 {
-    let text = c
-        .get(s.url("/metrics"))
+/// `GET path` (no token); its body as text, whatever the status.
+pub async fn get_text(c: &reqwest::Client, s: &Server, path: &str) -> String {
+    c.get(s.url(path))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// `GET path` (no token); its body as JSON, whatever the status.
+pub async fn get_json(c: &reqwest::Client, s: &Server, path: &str) -> serde_json::Value {
+    c.get(s.url(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A metric's value from `/metrics` (0 when absent).
+pub async fn metric(c: &reqwest::Client, s: &Server, series: &str) -> f64 {
+    let text = get_text(c, s, "/metrics").await;
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0.0)

@@ -1,7 +1,7 @@
 //! [`Backend`] for PostgreSQL. Each method is one transaction (or one statement); the
 //! state changes come from `switchboard_core::outbox`.
 
-use std::time::Duration;
+use std::{collections::HashSet, hash::Hash, sync::Mutex, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -32,7 +32,6 @@ struct PgClaim {
     tx: Transaction<'static, Postgres>,
     key: String,
     fingerprint: String,
-    event_id: EventId,
     _slot: Slot,
 }
 
@@ -166,29 +165,28 @@ fn keep_readable<T>(items: Vec<Result<T>>) -> Result<Vec<T>> {
     Ok(out)
 }
 
+/// Adds `id` to, or takes it out of, what this instance renews the lease of.
+fn hold<T: Eq + Hash>(set: &Mutex<HashSet<T>>, id: T, held: bool) {
+    if let Ok(mut h) = set.lock() {
+        if held {
+            h.insert(id);
+        } else {
+            h.remove(&id);
+        }
+    }
+}
+
 impl PgBackend {
     fn lease_secs(&self) -> f64 {
         self.lease.as_secs_f64()
     }
 
     fn hold_event(&self, id: EventId, held: bool) {
-        if let Ok(mut h) = self.held.events.lock() {
-            if held {
-                h.insert(id);
-            } else {
-                h.remove(&id);
-            }
-        }
+        hold(&self.held.events, id, held);
     }
 
     fn hold_action(&self, id: ActionId, held: bool) {
-        if let Ok(mut h) = self.held.actions.lock() {
-            if held {
-                h.insert(id);
-            } else {
-                h.remove(&id);
-            }
-        }
+        hold(&self.held.actions, id, held);
     }
 
     async fn notify(&self, tx: &mut Transaction<'_, Postgres>, channel: &str) -> Result<()> {
@@ -280,6 +278,47 @@ impl PgBackend {
         self.pool.begin().await.map_err(db)
     }
 
+    /// Gives up this instance's lease on a row (`sql` updates it: `$1` its id, `$2` this
+    /// instance) and, if it held one, wakes the workers listening on `channel`.
+    async fn give_up_lease(&self, sql: &'static str, id: Uuid, channel: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let r = sqlx::query(sql)
+            .bind(id)
+            .bind(self.instance)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        if r.rows_affected() > 0 {
+            self.notify(&mut tx, channel).await?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    /// Applies `change` to an action under its row lock and, when it says it changed it,
+    /// stores it (and wakes the delivery workers when `wake`). `None` when there is no
+    /// such action; otherwise the action and whether it changed.
+    async fn change_action(
+        &self,
+        id: ActionId,
+        change: impl FnOnce(&mut Action) -> bool + Send,
+        wake: bool,
+    ) -> Result<Option<(Action, bool)>> {
+        let mut tx = self.begin().await?;
+        let Some(mut a) = Self::action_for_update(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        if !change(&mut a) {
+            tx.rollback().await.map_err(db)?;
+            return Ok(Some((a, false)));
+        }
+        self.put_action(&mut tx, &a).await?;
+        if wake {
+            self.notify(&mut tx, OUTBOX_CHANNEL).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(Some((a, true)))
+    }
+
     /// Updates an event that waits for its route and this instance leases (or nobody
     /// does): `false` when another instance has taken it over meanwhile.
     async fn settle_event(&self, tx: &mut Transaction<'_, Postgres>, e: &Event) -> Result<bool> {
@@ -340,16 +379,15 @@ impl Backend for PgBackend {
         .fetch_optional(&mut *tx)
         .await;
         match owned {
-            Ok(Some(_)) => Ok(Claim::Owned(OwnedClaim {
+            Ok(Some(_)) => Ok(Claim::Owned(OwnedClaim::new(
                 event_id,
-                hold: Box::new(PgClaim {
+                PgClaim {
                     tx,
                     key: req.key.to_owned(),
                     fingerprint: req.fingerprint.to_owned(),
-                    event_id,
                     _slot: slot,
-                }),
-            })),
+                },
+            ))),
             Ok(None) => {
                 let row = sqlx::query(
                     "SELECT fingerprint, event_id, response::text AS response FROM sb_keys WHERE key = $1",
@@ -381,22 +419,12 @@ impl Backend for PgBackend {
         response: &StoredResponse,
         dedup_window: Option<Duration>,
     ) -> Result<()> {
-        let hold = claim
-            .hold
-            .downcast::<PgClaim>()
-            .map_err(|_| Error::Unavailable("a claim of another store".into()))?;
         let PgClaim {
             mut tx,
             key,
             fingerprint,
-            event_id,
             _slot,
-        } = *hold;
-        if event_id != event.id {
-            return Err(Error::Unavailable(
-                "an event stored under another id than its claim reserved".into(),
-            ));
-        }
+        } = *claim.into_hold::<PgClaim>(event)?;
         let now = now_ms();
         sqlx::query(
             "WITH e AS (INSERT INTO sb_events \
@@ -557,20 +585,13 @@ impl Backend for PgBackend {
 
     async fn release(&self, id: EventId) -> Result<()> {
         self.hold_event(id, false);
-        let mut tx = self.begin().await?;
-        let r = sqlx::query(
+        self.give_up_lease(
             "UPDATE sb_events SET lease_owner = NULL, lease_until = NULL \
              WHERE id = $1 AND lease_owner = $2 AND status = 'received'",
+            id.0,
+            INBOX_CHANNEL,
         )
-        .bind(id.0)
-        .bind(self.instance)
-        .execute(&mut *tx)
         .await
-        .map_err(db)?;
-        if r.rows_affected() > 0 {
-            self.notify(&mut tx, INBOX_CHANNEL).await?;
-        }
-        tx.commit().await.map_err(db)
     }
 
     async fn inbox_remove(&self, id: EventId) -> Result<()> {
@@ -783,33 +804,19 @@ impl Backend for PgBackend {
 
     async fn release_due(&self, id: ActionId) -> Result<()> {
         self.hold_action(id, false);
-        let mut tx = self.begin().await?;
-        let r = sqlx::query(
+        self.give_up_lease(
             "UPDATE sb_actions SET lease_owner = NULL, lease_until = NULL \
              WHERE id = $1 AND lease_owner = $2 AND status <> 'sending'",
+            id.0,
+            OUTBOX_CHANNEL,
         )
-        .bind(id.0)
-        .bind(self.instance)
-        .execute(&mut *tx)
         .await
-        .map_err(db)?;
-        if r.rows_affected() > 0 {
-            self.notify(&mut tx, OUTBOX_CHANNEL).await?;
-        }
-        tx.commit().await.map_err(db)
     }
 
     async fn expire_action(&self, id: ActionId) -> Result<Option<Action>> {
-        let mut tx = self.begin().await?;
-        let Some(mut a) = Self::action_for_update(&mut tx, id).await? else {
+        let Some((a, true)) = self.change_action(id, Action::expire, false).await? else {
             return Ok(None);
         };
-        if !a.expire() {
-            tx.rollback().await.map_err(db)?;
-            return Ok(None);
-        }
-        self.put_action(&mut tx, &a).await?;
-        tx.commit().await.map_err(db)?;
         self.hold_action(id, false);
         Ok(Some(a))
     }
@@ -847,18 +854,8 @@ impl Backend for PgBackend {
     }
 
     async fn replay_action(&self, id: ActionId) -> Result<Option<Action>> {
-        let mut tx = self.begin().await?;
-        let Some(mut a) = Self::action_for_update(&mut tx, id).await? else {
-            return Ok(None);
-        };
-        if !a.replay(now_ms()) {
-            tx.rollback().await.map_err(db)?;
-            return Ok(Some(a));
-        }
-        self.put_action(&mut tx, &a).await?;
-        self.notify(&mut tx, OUTBOX_CHANNEL).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(Some(a))
+        let changed = self.change_action(id, |a| a.replay(now_ms()), true).await?;
+        Ok(changed.map(|(a, _)| a))
     }
 
     async fn action(&self, id: ActionId) -> Result<Option<Action>> {

@@ -104,9 +104,9 @@ pub struct ClaimRequest<'a> {
 /// (which gives the key up, as if the request had never come).
 pub struct OwnedClaim {
     /// The id to store the event under.
-    pub event_id: EventId,
+    event_id: EventId,
     /// The backend's own hold on the key (a pending record, an open transaction).
-    pub hold: Box<dyn std::any::Any + Send>,
+    hold: Box<dyn std::any::Any + Send>,
 }
 
 impl std::fmt::Debug for OwnedClaim {
@@ -114,6 +114,36 @@ impl std::fmt::Debug for OwnedClaim {
         f.debug_struct("OwnedClaim")
             .field("event_id", &self.event_id)
             .finish_non_exhaustive()
+    }
+}
+
+impl OwnedClaim {
+    /// A claim that reserved `event_id`, held by the backend's `hold`.
+    pub fn new(event_id: EventId, hold: impl std::any::Any + Send) -> Self {
+        OwnedClaim {
+            event_id,
+            hold: Box::new(hold),
+        }
+    }
+
+    /// The id to store the event under.
+    pub fn event_id(&self) -> EventId {
+        self.event_id
+    }
+
+    /// The backend's hold, at [`Backend::commit`] of `event`: refused when the claim is
+    /// another backend's, or reserved another id than the event's.
+    pub fn into_hold<T: 'static>(self, event: &Event) -> Result<Box<T>> {
+        let hold = self
+            .hold
+            .downcast::<T>()
+            .map_err(|_| crate::Error::Unavailable("a claim of another store".into()))?;
+        if self.event_id != event.id {
+            return Err(crate::Error::Unavailable(
+                "an event stored under another id than its claim reserved".into(),
+            ));
+        }
+        Ok(hold)
     }
 }
 

@@ -65,17 +65,11 @@ pub fn parse(name: &str, table: Value) -> Result<Box<dyn Provider>, String> {
 
 /// A configured provider: its settings, and everything switchboard does with them. One
 /// implementation per built-in provider (its config type) and one for generic providers.
-pub trait Provider: fmt::Debug + Send + Sync + 'static {
+pub trait Provider: ProviderObject + fmt::Debug + Send + Sync + 'static {
     /// Its name (`[providers.<name>]`).
     fn name(&self) -> &str;
-    /// A copy.
-    fn clone_box(&self) -> Box<dyn Provider>;
     /// Its settings as they would be written in the configuration.
     fn to_value(&self) -> Value;
-    /// For typed access to a built-in's settings.
-    fn as_any(&self) -> &dyn Any;
-    /// For typed access to a built-in's settings.
-    fn as_any_mut(&mut self) -> &mut dyn Any;
 
     /// Checks what serde cannot. Errors name the key (`providers.<name>.<field>`).
     fn validate(&self) -> crate::Result<()>;
@@ -113,6 +107,31 @@ pub trait Provider: fmt::Debug + Send + Sync + 'static {
     /// A correctly authenticated sample request, for `switchboard simulate <name>`.
     /// `fetch` GETs a path of the target (Verestro's public key, to encrypt to).
     fn sample<'a>(&'a self, opts: &'a SampleOptions, fetch: &'a dyn Fetch) -> SampleFuture<'a>;
+}
+
+/// What a boxed provider needs of its concrete type: copies and typed access. Every
+/// `Clone` provider has it (the blanket implementation below); none writes it by hand.
+pub trait ProviderObject {
+    /// A copy.
+    fn clone_box(&self) -> Box<dyn Provider>;
+    /// For typed access to a built-in's settings.
+    fn as_any(&self) -> &dyn Any;
+    /// For typed access to a built-in's settings.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: Provider + Clone> ProviderObject for T {
+    fn clone_box(&self) -> Box<dyn Provider> {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
 }
 
 impl Clone for Box<dyn Provider> {
@@ -467,6 +486,21 @@ pub fn api_endpoint<T: poem_openapi::OpenApi + 'static>(
         .into_endpoint()
         .map_to_response()
         .boxed()
+}
+
+/// A value from a body or header as an event type: lower snake case, at most 64
+/// characters, safe as a route file name; `empty` when nothing is left.
+pub fn event_type_of(value: &str, empty: &str) -> String {
+    let t: String = value
+        .chars()
+        .take(64)
+        .map(|c| match c {
+            'A'..='Z' => c.to_ascii_lowercase(),
+            'a'..='z' | '0'..='9' => c,
+            _ => '_',
+        })
+        .collect();
+    if t.is_empty() { empty.into() } else { t }
 }
 
 /// Whether `pin` is a SHA-256 certificate fingerprint: 64 hex digits, colons allowed.

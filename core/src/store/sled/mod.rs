@@ -350,7 +350,6 @@ struct SledClaim {
     claims: Arc<Claims>,
     key: String,
     fingerprint: String,
-    event_id: EventId,
     /// The claim took over a `pending` record an earlier version left (its event may
     /// already be stored).
     taken_over: bool,
@@ -1012,16 +1011,15 @@ impl Backend for SledBackend {
                     event_id,
                     taken_over,
                 } => {
-                    return Ok(Claim::Owned(OwnedClaim {
+                    return Ok(Claim::Owned(OwnedClaim::new(
                         event_id,
-                        hold: Box::new(SledClaim {
+                        SledClaim {
                             claims: inner.claims.clone(),
                             key: req.key.to_owned(),
                             fingerprint: req.fingerprint.to_owned(),
-                            event_id,
                             taken_over,
-                        }),
-                    }));
+                        },
+                    )));
                 }
                 TryClaim::Done(done) => {
                     // The record may have been written by a request whose flush is still
@@ -1045,15 +1043,7 @@ impl Backend for SledBackend {
         response: &StoredResponse,
         dedup_window: Option<Duration>,
     ) -> Result<()> {
-        let hold = claim
-            .hold
-            .downcast::<SledClaim>()
-            .map_err(|_| Error::Unavailable("a claim of another store".into()))?;
-        if hold.event_id != event.id {
-            return Err(Error::Unavailable(
-                "an event stored under another id than its claim reserved".into(),
-            ));
-        }
+        let hold = claim.into_hold::<SledClaim>(event)?;
         let writes = self
             .inner
             .commit_writes(&hold, event, response, dedup_window)?;

@@ -322,13 +322,26 @@ impl Inner {
     }
 
     pub(super) fn replay_action(&self, id: ActionId) -> Result<Option<Action>> {
+        Ok(self
+            .change_action(id, |a| a.replay(now_ms()))?
+            .map(|(a, _)| a))
+    }
+
+    /// Applies `change` to an action under the outbox lock and, when it says it changed
+    /// it, stores it with its schedule entry moved. `None` when there is no such action;
+    /// otherwise the action and whether it changed.
+    fn change_action(
+        &self,
+        id: ActionId,
+        change: impl FnOnce(&mut Action) -> bool,
+    ) -> Result<Option<(Action, bool)>> {
         let _outbox = self.outbox_lock();
         let Some(mut a) = self.action(id)? else {
             return Ok(None);
         };
         let old_due = a.due_ms;
-        if !a.replay(now_ms()) {
-            return Ok(Some(a));
+        if !change(&mut a) {
+            return Ok(Some((a, false)));
         }
         let mut batch = sled::Batch::default();
         if let Some(at) = old_due {
@@ -336,7 +349,7 @@ impl Inner {
         }
         put_action(&mut batch, &a);
         self.batch(batch)?;
-        Ok(Some(a))
+        Ok(Some((a, true)))
     }
 
     /// Removes an event's actions (the sweeper, with the event).
@@ -360,20 +373,8 @@ impl Inner {
     }
 
     pub(super) fn expire_action(&self, id: ActionId) -> Result<Option<Action>> {
-        let _outbox = self.outbox_lock();
-        let Some(mut a) = self.action(id)? else {
-            return Ok(None);
-        };
-        let old_due = a.due_ms;
-        if !a.expire() {
-            return Ok(None);
-        }
-        let mut batch = sled::Batch::default();
-        if let Some(at) = old_due {
-            batch.remove(due_key(&a.channel, at, &id));
-        }
-        put_action(&mut batch, &a);
-        self.batch(batch)?;
-        Ok(Some(a))
+        Ok(self
+            .change_action(id, Action::expire)?
+            .and_then(|(a, expired)| expired.then_some(a)))
     }
 }

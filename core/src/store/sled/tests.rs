@@ -71,7 +71,7 @@ async fn put(store: &Store, key: &str, status: EventStatus) -> Event {
     let Claim::Owned(c) = store.claim(&req(key, "f")).await.unwrap() else {
         panic!("{key} is taken")
     };
-    let mut e = event(c.event_id, status);
+    let mut e = event(c.event_id(), status);
     e.idempotency_key = key.into();
     store
         .commit(c, &e, &StoredResponse::empty(204), None)
@@ -91,7 +91,7 @@ async fn claim_is_exclusive_and_done_replays() {
         store.claim(&req("k", "f1")).await,
         Err(Error::InFlight)
     ));
-    let e = event(c.event_id, EventStatus::Received);
+    let e = event(c.event_id(), EventStatus::Received);
     let resp = StoredResponse::empty(204);
     store.commit(c, &e, &resp, None).await.unwrap();
     match store.claim(&req("k", "f2")).await.unwrap() {
@@ -137,7 +137,7 @@ async fn pending_claims_of_an_earlier_run_are_taken_over() {
     let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
         panic!("a stale claim is taken over")
     };
-    assert_eq!(c.event_id, reserved, "the reserved event id is reused");
+    assert_eq!(c.event_id(), reserved, "the reserved event id is reused");
 }
 
 /// The defect of issue 9: a crash after the event was written but before it was in the
@@ -165,7 +165,7 @@ async fn a_taken_over_claim_puts_its_waiting_event_in_the_inbox() {
     let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
         panic!()
     };
-    let mut e = event(c.event_id, EventStatus::Received);
+    let mut e = event(c.event_id(), EventStatus::Received);
     e.idempotency_key = "k".into();
     store
         .commit(c, &e, &StoredResponse::empty(204), None)
@@ -237,7 +237,7 @@ async fn an_inbox_entry_ahead_of_its_event_is_kept_while_its_claim_is_pending() 
     let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
         panic!("the stale claim is taken over")
     };
-    assert_eq!(c.event_id, id);
+    assert_eq!(c.event_id(), id);
     let mut e = event(id, EventStatus::Received);
     e.idempotency_key = "k".into();
     store
@@ -315,7 +315,7 @@ async fn pages_are_newest_first_and_filtered() {
         let Claim::Owned(c) = store.claim(&req(&format!("k{i}"), "f")).await.unwrap() else {
             panic!()
         };
-        let mut e = event(c.event_id, status);
+        let mut e = event(c.event_id(), status);
         e.event_type = format!("t{}", i % 2);
         ids.push(e.id);
         store
@@ -488,7 +488,7 @@ async fn concurrent_batches_are_combined_and_claims_held_until_applied() {
                 .unwrap()
             {
                 Claim::Owned(c) => {
-                    let mut e = event(c.event_id, EventStatus::Received);
+                    let mut e = event(c.event_id(), EventStatus::Received);
                     e.idempotency_key = key.clone();
                     store
                         .commit(c, &e, &StoredResponse::empty(204), None)
@@ -575,7 +575,7 @@ async fn a_store_of_the_earlier_format_opens_and_works() {
     let Claim::Owned(c) = store.claim(&req("stale-key", "g")).await.unwrap() else {
         panic!("the stale claim is taken over")
     };
-    assert_eq!(c.event_id, stale);
+    assert_eq!(c.event_id(), stale);
     let mut e = event(stale, EventStatus::Received);
     e.idempotency_key = "stale-key".into();
     store

@@ -15,7 +15,7 @@ pub mod config;
 mod tests;
 pub mod verify;
 
-use std::{any::Any, sync::Arc};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use switchboard_core::peer::Pins;
@@ -343,16 +343,7 @@ fn bytes(secrets: Vec<(String, String)>) -> Vec<Vec<u8>> {
 
 /// The event type of a value: lower snake case, safe as a route file name.
 pub fn event_type(value: &str) -> String {
-    let t: String = value
-        .chars()
-        .take(64)
-        .map(|c| match c {
-            'A'..='Z' => c.to_ascii_lowercase(),
-            'a'..='z' | '0'..='9' => c,
-            _ => '_',
-        })
-        .collect();
-    if t.is_empty() { "event".into() } else { t }
+    super::event_type_of(value, "event")
 }
 
 impl Provider for Generic {
@@ -360,20 +351,8 @@ impl Provider for Generic {
         &self.name
     }
 
-    fn clone_box(&self) -> Box<dyn Provider> {
-        Box::new(self.clone())
-    }
-
     fn to_value(&self) -> Value {
         to_table(&self.cfg)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 
     fn validate(&self) -> crate::Result<()> {

@@ -15,7 +15,7 @@ pub mod verify;
 pub use api::PomeloApi;
 pub use config::PomeloConfig;
 
-use std::{any::Any, sync::Arc};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -50,20 +50,8 @@ impl Provider for PomeloConfig {
         NAME
     }
 
-    fn clone_box(&self) -> Box<dyn Provider> {
-        Box::new(self.clone())
-    }
-
     fn to_value(&self) -> Value {
         to_table(self)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 
     fn validate(&self) -> crate::Result<()> {

@@ -19,7 +19,7 @@ pub mod verify;
 pub use api::{ENDPOINTS, VerestroApi};
 pub use config::VerestroConfig;
 
-use std::{any::Any, sync::Arc};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use switchboard_core::peer::Pins;
@@ -88,20 +88,8 @@ impl Provider for VerestroConfig {
         NAME
     }
 
-    fn clone_box(&self) -> Box<dyn Provider> {
-        Box::new(self.clone())
-    }
-
     fn to_value(&self) -> Value {
         to_table(self)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 
     fn validate(&self) -> crate::Result<()> {

@@ -16,7 +16,7 @@ pub mod verify;
 pub use api::VerifyVaspApi;
 pub use config::VerifyVaspConfig;
 
-use std::{any::Any, sync::Arc};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -50,20 +50,7 @@ pub const QUARANTINE_EVENT_TYPE: &str = "unparsed";
 /// The event type of a `callbackType`: lower snake case (`VERIFICATION_RESULT` →
 /// `verification_result`), safe as a route file name.
 pub fn event_type(callback_type: &str) -> String {
-    let t: String = callback_type
-        .chars()
-        .take(64)
-        .map(|c| match c {
-            'A'..='Z' => c.to_ascii_lowercase(),
-            'a'..='z' | '0'..='9' => c,
-            _ => '_',
-        })
-        .collect();
-    if t.is_empty() {
-        QUARANTINE_EVENT_TYPE.into()
-    } else {
-        t
-    }
+    super::event_type_of(callback_type, QUARANTINE_EVENT_TYPE)
 }
 
 impl Provider for VerifyVaspConfig {
@@ -81,20 +68,8 @@ impl Provider for VerifyVaspConfig {
         )
     }
 
-    fn clone_box(&self) -> Box<dyn Provider> {
-        Box::new(self.clone())
-    }
-
     fn to_value(&self) -> Value {
         to_table(self)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 
     fn validate(&self) -> crate::Result<()> {
