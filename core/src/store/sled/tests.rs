@@ -68,7 +68,13 @@ fn req<'a>(key: &'a str, fp: &'a str) -> ClaimRequest<'a> {
 
 /// Claims `key` and stores an event of `status` under it; returns the event.
 async fn put(store: &Store, key: &str, status: EventStatus) -> Event {
-    let Claim::Owned(c) = store.claim(&req(key, "f")).await.unwrap() else {
+    put_body(store, key, "f", status).await
+}
+
+/// [`put`] of a body whose fingerprint is `fp`; the event gets the id the claim reserved
+/// (a taken-over claim's, when there was one).
+async fn put_body(store: &Store, key: &str, fp: &str, status: EventStatus) -> Event {
+    let Claim::Owned(c) = store.claim(&req(key, fp)).await.unwrap() else {
         panic!("{key} is taken")
     };
     let mut e = event(c.event_id(), status);
@@ -162,15 +168,7 @@ async fn a_taken_over_claim_puts_its_waiting_event_in_the_inbox() {
     tokio::task::yield_now().await;
     let (store, _) = open(dir.path());
     assert!(store.take_inbox(None, 10).await.unwrap().is_empty());
-    let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
-        panic!()
-    };
-    let mut e = event(c.event_id(), EventStatus::Received);
-    e.idempotency_key = "k".into();
-    store
-        .commit(c, &e, &StoredResponse::empty(204), None)
-        .await
-        .unwrap();
+    put(&store, "k", EventStatus::Received).await;
     assert_eq!(store.take_inbox(None, 10).await.unwrap(), vec![id]);
 }
 
@@ -234,16 +232,8 @@ async fn an_inbox_entry_ahead_of_its_event_is_kept_while_its_claim_is_pending() 
         vec![id],
         "kept while the claim is pending"
     );
-    let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
-        panic!("the stale claim is taken over")
-    };
-    assert_eq!(c.event_id(), id);
-    let mut e = event(id, EventStatus::Received);
-    e.idempotency_key = "k".into();
-    store
-        .commit(c, &e, &StoredResponse::empty(204), None)
-        .await
-        .unwrap();
+    let e = put(&store, "k", EventStatus::Received).await;
+    assert_eq!(e.id, id, "the stale claim is taken over");
     assert_eq!(store.take_inbox(None, 10).await.unwrap(), vec![id]);
     store.route_done(&e, None, vec![]).await.unwrap();
     assert!(store.take_inbox(None, 10).await.unwrap().is_empty());
@@ -572,16 +562,8 @@ async fn a_store_of_the_earlier_format_opens_and_works() {
         Claim::Done { event_id, .. } => assert_eq!(event_id, Some(done.id)),
         other => panic!("a duplicate, not {other:?}"),
     }
-    let Claim::Owned(c) = store.claim(&req("stale-key", "g")).await.unwrap() else {
-        panic!("the stale claim is taken over")
-    };
-    assert_eq!(c.event_id(), stale);
-    let mut e = event(stale, EventStatus::Received);
-    e.idempotency_key = "stale-key".into();
-    store
-        .commit(c, &e, &StoredResponse::empty(204), None)
-        .await
-        .unwrap();
+    let e = put_body(&store, "stale-key", "g", EventStatus::Received).await;
+    assert_eq!(e.id, stale, "the stale claim is taken over");
     store.route_done(&done, None, vec![]).await.unwrap();
     assert_eq!(store.take_inbox(None, 10).await.unwrap(), vec![stale]);
     assert!(matches!(
