@@ -8,6 +8,7 @@
 use std::{
     path::Path,
     process::Command,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -181,15 +182,70 @@ fn spinning(dir: &Path, isolation: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_in_the_middle_of_a_run_costs_that_run_only() {
+/// A server directory whose route for `file` (under `verifyvasp/`) is `script`, and whose
+/// `tx_report` route (the one [`next_event_routes`] sends) logs and ends.
+fn hostile_dir(file: &str, script: &str) -> Arc<Dir> {
     let dir = Dir::new();
-    write(dir.path(), "verifyvasp/hostile_spin.rhai", SPINS);
+    write(dir.path(), &format!("verifyvasp/{file}"), script);
     write(
         dir.path(),
         "verifyvasp/tx_report.rhai",
         "log::info(\"ok\");",
     );
+    dir
+}
+
+/// A server whose `hostile_spin` route is `hostile` (it prints "run started" first), with
+/// `routes` added to the [`spinning`] settings, and three innocent `error_report` events
+/// whose runs wait on a service that answers after a minute, started with the hostile
+/// event and all four runs in flight. Returns the service, the directory and the settings
+/// to start the server again with.
+async fn hostile_and_innocents_in_flight(
+    hostile: &str,
+    isolation: &str,
+    routes: &str,
+) -> (Recorder, Arc<Dir>, String, Server) {
+    let slow = Recorder::start().await;
+    slow.plan(
+        "/",
+        vec![Reply::json(json!({})).after(Duration::from_secs(60))],
+    );
+    let dir = hostile_dir("hostile_spin.rhai", hostile);
+    write(
+        dir.path(),
+        "verifyvasp/error_report.rhai",
+        "let x = http::get(\"slow\", \"/x\"); log::info(\"innocent\");",
+    );
+    let tail = format!(
+        "{}{routes}lookup_timeout = \"90s\"\nlookup_budget = \"90s\"\n\n[services.slow]\nbase_url = \"{}\"\ntimeout = \"90s\"\n",
+        spinning(dir.path(), isolation),
+        slow.url()
+    );
+    let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
+    let c = client();
+    accepted_vasp(&c, &s, &callback("HOSTILE_SPIN")).await;
+    for _ in 0..3 {
+        accepted_vasp(&c, &s, &callback("ERROR_REPORT")).await;
+    }
+    until_logged(&s, "output=run started", 1).await;
+    slow.wait_for("/x", 3, Duration::from_secs(20)).await;
+    (slow, dir, tail, s)
+}
+
+/// Once the three innocent events of [`hostile_and_innocents_in_flight`] are done: each
+/// routed.
+async fn innocents_routed(c: &reqwest::Client, s: &Server) {
+    until_routed(c, s).await;
+    let innocent = events(c, s, "type=error_report").await;
+    assert_eq!(innocent.len(), 3);
+    for e in &innocent {
+        assert_eq!(e["status"], "routed", "{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_in_the_middle_of_a_run_costs_that_run_only() {
+    let dir = hostile_dir("hostile_spin.rhai", SPINS);
     let tail = spinning(dir.path(), "process");
     let mut s = Server::start_in(dir.clone(), &[("tail", &tail)]);
     let c = client();
@@ -222,38 +278,9 @@ async fn a_worker_killed_in_the_middle_of_a_run_costs_that_run_only() {
 /// (waiting on a slow service) at the first kill are run alone after it, so they are
 /// never counted twice, and end routed.
 async fn poison_run_survives_two_kills(isolation: &str) {
-    let slow = Recorder::start().await;
-    slow.plan(
-        "/",
-        vec![Reply::json(json!({})).after(Duration::from_secs(60))],
-    );
-    let dir = Dir::new();
-    write(dir.path(), "verifyvasp/hostile_spin.rhai", SPINS);
-    write(
-        dir.path(),
-        "verifyvasp/tx_report.rhai",
-        "log::info(\"ok\");",
-    );
-    write(
-        dir.path(),
-        "verifyvasp/error_report.rhai",
-        "let x = http::get(\"slow\", \"/x\"); log::info(\"innocent\");",
-    );
-    let tail = format!(
-        "{}lookup_timeout = \"90s\"\nlookup_budget = \"90s\"\n\n[services.slow]\nbase_url = \"{}\"\ntimeout = \"90s\"\n",
-        spinning(dir.path(), isolation),
-        slow.url()
-    );
+    let (slow, dir, tail, s) = hostile_and_innocents_in_flight(SPINS, isolation, "").await;
     let extra = [("tail", tail.as_str())];
     let c = client();
-
-    let s = Server::start_in(dir.clone(), &extra);
-    accepted_vasp(&c, &s, &callback("HOSTILE_SPIN")).await;
-    for _ in 0..3 {
-        accepted_vasp(&c, &s, &callback("ERROR_REPORT")).await;
-    }
-    until_logged(&s, "output=run started", 1).await;
-    slow.wait_for("/x", 3, Duration::from_secs(20)).await;
     let worker = (isolation == "process").then(|| newest_worker(&s));
     s.kill9();
     if let Some(pid) = worker {
@@ -289,12 +316,7 @@ async fn poison_run_survives_two_kills(isolation: &str) {
         !s.logs().contains("output=run started"),
         "it ran a third time"
     );
-    until_routed(&c, &s).await;
-    let innocent = events(&c, &s, "type=error_report").await;
-    assert_eq!(innocent.len(), 3);
-    for e in &innocent {
-        assert_eq!(e["status"], "routed", "{e}");
-    }
+    innocents_routed(&c, &s).await;
     next_event_routes(&c, &s).await;
 }
 
@@ -305,43 +327,16 @@ async fn poison_run_survives_two_kills(isolation: &str) {
 /// the crash, the server stays up, the innocent events whose runs were cut route.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_in_a_worker_survives_two_kills_of_the_server_and_fails_alone() {
-    let slow = Recorder::start().await;
-    slow.plan(
-        "/",
-        vec![Reply::json(json!({})).after(Duration::from_secs(60))],
-    );
-    let dir = Dir::new();
     // About two seconds of work before the allocation that kills the worker.
-    write(
-        dir.path(),
-        "verifyvasp/hostile_spin.rhai",
+    let (slow, dir, tail, s) = hostile_and_innocents_in_flight(
         "print(\"run started\"); let x = 0; while x < 1500000 { x += 1; } \
          let chunk = \"\"; chunk.pad(60000, \"m\"); let s = \"\"; s.pad(600000000, chunk); log::info(`${s.len()}`);",
-    );
-    write(
-        dir.path(),
-        "verifyvasp/tx_report.rhai",
-        "log::info(\"ok\");",
-    );
-    write(
-        dir.path(),
-        "verifyvasp/error_report.rhai",
-        "let x = http::get(\"slow\", \"/x\"); log::info(\"innocent\");",
-    );
-    let tail = format!(
-        "{}max_string_size = \"1GiB\"\nworker_memory = \"384MiB\"\nlookup_timeout = \"90s\"\nlookup_budget = \"90s\"\n\n[services.slow]\nbase_url = \"{}\"\ntimeout = \"90s\"\n",
-        spinning(dir.path(), "process"),
-        slow.url()
-    );
+        "process",
+        "max_string_size = \"1GiB\"\nworker_memory = \"384MiB\"\n",
+    )
+    .await;
     let extra = [("tail", tail.as_str())];
     let c = client();
-    let s = Server::start_in(dir.clone(), &extra);
-    accepted_vasp(&c, &s, &callback("HOSTILE_SPIN")).await;
-    for _ in 0..3 {
-        accepted_vasp(&c, &s, &callback("ERROR_REPORT")).await;
-    }
-    until_logged(&s, "output=run started", 1).await;
-    slow.wait_for("/x", 3, Duration::from_secs(20)).await;
     s.kill9();
     let s = Server::start_in(dir.clone(), &extra);
     until_logged(&s, "output=run started", 1).await;
@@ -356,12 +351,7 @@ async fn a_poison_event_in_a_worker_survives_two_kills_of_the_server_and_fails_a
         error.contains("the script crashed: its worker process aborted"),
         "{error}"
     );
-    until_routed(&c, &s).await;
-    let innocent = events(&c, &s, "type=error_report").await;
-    assert_eq!(innocent.len(), 3);
-    for e in &innocent {
-        assert_eq!(e["status"], "routed", "{e}");
-    }
+    innocents_routed(&c, &s).await;
     answered_within_a_second(&c, &s).await;
     next_event_routes(&c, &s).await;
     assert!(s.try_wait().is_none(), "the server stopped");
@@ -376,16 +366,9 @@ async fn a_poison_event_is_parked_after_two_kills_of_the_server_when_scripts_run
 async fn a_run_over_the_worker_memory_cap_ends_its_worker_only() {
     // An operator raised the string limit far beyond the worker's memory: one `pad` asks
     // for 600 MB, which the worker's address space (routes.worker_memory) cannot hold.
-    let dir = Dir::new();
-    write(
-        dir.path(),
-        "verifyvasp/hostile_memory.rhai",
+    let dir = hostile_dir(
+        "hostile_memory.rhai",
         "let chunk = \"\"; chunk.pad(60000, \"m\"); let s = \"\"; s.pad(600000000, chunk); log::info(`${s.len()}`);",
-    );
-    write(
-        dir.path(),
-        "verifyvasp/tx_report.rhai",
-        "log::info(\"ok\");",
     );
     let tail = format!(
         "{}max_string_size = \"1GiB\"\nworker_memory = \"384MiB\"\ndeadline = \"10s\"\n",
