@@ -649,7 +649,7 @@ path = "/hooks/billing"
 async fn mutual_tls_generic_providers_are_pinned_and_served_on_their_listener() {
     let dir = Dir::new();
     let pki = crate::pki::Pki::new(dir.path());
-    crate::pki::switchboard(
+    switchboard(
         &pki.dir,
         &[
             "ca",

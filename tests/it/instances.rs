@@ -349,17 +349,7 @@ async fn instances_starting_together_migrate_once_and_check_reports_the_schema()
     let dir = Dir::new();
     let cfg = dir.path().join("pg.toml");
     std::fs::write(&cfg, base_config(&dir.data(), &[("store", &store)])).unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config", cfg.to_str().unwrap()])
-        .env("SWITCHBOARD_TEST_VASP_TOKEN", VASP_TOKEN)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = switchboard(dir.path(), &["check", "--config", cfg.to_str().unwrap()]);
     assert!(
         text.contains("postgres: schema version 1 (current)"),
         "{text}"
@@ -373,9 +363,7 @@ async fn instances_starting_together_migrate_once_and_check_reports_the_schema()
     )
     .unwrap();
     let run = |cmd: &str| {
-        std::process::Command::new(BIN)
-            .args([cmd, "--config", cfg.to_str().unwrap()])
-            .env("SWITCHBOARD_TEST_VASP_TOKEN", VASP_TOKEN)
+        switchboard_command(dir.path(), &[cmd, "--config", cfg.to_str().unwrap()])
             .output()
             .unwrap()
     };
@@ -383,13 +371,8 @@ async fn instances_starting_together_migrate_once_and_check_reports_the_schema()
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("empty; schema version 1 will be created")
     );
-    let out = run("migrate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("schema version 1 (current)"));
+    let migrated = switchboard(dir.path(), &["migrate", "--config", cfg.to_str().unwrap()]);
+    assert!(migrated.contains("schema version 1 (current)"));
     // An unreachable database is a clear error, not a hang.
     std::fs::write(
         &cfg,
@@ -461,29 +444,20 @@ async fn an_embedded_store_is_copied_into_postgres_and_carries_on() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["store", "copy", "--from"])
-        .arg(dir.data())
-        .args(["--config", cfg.to_str().unwrap()])
-        .env("SWITCHBOARD_TEST_VASP_TOKEN", VASP_TOKEN)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let data = dir.data();
+    let copy = [
+        "store",
+        "copy",
+        "--from",
+        data.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ];
+    let text = switchboard(dir.path(), &copy);
     assert!(text.contains("3 of 3 events"), "{text}");
     assert!(text.contains("1 of 1 deliveries"), "{text}");
     // A second copy finds everything there.
-    let again = std::process::Command::new(BIN)
-        .args(["store", "copy", "--from"])
-        .arg(dir.data())
-        .args(["--config", cfg.to_str().unwrap()])
-        .env("SWITCHBOARD_TEST_VASP_TOKEN", VASP_TOKEN)
-        .output()
-        .unwrap();
+    let again = switchboard_command(dir.path(), &copy).output().unwrap();
     assert!(String::from_utf8_lossy(&again.stdout).contains("0 of 3 events"));
 
     let sink_dir = Dir::new();

@@ -15,24 +15,6 @@ pub struct Pki {
     pub dir: PathBuf,
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-pub fn switchboard(dir: &Path, args: &[&str]) -> String {
-    run(Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("SWITCHBOARD_CONFIG"))
-}
-
 pub fn openssl(dir: &Path, args: &[&str]) -> String {
     run(Command::new("openssl").args(args).current_dir(dir))
 }

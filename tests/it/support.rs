@@ -25,6 +25,34 @@ pub const VASP_TOKEN: &str = "vasp-token-for-tests-0123456789";
 pub const POMELO_PATH: &str = "/pomelo/tokenization/otp";
 pub const VASP_PATH: &str = "/verifyvasp/callback";
 
+/// Runs `cmd`, which must succeed; its standard output (both outputs when it fails).
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The binary with `args`, run in `dir`: no `SWITCHBOARD_CONFIG` from outside, the
+/// VerifyVASP token the test configurations name in its environment.
+pub fn switchboard_command(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("SWITCHBOARD_CONFIG")
+        .env("SWITCHBOARD_TEST_VASP_TOKEN", VASP_TOKEN);
+    cmd
+}
+
+/// Runs [`switchboard_command`], which must succeed; its standard output.
+pub fn switchboard(dir: &Path, args: &[&str]) -> String {
+    run(&mut switchboard_command(dir, args))
+}
+
 pub fn pomelo_secret_b64() -> String {
     STANDARD.encode(POMELO_SECRET_BYTES)
 }
