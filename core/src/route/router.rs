@@ -5,6 +5,13 @@
 //! (`routes.lookup_retries`) before the event is parked; the event stays in the inbox
 //! meanwhile, so a restart picks it up too.
 //!
+//! **From memory.** On the embedded store (one process routes its inbox), an event this
+//! process has just committed is handed to the route tasks as it is ([`Store::commit`]),
+//! not read back from the inbox and the store; its inbox entry stays until it is routed,
+//! for a restart. When the tasks have no room, the commit wakes the dispatcher, which
+//! reads the inbox as before. An event is in flight from the moment either path takes
+//! it, so the two never run it twice.
+//!
 //! **Crashes.** Runs go to worker processes ([`super::pool`]) unless `routes.isolation =
 //! "in_process"`. A run whose worker dies (a stack overflow, a failed allocation, the
 //! hard deadline) is seen by the server, and its event is parked `failed` at once: a
@@ -35,7 +42,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering::SeqCst},
+    },
     time::Duration,
 };
 
@@ -69,6 +79,9 @@ pub struct Router {
     retry_waits: Vec<Duration>,
     metrics: Arc<Metrics>,
     in_flight: Mutex<HashSet<EventId>>,
+    /// The dispatcher passed over an event in flight since the last run ended: the next
+    /// end of a run wakes it to read the inbox again.
+    passed_over: AtomicBool,
     /// Runs of an event that failed on a transient lookup failure, so far.
     retried: Mutex<HashMap<EventId, usize>>,
     isolation: Isolation,
@@ -89,6 +102,26 @@ const IDLE_WORKER: Duration = Duration::from_secs(60);
 
 /// Route tasks per run slot: the tasks that wait for their count's flush share it.
 const TASKS_PER_SLOT: usize = 4;
+
+/// An event for a route task: from the inbox (read it), or handed over by the commit
+/// that stored it (see [`Store::commit`]).
+enum Work {
+    Inbox(EventId),
+    Committed(Box<Event>),
+}
+
+impl Work {
+    fn id(&self) -> EventId {
+        match self {
+            Work::Inbox(id) => *id,
+            Work::Committed(e) => e.id,
+        }
+    }
+}
+
+/// Events queued for the route tasks at most: what commits hand over while every task
+/// is busy waits here (in memory; each is in the inbox too) instead of being read back.
+const QUEUED: usize = 1024;
 
 /// How a run ended, as the router records it.
 enum Outcome {
@@ -124,6 +157,7 @@ impl Router {
             retry_waits: cfg.lookup_retries.iter().map(|d| d.get()).collect(),
             metrics,
             in_flight: Mutex::new(HashSet::new()),
+            passed_over: AtomicBool::new(false),
             retried: Mutex::new(HashMap::new()),
             isolation: cfg.isolation,
             pool,
@@ -155,13 +189,14 @@ impl Router {
     }
 
     /// Routes until `stop` is cancelled: a dispatcher that reads the inbox when signalled
-    /// (and every second, as a safety net), and `workers` workers. Then no run starts any
-    /// more; the runs in flight get `grace` to finish, after which they are ended (their
-    /// events stay in the inbox) and the idle workers are closed. Returns when nothing of
-    /// the router runs any more.
+    /// (and every second, as a safety net), the events commits hand over from memory,
+    /// and `workers` workers. Then no run starts any more; the runs in flight get `grace`
+    /// to finish, after which they are ended (their events stay in the inbox) and the
+    /// idle workers are closed. Returns when nothing of the router runs any more.
     pub async fn run(self: Arc<Self>, stop: CancellationToken, grace: Duration) {
         let tasks = self.workers * TASKS_PER_SLOT;
-        let (tx, rx) = mpsc::channel::<EventId>(tasks);
+        let (tx, rx) = mpsc::channel::<Work>(tasks.max(QUEUED));
+        self.store.set_handoff(Some(self.handoff(tx.clone())));
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..tasks {
@@ -173,8 +208,9 @@ impl Router {
                         () = stop.cancelled() => None,
                         id = async { rx.lock().await.recv().await } => id,
                     };
-                    let Some(id) = next else { break };
-                    match me.route(id).await {
+                    let Some(work) = next else { break };
+                    let id = work.id();
+                    match me.route(work).await {
                         // Still in flight (so not dispatched again) until the wait is over.
                         Some(wait) => {
                             if let Err(e) = me.store.defer(id, wait).await {
@@ -186,15 +222,16 @@ impl Router {
                                     () = tokio::time::sleep(wait) => {}
                                     () = stop.cancelled() => {}
                                 }
-                                me.release(id);
+                                me.release(id, true);
                             });
                         }
-                        None => me.release(id),
+                        None => me.release(id, false),
                     }
                 }
             });
         }
         self.dispatch(&tx, &stop).await;
+        self.store.set_handoff(None);
         drop(tx);
         let drained = tokio::time::timeout(grace, async {
             while workers.join_next().await.is_some() {}
@@ -208,8 +245,40 @@ impl Router {
         self.pool.close().await;
     }
 
+    /// The door of commits to the route tasks: an event not yet in flight goes to them
+    /// if there is room; otherwise the commit wakes the dispatcher, which finds it in the
+    /// inbox.
+    fn handoff(self: &Arc<Self>, tx: mpsc::Sender<Work>) -> crate::store::Handoff {
+        let me = Arc::downgrade(self);
+        Box::new(move |event: Event| {
+            let Some(me) = me.upgrade() else {
+                return false;
+            };
+            let id = event.id;
+            if !me.take_flight(id) {
+                // The dispatcher found it in the inbox first.
+                return true;
+            }
+            if tx.try_send(Work::Committed(Box::new(event))).is_ok() {
+                return true;
+            }
+            if let Ok(mut f) = me.in_flight.lock() {
+                f.remove(&id);
+            }
+            false
+        })
+    }
+
+    /// Marks `id` in flight; `false` if it already was.
+    fn take_flight(&self, id: EventId) -> bool {
+        self.in_flight
+            .lock()
+            .map(|mut f| f.insert(id))
+            .unwrap_or(false)
+    }
+
     /// Hands inbox events to the workers until `stop`.
-    async fn dispatch(&self, tx: &mpsc::Sender<EventId>, stop: &CancellationToken) {
+    async fn dispatch(&self, tx: &mpsc::Sender<Work>, stop: &CancellationToken) {
         // The inbox is read a page at a time from a cursor, so that events still in
         // flight (waiting out a lookup retry, say) never hide the ones behind them; past
         // the end, the next pass starts from the beginning again.
@@ -225,16 +294,12 @@ impl Router {
             let at_end = ids.len() < INBOX_PAGE;
             cursor = if at_end { None } else { ids.last().copied() };
             for id in ids {
-                let fresh = self
-                    .in_flight
-                    .lock()
-                    .map(|mut f| f.insert(id))
-                    .unwrap_or(false);
-                if !fresh {
+                if !self.take_flight(id) {
+                    self.passed_over.store(true, SeqCst);
                     continue;
                 }
                 tokio::select! {
-                    sent = tx.send(id) => if sent.is_err() { return },
+                    sent = tx.send(Work::Inbox(id)) => if sent.is_err() { return },
                     () = stop.cancelled() => return,
                 }
             }
@@ -250,16 +315,28 @@ impl Router {
         }
     }
 
-    fn release(&self, id: EventId) {
+    /// Ends an event's time in flight. The dispatcher reads the inbox again if the event
+    /// stays there (`again`: its run is to be tried again) or if it passed over an event in
+    /// flight meanwhile.
+    fn release(&self, id: EventId, again: bool) {
         if let Ok(mut f) = self.in_flight.lock() {
             f.remove(&id);
         }
-        self.store.signal_inbox();
+        if self.passed_over.swap(false, SeqCst) || again {
+            self.store.signal_inbox();
+        }
     }
 
     /// Routes one event. Returns a wait when the run should be tried again after it.
-    pub async fn route(&self, id: EventId) -> Option<Duration> {
-        let event = match self.store.event(id).await {
+    async fn route(&self, work: Work) -> Option<Duration> {
+        let id = work.id();
+        let read = match work {
+            // Just committed to the inbox by this process: nothing else can have routed
+            // it, since it has been in flight from the start.
+            Work::Committed(event) => Ok(Some(*event)),
+            Work::Inbox(id) => self.store.event(id).await,
+        };
+        let event = match read {
             Ok(Some(e)) if e.status == EventStatus::Received => e,
             Ok(_) => {
                 let _ = self.store.inbox_remove(id).await;
@@ -327,7 +404,6 @@ impl Router {
                 // for that later write to be durable before it sends, which covers this one.
                 match self.record(event.clone(), script_name, Ok(specs)).await {
                     Ok(()) => {
-                        self.store.signal_outbox();
                         count("routed");
                         tracing::info!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = %script_label, actions = n, "event routed");
                     }

@@ -105,6 +105,9 @@ pub struct ClaimRequest<'a> {
 pub struct OwnedClaim {
     /// The id to store the event under.
     event_id: EventId,
+    /// Whether the key was free: no earlier run left anything under it (see
+    /// [`OwnedClaim::taken_over`]).
+    fresh: bool,
     /// The backend's own hold on the key (a pending record, an open transaction).
     hold: Box<dyn std::any::Any + Send>,
 }
@@ -122,8 +125,22 @@ impl OwnedClaim {
     pub fn new(event_id: EventId, hold: impl std::any::Any + Send) -> Self {
         OwnedClaim {
             event_id,
+            fresh: true,
             hold: Box::new(hold),
         }
+    }
+
+    /// Marks a claim taken over from a run that crashed: what it left under the key may
+    /// be stored already (and even routed), so the commit's event is not handed to the
+    /// route workers from memory.
+    pub fn taken_over(mut self) -> Self {
+        self.fresh = false;
+        self
+    }
+
+    /// Whether the key was free (not [`OwnedClaim::taken_over`]).
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
     }
 
     /// The id to store the event under.
@@ -267,6 +284,14 @@ pub trait Backend: Send + Sync + 'static {
     /// to `req.wait` (then [`crate::Error::InFlight`]). A finished key is returned as
     /// [`Claim::Done`] only once its answer is durable.
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim>;
+
+    /// Whether this process alone routes the inbox (an embedded store), so that an event
+    /// it has just committed can go to its route workers from memory, without a read
+    /// of the inbox and of the event; its inbox entry still covers a restart. A store
+    /// shared by several instances hands out inbox entries as leases instead.
+    fn routes_in_memory(&self) -> bool {
+        false
+    }
 
     /// Stores `event` (its id is the claim's) and finishes the key with `response`.
     /// Returns once both are durable. A quarantined event is kept out of the inbox; any
@@ -441,7 +466,14 @@ pub struct Signals {
     pub inbox: Notify,
     /// Actions are due.
     pub outbox: Notify,
+    /// The route workers' door for events just committed, while they run (see
+    /// [`Store::commit`]).
+    handoff: std::sync::RwLock<Option<Handoff>>,
 }
+
+/// Takes an event just committed to the inbox straight to the route workers. `false`:
+/// not now (no room, stopping); the event is then found in the inbox instead.
+pub type Handoff = Box<dyn Fn(Event) -> bool + Send + Sync>;
 
 /// The store: a backend and the wake-ups of its workers. Cheap to clone.
 #[derive(Clone)]
@@ -493,7 +525,16 @@ impl Store {
         self.backend.claim(req).await
     }
 
-    /// See [`Backend::commit`]; wakes the route workers for an event that waits.
+    /// Installs (or, with `None`, removes) the route workers' [`Handoff`].
+    pub fn set_handoff(&self, handoff: Option<Handoff>) {
+        if let Ok(mut h) = self.signals.handoff.write() {
+            *h = handoff;
+        }
+    }
+
+    /// See [`Backend::commit`]. An event that waits for its route is handed to the route
+    /// workers from memory when the backend allows it and the key was free; otherwise
+    /// they are woken to read the inbox.
     pub async fn commit(
         &self,
         claim: OwnedClaim,
@@ -501,13 +542,23 @@ impl Store {
         response: &StoredResponse,
         dedup_window: Option<Duration>,
     ) -> Result<()> {
+        let fresh = claim.is_fresh();
         self.backend
             .commit(claim, event, response, dedup_window)
             .await?;
-        if event.status == EventStatus::Received {
+        if event.status == EventStatus::Received
+            && !(fresh && self.backend.routes_in_memory() && self.hand_off(event))
+        {
             self.signal_inbox();
         }
         Ok(())
+    }
+
+    fn hand_off(&self, event: &Event) -> bool {
+        self.signals
+            .handoff
+            .read()
+            .is_ok_and(|h| h.as_ref().is_some_and(|take| take(event.clone())))
     }
 
     /// See [`Backend::event`].

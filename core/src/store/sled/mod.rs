@@ -999,6 +999,10 @@ impl Backend for SledBackend {
         "sled"
     }
 
+    fn routes_in_memory(&self) -> bool {
+        true
+    }
+
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim> {
         let inner = &self.inner;
         let deadline = tokio::time::Instant::now() + req.wait;
@@ -1011,7 +1015,7 @@ impl Backend for SledBackend {
                     event_id,
                     taken_over,
                 } => {
-                    return Ok(Claim::Owned(OwnedClaim::new(
+                    let claim = OwnedClaim::new(
                         event_id,
                         SledClaim {
                             claims: inner.claims.clone(),
@@ -1019,7 +1023,12 @@ impl Backend for SledBackend {
                             fingerprint: req.fingerprint.to_owned(),
                             taken_over,
                         },
-                    )));
+                    );
+                    return Ok(Claim::Owned(if taken_over {
+                        claim.taken_over()
+                    } else {
+                        claim
+                    }));
                 }
                 TryClaim::Done(done) => {
                     // The record may have been written by a request whose flush is still
