@@ -5,17 +5,17 @@
 //! | `i`    | provider-scoped idempotency key                | [`IdemRecord`] (JSON)          |
 //! | `e`    | event id (16 bytes, time-ordered)              | [`Event`] (JSON)               |
 //! | `q`    | event id                                       | empty: quarantine index        |
-//! | `x`    | expiry ms (8 bytes BE) + event id              | idempotency key: expiry index  |
+//! | `x`    | expiry ms (8 bytes BE) + event id              | idempotency key: when a kept event is looked at again |
 //! | `n`    | event id                                       | the inbox: unfinished runs (4 bytes BE) + idempotency key |
 //! | `a`    | action id (16 bytes, time-ordered)             | [`Action`] (JSON)              |
 //! | `s`    | channel + 0 + due ms (8 bytes BE) + action id  | empty: one schedule per channel|
 //! | `o`    | action id                                      | empty: being sent              |
-//! | `m`    | a name                                         | the store's own facts (`mclean`: the last stop was graceful) |
+//! | `m`    | a name                                         | the store's own facts (`mclean`: the last stop was graceful; `mswept`: the id below which every event has been looked at by the sweep) |
 //!
 //! **One atomic write per commit, combined across requests.** A claim is held in memory
 //! (sled is one process: the directory is locked), so a claim costs a read, not a write.
-//! The commit is one sled batch: expiry entry, inbox entry, event and the idempotency
-//! record that makes the key done. sled recovers a batch whole or not at all, so a crash
+//! The commit is one sled batch: inbox entry, event and the idempotency record that makes
+//! the key done. sled recovers a batch whole or not at all, so a crash
 //! leaves either every write of a commit or none: a stored event always has its inbox
 //! entry and its done record, and a key is never done without its event. sled 0.34's
 //! `apply_batch` has a fixed cost (it takes sled's global write lock and seals the log's
@@ -39,6 +39,13 @@
 //! previous flush ran, so durability costs one fsync per batch of requests, not per
 //! request.
 //!
+//! **Expiry from the ids.** Event ids are time-ordered, so the events themselves are the
+//! expiry index: the sweep looks at the events received before `now - store.retention`,
+//! from where its last pass ended (`mswept`). An event that must stay (it waits for its
+//! route or an operator, or has an action not settled) gets an `x` entry, which brings it
+//! back to the sweep `retention` later. (Earlier versions wrote an `x` entry with every
+//! commit, one more key per event; those are swept as they come due.)
+//!
 //! **Leases** are this process's own: the route and delivery workers keep the set of what
 //! they work on, and nothing else opens the directory (sled locks it).
 
@@ -60,7 +67,7 @@ use tokio::sync::{Notify, watch};
 
 use super::{
     Backend, Claim, ClaimRequest, CountsBy, EventFilter, OwnedClaim, Page, Repaired, StoreStats,
-    StoredResponse, Swept, millis, now_ms,
+    StoredResponse, Swept, first_id_at, millis, now_ms,
 };
 use crate::{
     Error, Result,
@@ -83,6 +90,8 @@ pub(crate) const DUE: u8 = b's';
 pub(crate) const SENDING: u8 = b'o';
 /// Present (under the `m` prefix, the store's own facts) when the last process run ended with a graceful stop.
 const CLEAN: &[u8] = b"mclean";
+/// The first event id the sweep has not looked at yet (16 bytes).
+const SWEPT: &[u8] = b"mswept";
 
 /// The idempotency record of one key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -675,7 +684,6 @@ impl Inner {
         dedup_window: Option<Duration>,
     ) -> Result<Vec<Write>> {
         let now = now_ms();
-        let expires = now.saturating_add(millis(self.retention));
         let id = event.id.as_bytes();
         // A claim an earlier version left pending may already have its event stored: keep
         // it when it is this very body (it may have been routed since), replace it
@@ -695,8 +703,7 @@ impl Inner {
             },
         });
         let idem_key = claim.key.as_bytes();
-        let mut writes = Vec::with_capacity(4);
-        writes.push((expiry_key(expires, id), Some(idem_key.to_vec())));
+        let mut writes = Vec::with_capacity(3);
         match &existing {
             None => {
                 match event.status {
@@ -761,12 +768,17 @@ impl Inner {
                 });
             }
         }
-        let fallback = now_ms().saturating_add(millis(self.retention));
         for entry in self.tree.scan_prefix([EVENT]) {
             let (k, v) = entry?;
             match decode::<Event>(&k, &v) {
                 Ok(e) => {
-                    let at = expiry.get(&e.id).copied().unwrap_or(fallback);
+                    // Kept past its retention, or of an earlier version: its `x` entry;
+                    // otherwise its retention from when it was received.
+                    let received = u64::try_from(e.received_at.timestamp_millis()).unwrap_or(0);
+                    let at = expiry
+                        .get(&e.id)
+                        .copied()
+                        .unwrap_or_else(|| received.saturating_add(millis(self.retention)));
                     out.events.push((e, at));
                 }
                 Err(e) => skip_unreadable(e)?,
@@ -836,52 +848,90 @@ impl Inner {
 
     fn sweep(&self, now_ms: u64, retention: Duration) -> Result<Swept> {
         let mut swept = Swept::default();
+        // The events received before the retention, not looked at yet.
+        let from = self
+            .tree
+            .get(SWEPT)?
+            .map(|v| v.to_vec())
+            .unwrap_or_default();
+        let bound = first_id_at(now_ms.saturating_sub(millis(self.retention)));
+        if from.as_slice() < bound.as_bytes().as_slice() {
+            for entry in self
+                .tree
+                .range(key(EVENT, &from)..key(EVENT, bound.as_bytes()))
+            {
+                let (k, v) = entry?;
+                let Some(id) = EventId::from_slice(&k[1..]) else {
+                    continue;
+                };
+                match decode::<Event>(&k, &v) {
+                    Ok(e) => {
+                        let idem_key = e.idempotency_key.clone().into_bytes();
+                        self.expire(id, Some(e), &idem_key, now_ms, retention, &mut swept)?;
+                    }
+                    Err(e) => skip_unreadable(e)?,
+                }
+            }
+            self.tree.insert(SWEPT, bound.as_bytes().as_slice())?;
+        }
+        // Events kept by an earlier pass, and every expiry entry of earlier versions.
         let end = expiry_key(now_ms.saturating_add(1), &[]);
         for entry in self.tree.range(key(EXPIRY, &[])..end) {
             let (xk, idem_key) = entry?;
-            let Some(id) = xk.get(9..).and_then(EventId::from_slice) else {
-                self.tree.remove(&xk)?;
-                continue;
-            };
-            let event = self.event(id)?;
-            let keep = match &event {
-                Some(e) => !e.status.expires() || !self.all_settled(e)?,
-                None => false,
-            };
-            match event {
-                Some(_) if keep => {
-                    let later = now_ms.saturating_add(millis(retention));
-                    self.tree
-                        .insert(expiry_key(later, id.as_bytes()), idem_key)?;
-                    swept.kept += 1;
-                }
-                found => {
-                    // The idempotency record goes only if it still belongs to this event (a
-                    // retry after a crash may have finished the key with another event).
-                    let ik = key(IDEM, &idem_key);
-                    if let Some(v) = self.tree.get(&ik)? {
-                        let rec: IdemRecord = decode(&ik, &v)?;
-                        let owner = match rec.state {
-                            IdemState::Done { event_id, .. } => event_id,
-                            IdemState::Pending { event_id, .. } => Some(event_id),
-                        };
-                        if owner == Some(id) {
-                            self.tree.remove(&ik)?;
-                            swept.keys += 1;
-                        }
-                    }
-                    if let Some(e) = &found {
-                        self.remove_actions(e)?;
-                        self.tree.remove(key(EVENT, id.as_bytes()))?;
-                        swept.events += 1;
-                    }
-                    self.tree.remove(key(QUARANTINE, id.as_bytes()))?;
-                    self.tree.remove(key(INBOX, id.as_bytes()))?;
-                }
+            if let Some(id) = xk.get(9..).and_then(EventId::from_slice) {
+                let event = self.event(id)?;
+                self.expire(id, event, &idem_key, now_ms, retention, &mut swept)?;
             }
             self.tree.remove(&xk)?;
         }
         Ok(swept)
+    }
+
+    /// Removes an event that expired (`event`: as stored, if it still is), with its key
+    /// (if it is still the event's), its actions and its index entries; or keeps it
+    /// another `retention` if it must stay.
+    fn expire(
+        &self,
+        id: EventId,
+        event: Option<Event>,
+        idem_key: &[u8],
+        now_ms: u64,
+        retention: Duration,
+        swept: &mut Swept,
+    ) -> Result<()> {
+        let keep = match &event {
+            Some(e) => !e.status.expires() || !self.all_settled(e)?,
+            None => false,
+        };
+        if keep {
+            let later = now_ms.saturating_add(millis(retention));
+            self.tree
+                .insert(expiry_key(later, id.as_bytes()), idem_key)?;
+            swept.kept += 1;
+            return Ok(());
+        }
+        // The idempotency record goes only if it still belongs to this event (a retry
+        // after a crash may have finished the key with another event).
+        let ik = key(IDEM, idem_key);
+        if let Some(v) = self.tree.get(&ik)? {
+            let rec: IdemRecord = decode(&ik, &v)?;
+            let owner = match rec.state {
+                IdemState::Done { event_id, .. } => event_id,
+                IdemState::Pending { event_id, .. } => Some(event_id),
+            };
+            if owner == Some(id) {
+                self.tree.remove(&ik)?;
+                swept.keys += 1;
+            }
+        }
+        if let Some(e) = &event {
+            self.remove_actions(e)?;
+            self.tree.remove(key(EVENT, id.as_bytes()))?;
+            swept.events += 1;
+        }
+        self.tree.remove(key(QUARANTINE, id.as_bytes()))?;
+        self.tree.remove(key(INBOX, id.as_bytes()))?;
+        Ok(())
     }
 
     /// Checks the inbox against the events (see [`Backend::consistency_check`]). Reads

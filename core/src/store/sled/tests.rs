@@ -257,10 +257,14 @@ async fn sweep_removes_expired_but_keeps_quarantine() {
         ..StoreConfig::default()
     })
     .unwrap();
-    let store = Store::new(Arc::new(backend), Arc::default());
+    let backend = Arc::new(backend);
+    let store = Store::new(backend.clone(), Arc::default());
     let ok = put(&store, "a", EventStatus::Received).await;
     store.route_done(&ok, None, vec![]).await.unwrap();
     let bad = put(&store, "b", EventStatus::Quarantined).await;
+    // The ids are the expiry index: a commit writes no expiry entry.
+    let expiry_entries = || backend.inner.tree.scan_prefix([EXPIRY]).count();
+    assert_eq!(expiry_entries(), 0);
     assert_eq!(
         store
             .sweep(now_ms(), Duration::from_secs(60))
@@ -285,10 +289,23 @@ async fn sweep_removes_expired_but_keeps_quarantine() {
         Claim::Owned(_)
     ));
     // The kept event's expiry moved: a second sweep at the same time removes nothing.
+    assert_eq!(expiry_entries(), 1);
     assert_eq!(
         store.sweep(later, Duration::from_secs(60)).await.unwrap(),
         Swept::default()
     );
+    // It comes back to the sweep a retention later, and is kept again.
+    assert_eq!(
+        store
+            .sweep(later + 61_000, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Swept {
+            kept: 1,
+            ..Swept::default()
+        }
+    );
+    assert!(store.event(bad.id).await.unwrap().is_some());
 }
 
 #[tokio::test]
