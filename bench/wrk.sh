@@ -178,6 +178,7 @@ run() {
       n, r, a / 1000, b / 1000, x, e, (w == 0 ? "" : "   (RAN OUT OF UNIQUE BODIES: repeats were sent)")
   }'
   all[$name]="${all[$name]:-}${all[$name]:+ }$rps"
+  last_requests=$(sed -E 's/.* requests=([0-9]+).*/\1/' <<<"$line")
   if [ "${best[$name]:-0}" -lt "$rps" ]; then best[$name]=$rps; fi
 }
 
@@ -197,12 +198,17 @@ python3 "$here/wrk/sign_pomelo.py" "$secret" "$pomelo_path" "$count" >"$work/pom
 
 vasp_body='{"callbackType":"TX_REPORT","data":{"verificationUuid":"64ab871b-14a3-47df-9b80-368e29fe8181","txHash":"0x9fd7"}}'
 stored_before=0
+next_pomelo=0
+next_vasp=0
 for r in $(seq 1 "$rounds"); do
   echo "round $r:"
   run "switchboard GET /healthz" "$base/healthz" plain.lua
-  # Later rounds go on past the lines earlier rounds used.
-  run "switchboard Pomelo, signed, unique" "$base$pomelo_path" pomelo.lua "$work/pomelo.txt" "$api_key" "$threads"
-  run "switchboard VerifyVASP, unique" "$base/verifyvasp/callback" verifyvasp.lua "$token" "$threads"
+  # Later rounds go on past the numbers earlier rounds used (with room for the requests
+  # still in flight when wrk stopped), so that every body is new to the server.
+  run "switchboard Pomelo, signed, unique" "$base$pomelo_path" pomelo.lua "$work/pomelo.txt" "$api_key" "$threads" "$next_pomelo"
+  next_pomelo=$((next_pomelo + last_requests + 2 * connections))
+  run "switchboard VerifyVASP, unique" "$base/verifyvasp/callback" verifyvasp.lua "$token" "$threads" "$next_vasp"
+  next_vasp=$((next_vasp + last_requests + 2 * connections))
   run "adnanh/webhook, bearer + /bin/true" "http://127.0.0.1:$hook_port/hooks/bench" plain.lua POST "Bearer $token" "$vasp_body"
   stored=$(metric_sum switchboard_events_stored_total)
   echo "  events stored so far: $stored"

@@ -1,12 +1,15 @@
 -- Signed Pomelo notifications with unique bodies.
 --
 --   wrk -s pomelo.lua http://host:port/pomelo/tokenization/otp -- <signed file> <api key>
+--       [threads] [first]
 --
 -- HMAC cannot be computed in wrk's Lua, so the runner pre-signs the requests: the file's
 -- first line is the body template (one `%d`, the request's number), every further line
 -- `<X-Timestamp> <X-Signature>` of the body with that line's number (0 for the second
 -- line). Each thread takes every `count`th line from its own index, so that no body is
--- sent twice, even with several threads.
+-- sent twice, even with several threads. `first` is the first number to send: a later run
+-- against the same server starts past what the earlier runs sent (or its bodies would be
+-- duplicates, answered from the idempotency record).
 local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 local report = dofile(dir .. "report.lua")
 
@@ -27,8 +30,8 @@ function init(args)
   end
   f:close()
   api_key = args[2]
-  next_n = tonumber(id) or 0
   step = tonumber(args[3]) or 1
+  next_n = (tonumber(args[4]) or 0) + (tonumber(id) or 0)
 end
 
 function request()

@@ -1,7 +1,11 @@
 -- VerifyVASP callbacks with unique bodies: a bearer token, and a counter in
 -- `data.verificationUuid` (the de-duplication key), so that no callback repeats.
 --
---   wrk -s verifyvasp.lua http://host:port/verifyvasp/callback -- <token> [threads]
+--   wrk -s verifyvasp.lua http://host:port/verifyvasp/callback -- <token> [threads] [first]
+--
+-- `first` is the first number to send: a later run against the same server starts past
+-- what the earlier runs sent (or its callbacks would be duplicates, answered from the
+-- idempotency record).
 local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 local report = dofile(dir .. "report.lua")
 
@@ -14,7 +18,7 @@ end
 function init(args)
   auth = "Bearer " .. args[1]
   step = tonumber(args[2]) or 1
-  next_n = tonumber(id) or 0
+  next_n = (tonumber(args[3]) or 0) + (tonumber(id) or 0)
 end
 
 local template = '{"callbackType":"TX_REPORT","data":{"verificationUuid":' ..
