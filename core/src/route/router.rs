@@ -9,8 +9,10 @@
 //! process has just committed is handed to the route tasks as it is ([`Store::commit`]),
 //! not read back from the inbox and the store; its inbox entry stays until it is routed,
 //! for a restart. When the tasks have no room, the commit wakes the dispatcher, which
-//! reads the inbox as before. An event is in flight from the moment either path takes
-//! it, so the two never run it twice.
+//! reads the inbox as before. A handed event is in flight from before its commit makes it
+//! visible in the inbox (the dispatcher passes over what is in flight), so the two paths
+//! never run it twice, even when the dispatcher reads the inbox while a commit waits for
+//! its flush.
 //!
 //! **Crashes.** Runs go to worker processes ([`super::pool`]) unless `routes.isolation =
 //! "in_process"`. A run whose worker dies (a stack overflow, a failed allocation, the
@@ -123,6 +125,36 @@ impl Work {
 /// is busy waits here (in memory; each is in the inbox too) instead of being read back.
 const QUEUED: usize = 1024;
 
+/// The door of commits to the route tasks ([`Store::commit`]): an event is in flight from
+/// before its commit makes it visible in the inbox, so the dispatcher never takes it too;
+/// once committed it goes to the tasks if there is room, otherwise the commit wakes the
+/// dispatcher, which finds it in the inbox.
+struct Door {
+    router: std::sync::Weak<Router>,
+    tx: mpsc::Sender<Work>,
+}
+
+impl crate::store::Handoff for Door {
+    fn reserve(&self, id: EventId) -> bool {
+        self.router.upgrade().is_some_and(|r| r.take_flight(id))
+    }
+
+    fn take(&self, event: Event) -> bool {
+        let id = event.id;
+        if self.tx.try_send(Work::Committed(Box::new(event))).is_ok() {
+            return true;
+        }
+        self.cancel(id);
+        false
+    }
+
+    fn cancel(&self, id: EventId) {
+        if let Some(r) = self.router.upgrade() {
+            r.land(id);
+        }
+    }
+}
+
 /// How a run ended, as the router records it.
 enum Outcome {
     /// The script finished (or there was none, or it does not compile).
@@ -196,7 +228,10 @@ impl Router {
     pub async fn run(self: Arc<Self>, stop: CancellationToken, grace: Duration) {
         let tasks = self.workers * TASKS_PER_SLOT;
         let (tx, rx) = mpsc::channel::<Work>(tasks.max(QUEUED));
-        self.store.set_handoff(Some(self.handoff(tx.clone())));
+        self.store.set_handoff(Some(Arc::new(Door {
+            router: Arc::downgrade(&self),
+            tx: tx.clone(),
+        })));
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..tasks {
@@ -245,28 +280,11 @@ impl Router {
         self.pool.close().await;
     }
 
-    /// The door of commits to the route tasks: an event not yet in flight goes to them
-    /// if there is room; otherwise the commit wakes the dispatcher, which finds it in the
-    /// inbox.
-    fn handoff(self: &Arc<Self>, tx: mpsc::Sender<Work>) -> crate::store::Handoff {
-        let me = Arc::downgrade(self);
-        Box::new(move |event: Event| {
-            let Some(me) = me.upgrade() else {
-                return false;
-            };
-            let id = event.id;
-            if !me.take_flight(id) {
-                // The dispatcher found it in the inbox first.
-                return true;
-            }
-            if tx.try_send(Work::Committed(Box::new(event))).is_ok() {
-                return true;
-            }
-            if let Ok(mut f) = me.in_flight.lock() {
-                f.remove(&id);
-            }
-            false
-        })
+    /// Ends `id`'s time in flight without waking anyone.
+    fn land(&self, id: EventId) {
+        if let Ok(mut f) = self.in_flight.lock() {
+            f.remove(&id);
+        }
     }
 
     /// Marks `id` in flight; `false` if it already was.
@@ -319,9 +337,7 @@ impl Router {
     /// stays there (`again`: its run is to be tried again) or if it passed over an event in
     /// flight meanwhile.
     fn release(&self, id: EventId, again: bool) {
-        if let Ok(mut f) = self.in_flight.lock() {
-            f.remove(&id);
-        }
+        self.land(id);
         if self.passed_over.swap(false, SeqCst) || again {
             self.store.signal_inbox();
         }

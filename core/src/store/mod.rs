@@ -468,12 +468,45 @@ pub struct Signals {
     pub outbox: Notify,
     /// The route workers' door for events just committed, while they run (see
     /// [`Store::commit`]).
-    handoff: std::sync::RwLock<Option<Handoff>>,
+    handoff: std::sync::RwLock<Option<Arc<dyn Handoff>>>,
 }
 
-/// Takes an event just committed to the inbox straight to the route workers. `false`:
-/// not now (no room, stopping); the event is then found in the inbox instead.
-pub type Handoff = Box<dyn Fn(Event) -> bool + Send + Sync>;
+/// Takes events just committed to the inbox straight to the route workers.
+pub trait Handoff: Send + Sync {
+    /// Marks `id` in flight before its commit makes it visible in the inbox, so that the
+    /// inbox path never takes it as well. `false`: not taking it (it is in flight already).
+    fn reserve(&self, id: EventId) -> bool;
+    /// The committed event, reserved before. `false`: not taken now (no room, stopping);
+    /// its reservation is gone, and it is found in the inbox instead.
+    fn take(&self, event: Event) -> bool;
+    /// Gives a reservation up (the commit failed or was abandoned).
+    fn cancel(&self, id: EventId);
+}
+
+/// A [`Handoff::reserve`] that is given up unless its event is taken: whatever stopped
+/// the commit, the event (if it was stored) is then found in the inbox.
+struct Reserved<'a> {
+    /// `None` once the event was offered.
+    handoff: Option<Arc<dyn Handoff>>,
+    id: EventId,
+    store: &'a Store,
+}
+
+impl Reserved<'_> {
+    /// Offers the committed event (see [`Handoff::take`]).
+    fn take(mut self, event: Event) -> bool {
+        self.handoff.take().is_some_and(|h| h.take(event))
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.handoff.take() {
+            h.cancel(self.id);
+            self.store.signal_inbox();
+        }
+    }
+}
 
 /// The store: a backend and the wake-ups of its workers. Cheap to clone.
 #[derive(Clone)]
@@ -526,7 +559,7 @@ impl Store {
     }
 
     /// Installs (or, with `None`, removes) the route workers' [`Handoff`].
-    pub fn set_handoff(&self, handoff: Option<Handoff>) {
+    pub fn set_handoff(&self, handoff: Option<Arc<dyn Handoff>>) {
         if let Ok(mut h) = self.signals.handoff.write() {
             *h = handoff;
         }
@@ -542,23 +575,32 @@ impl Store {
         response: &StoredResponse,
         dedup_window: Option<Duration>,
     ) -> Result<()> {
-        let fresh = claim.is_fresh();
+        let waits = event.status == EventStatus::Received;
+        let reserved = if waits && claim.is_fresh() && self.backend.routes_in_memory() {
+            self.reserve(event.id)
+        } else {
+            None
+        };
         self.backend
             .commit(claim, event, response, dedup_window)
             .await?;
-        if event.status == EventStatus::Received
-            && !(fresh && self.backend.routes_in_memory() && self.hand_off(event))
-        {
+        // Not taken: `take` gave the reservation up, and the inbox has the event.
+        if reserved.is_some_and(|r| r.take(event.clone())) {
+            return Ok(());
+        }
+        if waits {
             self.signal_inbox();
         }
         Ok(())
     }
 
-    fn hand_off(&self, event: &Event) -> bool {
-        self.signals
-            .handoff
-            .read()
-            .is_ok_and(|h| h.as_ref().is_some_and(|take| take(event.clone())))
+    fn reserve(&self, id: EventId) -> Option<Reserved<'_>> {
+        let handoff = self.signals.handoff.read().ok()?.clone()?;
+        handoff.reserve(id).then(|| Reserved {
+            handoff: Some(handoff),
+            id,
+            store: self,
+        })
     }
 
     /// See [`Backend::event`].

@@ -627,3 +627,88 @@ async fn the_run_count_rides_on_the_inbox_entry() {
     assert_eq!(store.route_starts(e.id).await.unwrap(), 0);
     assert_eq!(store.take_inbox(None, 10).await.unwrap(), vec![e.id]);
 }
+
+/// Records what a commit asks of the route workers' door.
+struct Door {
+    calls: std::sync::Mutex<Vec<&'static str>>,
+    room: bool,
+    /// Whether the event was in the inbox when `reserve` was called.
+    inbox_at_reserve: std::sync::Mutex<Option<bool>>,
+    backend: Arc<SledBackend>,
+}
+
+impl crate::store::Handoff for Door {
+    fn reserve(&self, id: EventId) -> bool {
+        let seen = self
+            .backend
+            .inner
+            .tree
+            .get(key(INBOX, id.as_bytes()))
+            .unwrap()
+            .is_some();
+        *self.inbox_at_reserve.lock().unwrap() = Some(seen);
+        self.calls.lock().unwrap().push("reserve");
+        true
+    }
+
+    fn take(&self, _event: Event) -> bool {
+        self.calls.lock().unwrap().push("take");
+        if !self.room {
+            self.cancel(EventId::new());
+        }
+        self.room
+    }
+
+    fn cancel(&self, _id: EventId) {
+        self.calls.lock().unwrap().push("cancel");
+    }
+}
+
+fn door(backend: &Arc<SledBackend>, room: bool) -> Arc<Door> {
+    Arc::new(Door {
+        calls: Default::default(),
+        room,
+        inbox_at_reserve: Default::default(),
+        backend: backend.clone(),
+    })
+}
+
+/// A commit reserves its event before the inbox shows it (so the inbox path never takes
+/// it too), then hands it over; the inbox entry stays for a restart. Without room, the
+/// reservation is given up and the event waits in the inbox.
+#[tokio::test]
+async fn commits_hand_their_event_to_the_route_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, backend) = open(dir.path());
+
+    let taken = door(&backend, true);
+    store.set_handoff(Some(taken.clone()));
+    let e = put(&store, "a", EventStatus::Received).await;
+    assert_eq!(*taken.calls.lock().unwrap(), ["reserve", "take"]);
+    assert_eq!(*taken.inbox_at_reserve.lock().unwrap(), Some(false));
+    assert_eq!(store.take_inbox(None, 10).await.unwrap(), [e.id]);
+
+    // A quarantined event never waits for a route.
+    put(&store, "q", EventStatus::Quarantined).await;
+    assert_eq!(taken.calls.lock().unwrap().len(), 2);
+
+    let full = door(&backend, false);
+    store.set_handoff(Some(full.clone()));
+    let f = put(&store, "b", EventStatus::Received).await;
+    assert_eq!(*full.calls.lock().unwrap(), ["reserve", "take", "cancel"]);
+    assert_eq!(store.take_inbox(None, 10).await.unwrap(), [e.id, f.id]);
+
+    // A commit that never finishes gives its reservation up.
+    let abandoned = door(&backend, true);
+    store.set_handoff(Some(abandoned.clone()));
+    let Claim::Owned(c) = store.claim(&req("c", "f")).await.unwrap() else {
+        panic!("c is taken")
+    };
+    let mut g = event(c.event_id(), EventStatus::Received);
+    g.idempotency_key = "c".into();
+    let response = StoredResponse::empty(204);
+    let mut commit = Box::pin(store.commit(c, &g, &response, None));
+    assert!(futures_util::FutureExt::now_or_never(commit.as_mut()).is_none());
+    drop(commit);
+    assert_eq!(*abandoned.calls.lock().unwrap(), ["reserve", "cancel"]);
+}
