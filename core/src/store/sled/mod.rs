@@ -359,9 +359,6 @@ struct SledClaim {
     claims: Arc<Claims>,
     key: String,
     fingerprint: String,
-    /// The claim took over a `pending` record an earlier version left (its event may
-    /// already be stored).
-    taken_over: bool,
 }
 
 impl Drop for SledClaim {
@@ -676,9 +673,12 @@ impl Inner {
     }
 
     /// The writes of a commit (see the module documentation), applied as one batch.
+    /// `taken_over`: the claim took over a `pending` record an earlier version left (its
+    /// event may already be stored).
     fn commit_writes(
         &self,
         claim: &SledClaim,
+        taken_over: bool,
         event: &Event,
         response: &StoredResponse,
         dedup_window: Option<Duration>,
@@ -688,7 +688,7 @@ impl Inner {
         // A claim an earlier version left pending may already have its event stored: keep
         // it when it is this very body (it may have been routed since), replace it
         // otherwise (it was never acknowledged).
-        let existing = if claim.taken_over {
+        let existing = if taken_over {
             self.event(event.id)?
                 .filter(|e| e.fingerprint == claim.fingerprint)
         } else {
@@ -1071,7 +1071,6 @@ impl Backend for SledBackend {
                             claims: inner.claims.clone(),
                             key: req.key.to_owned(),
                             fingerprint: req.fingerprint.to_owned(),
-                            taken_over,
                         },
                     );
                     return Ok(Claim::Owned(if taken_over {
@@ -1102,10 +1101,11 @@ impl Backend for SledBackend {
         response: &StoredResponse,
         dedup_window: Option<Duration>,
     ) -> Result<()> {
+        let taken_over = !claim.is_fresh();
         let hold = claim.into_hold::<SledClaim>(event)?;
         let writes = self
             .inner
-            .commit_writes(&hold, event, response, dedup_window)?;
+            .commit_writes(&hold, taken_over, event, response, dedup_window)?;
         // The claim is let go once the batch is applied: from then on the key is done,
         // whatever happens to the flush, and the requests waiting for it find it so.
         let seq = self.inner.apply_before_flush(writes, *hold).await?;
