@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use poem::{EndpointExt, Route, endpoint::make_sync, middleware::CatchPanic, web::Html};
+use poem::{EndpointExt, Route, endpoint::make_sync, middleware::CatchPanic};
 use poem_openapi::OpenApiService;
 use serde_json::Value;
 use switchboard_core::{
@@ -139,19 +139,55 @@ pub fn spec_yaml(spec: &Value) -> String {
 
 /// The docs page: Swagger UI with its assets embedded in the binary (nothing is loaded
 /// from a CDN), showing the served spec, with the online validator badge turned off.
-fn docs_html<T: poem_openapi::OpenApi>(svc: &OpenApiService<T, ()>, served: &Value) -> String {
-    let html = svc.swagger_ui_html();
-    let declared = svc.spec();
-    html.replacen(
-        &declared,
-        &serde_json::to_string(served).unwrap_or_default(),
-        1,
-    )
-    .replacen(
-        "SwaggerUIBundle({",
-        "SwaggerUIBundle({\n        validatorUrl: null,",
-        1,
-    )
+///
+/// Built on the first request, not at start-up: the page carries Swagger UI's 1.6 MB of
+/// script and style, and an idle server that nobody browses should hold neither the page
+/// (3.4 MB of heap when it was built eagerly) nor the binary's pages it is copied from.
+/// Every request after the first shares the one copy.
+struct DocsPage {
+    reveal_secrets: bool,
+    /// The served spec, as compact JSON.
+    spec: String,
+    page: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl DocsPage {
+    fn new(reveal_secrets: bool, served: &Value) -> Self {
+        DocsPage {
+            reveal_secrets,
+            spec: serde_json::to_string(served).unwrap_or_default(),
+            page: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn page(&self) -> bytes::Bytes {
+        self.page
+            .get_or_init(|| {
+                // Swagger UI's page shows the spec of the service it is asked of: the
+                // declared one, replaced here by the served one.
+                let svc = service((AdminApi::new(self.reveal_secrets), SystemApi));
+                let html = svc
+                    .swagger_ui_html()
+                    .replacen(&svc.spec(), &self.spec, 1)
+                    .replacen(
+                        "SwaggerUIBundle({",
+                        "SwaggerUIBundle({\n        validatorUrl: null,",
+                        1,
+                    );
+                bytes::Bytes::from(html)
+            })
+            .clone()
+    }
+}
+
+/// A fixed body with its content type; each request shares it rather than copying it.
+fn fixed(content_type: &'static str, body: String) -> impl poem::Endpoint {
+    let body = bytes::Bytes::from(body);
+    make_sync(move |_| {
+        poem::Response::builder()
+            .content_type(content_type)
+            .body(body.clone())
+    })
 }
 
 /// A built server, ready to bind and serve.
@@ -277,27 +313,18 @@ impl App {
         let svc = service((AdminApi::new(config.admin.reveal_secrets), SystemApi));
         let table = Arc::new(route_table(&config, &providers));
         let spec = served_spec(&svc, &fragments, &table);
-        let json = spec_json(&spec);
-        let yaml = spec_yaml(&spec);
-        let docs = docs_html(&svc, &spec);
+        let docs = Arc::new(DocsPage::new(config.admin.reveal_secrets, &spec));
         let route = route
+            .at("/openapi.json", fixed("application/json", spec_json(&spec)))
+            .at("/openapi.yaml", fixed("application/yaml", spec_yaml(&spec)))
             .at(
-                "/openapi.json",
+                "/docs",
                 make_sync(move |_| {
                     poem::Response::builder()
-                        .content_type("application/json")
-                        .body(json.clone())
+                        .content_type("text/html; charset=utf-8")
+                        .body(docs.page())
                 }),
             )
-            .at(
-                "/openapi.yaml",
-                make_sync(move |_| {
-                    poem::Response::builder()
-                        .content_type("application/yaml")
-                        .body(yaml.clone())
-                }),
-            )
-            .at("/docs", make_sync(move |_| Html(docs.clone())))
             .nest("/", svc)
             .with(CatchPanic::new())
             .data(ctx)
