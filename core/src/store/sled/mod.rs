@@ -855,6 +855,11 @@ impl Inner {
             .map(|v| v.to_vec())
             .unwrap_or_default();
         let bound = first_id_at(now_ms.saturating_sub(millis(self.retention)));
+        // Whether this pass's scan of the ids looked at `id` already.
+        let scanned = |id: &EventId| {
+            let id = id.as_bytes().as_slice();
+            from.as_slice() <= id && id < bound.as_bytes().as_slice()
+        };
         if from.as_slice() < bound.as_bytes().as_slice() {
             for entry in self
                 .tree
@@ -878,7 +883,13 @@ impl Inner {
         let end = expiry_key(now_ms.saturating_add(1), &[]);
         for entry in self.tree.range(key(EXPIRY, &[])..end) {
             let (xk, idem_key) = entry?;
-            if let Some(id) = xk.get(9..).and_then(EventId::from_slice) {
+            // An earlier version's entry of an event the scan above just looked at (and
+            // removed, or kept with an entry of its own) only goes.
+            if let Some(id) = xk
+                .get(9..)
+                .and_then(EventId::from_slice)
+                .filter(|id| !scanned(id))
+            {
                 let event = self.event(id)?;
                 self.expire(id, event, &idem_key, now_ms, retention, &mut swept)?;
             }

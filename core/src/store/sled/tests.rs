@@ -712,3 +712,55 @@ async fn commits_hand_their_event_to_the_route_workers() {
     drop(commit);
     assert_eq!(*abandoned.calls.lock().unwrap(), ["reserve", "cancel"]);
 }
+
+/// An earlier version wrote an expiry entry with every commit. Such an entry, come due
+/// for an event that the pass's scan of the ids looks at too, is not counted twice.
+#[tokio::test]
+async fn an_earlier_versions_expiry_entry_is_looked_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Arc::new(
+        SledBackend::open(&StoreConfig {
+            path: dir.path().to_path_buf(),
+            retention: crate::units::HumanDuration::secs(1),
+            ..StoreConfig::default()
+        })
+        .unwrap(),
+    );
+    let store = Store::new(backend.clone(), Arc::default());
+    let gone = put(&store, "gone", EventStatus::Received).await;
+    store.route_done(&gone, None, vec![]).await.unwrap();
+    let waiting = put(&store, "waiting", EventStatus::Received).await;
+    let due = now_ms() + 1_000;
+    for e in [&gone, &waiting] {
+        backend
+            .inner
+            .tree
+            .insert(
+                expiry_key(due, e.id.as_bytes()),
+                e.idempotency_key.as_bytes(),
+            )
+            .unwrap();
+    }
+    let later = now_ms() + 2_000;
+    let swept = store.sweep(later, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(
+        swept,
+        Swept {
+            keys: 1,
+            events: 1,
+            kept: 1
+        }
+    );
+    assert!(store.event(gone.id).await.unwrap().is_none());
+    assert!(store.event(waiting.id).await.unwrap().is_some());
+    // Only the kept event's own new entry is left.
+    let entries: Vec<_> = backend
+        .inner
+        .tree
+        .scan_prefix([EXPIRY])
+        .keys()
+        .map(|k| k.unwrap())
+        .collect();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(&entries[0][9..], waiting.id.as_bytes());
+}
