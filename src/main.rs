@@ -50,6 +50,13 @@ use switchboard_openapi::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// Receives card-issuing and compliance webhooks, proves them genuine, records each exactly
+/// once and routes it.
+/// mimalloc: under concurrent ingest, glibc's malloc spent a quarter of the CPU in
+/// arena locking and consolidation (see ARCHITECTURE.md, "Performance").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "switchboard", version, about)]
 struct Cli {
@@ -158,7 +165,6 @@ fn main() -> ExitCode {
     // allocate; a kernel without the call keeps its default.
     #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_thp_disable(true);
-    switchboard_alloc::tune();
     let cli = Cli::parse();
     if let Command::RouteWorker = cli.command {
         // No logging, no runtime: the worker only runs scripts, and its parent logs.

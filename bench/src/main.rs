@@ -636,9 +636,11 @@ impl Whole {
     }
 }
 
+/// The same allocator as the `switchboard` binary.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
-    // The same allocator, tuned the same way, as the `switchboard` binary.
-    switchboard_alloc::tune();
     // The server's route workers are this binary too (`route-worker`).
     if std::env::args().nth(1).as_deref() == Some(switchboard_core::route::worker::SUBCOMMAND) {
         std::process::exit(i32::from(switchboard_core::route::worker::main()));
