@@ -18,6 +18,18 @@ fn open(dir: &std::path::Path) -> (Store, Arc<SledBackend>) {
     (Store::new(backend.clone(), Arc::default()), backend)
 }
 
+/// [`open`] with a retention of one second, for the sweep.
+fn open_retaining_1s(dir: &std::path::Path) -> (Store, Arc<SledBackend>) {
+    let backend = Arc::new(
+        SledBackend::open(&StoreConfig {
+            retention: crate::units::HumanDuration::secs(1),
+            ..cfg(dir)
+        })
+        .unwrap(),
+    );
+    (Store::new(backend.clone(), Arc::default()), backend)
+}
+
 fn event(id: EventId, status: EventStatus) -> Event {
     Event {
         id,
@@ -248,17 +260,26 @@ async fn an_inbox_entry_ahead_of_its_event_is_kept_while_its_claim_is_pending() 
     assert!(store.take_inbox(None, 10).await.unwrap().is_empty());
 }
 
+/// A sweep at `at` (a retention of one second past both events) that removes `gone`
+/// with its key and keeps `kept`, and counts exactly that.
+async fn sweep_removes_one_keeps_one(store: &Store, at: u64, gone: EventId, kept: EventId) {
+    let swept = store.sweep(at, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(
+        swept,
+        Swept {
+            keys: 1,
+            events: 1,
+            kept: 1
+        }
+    );
+    assert!(store.event(gone).await.unwrap().is_none());
+    assert!(store.event(kept).await.unwrap().is_some());
+}
+
 #[tokio::test]
 async fn sweep_removes_expired_but_keeps_quarantine() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = SledBackend::open(&StoreConfig {
-        path: dir.path().to_path_buf(),
-        retention: crate::units::HumanDuration::secs(1),
-        ..StoreConfig::default()
-    })
-    .unwrap();
-    let backend = Arc::new(backend);
-    let store = Store::new(backend.clone(), Arc::default());
+    let (store, backend) = open_retaining_1s(dir.path());
     let ok = put(&store, "a", EventStatus::Received).await;
     store.route_done(&ok, None, vec![]).await.unwrap();
     let bad = put(&store, "b", EventStatus::Quarantined).await;
@@ -273,17 +294,7 @@ async fn sweep_removes_expired_but_keeps_quarantine() {
         Swept::default()
     );
     let later = now_ms() + 2_000;
-    let swept = store.sweep(later, Duration::from_secs(60)).await.unwrap();
-    assert_eq!(
-        swept,
-        Swept {
-            keys: 1,
-            events: 1,
-            kept: 1
-        }
-    );
-    assert!(store.event(ok.id).await.unwrap().is_none());
-    assert!(store.event(bad.id).await.unwrap().is_some());
+    sweep_removes_one_keeps_one(&store, later, ok.id, bad.id).await;
     assert!(matches!(
         store.claim(&req("a", "f")).await.unwrap(),
         Claim::Owned(_)
@@ -718,15 +729,7 @@ async fn commits_hand_their_event_to_the_route_workers() {
 #[tokio::test]
 async fn an_earlier_versions_expiry_entry_is_looked_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = Arc::new(
-        SledBackend::open(&StoreConfig {
-            path: dir.path().to_path_buf(),
-            retention: crate::units::HumanDuration::secs(1),
-            ..StoreConfig::default()
-        })
-        .unwrap(),
-    );
-    let store = Store::new(backend.clone(), Arc::default());
+    let (store, backend) = open_retaining_1s(dir.path());
     let gone = put(&store, "gone", EventStatus::Received).await;
     store.route_done(&gone, None, vec![]).await.unwrap();
     let waiting = put(&store, "waiting", EventStatus::Received).await;
@@ -741,18 +744,7 @@ async fn an_earlier_versions_expiry_entry_is_looked_at_once() {
             )
             .unwrap();
     }
-    let later = now_ms() + 2_000;
-    let swept = store.sweep(later, Duration::from_secs(60)).await.unwrap();
-    assert_eq!(
-        swept,
-        Swept {
-            keys: 1,
-            events: 1,
-            kept: 1
-        }
-    );
-    assert!(store.event(gone.id).await.unwrap().is_none());
-    assert!(store.event(waiting.id).await.unwrap().is_some());
+    sweep_removes_one_keeps_one(&store, now_ms() + 2_000, gone.id, waiting.id).await;
     // Only the kept event's own new entry is left.
     let entries: Vec<_> = backend
         .inner
