@@ -1,7 +1,8 @@
 //! Assembly: configuration in, a running service out.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use poem::{EndpointExt, Route, endpoint::make_sync, middleware::CatchPanic};
 use poem_openapi::OpenApiService;
 use serde_json::Value;
@@ -137,56 +138,77 @@ pub fn spec_yaml(spec: &Value) -> String {
     serde_yaml::to_string(spec).unwrap_or_default()
 }
 
-/// The docs page: Swagger UI with its assets embedded in the binary (nothing is loaded
-/// from a CDN), showing the served spec, with the online validator badge turned off.
+/// The served spec and the documents made from it: `/openapi.json`, `/openapi.yaml` and
+/// the docs page (Swagger UI with its assets embedded in the binary, nothing loaded from a
+/// CDN, showing the served spec, with the online validator badge turned off).
 ///
-/// Built on the first request, not at start-up: the page carries Swagger UI's 1.6 MB of
-/// script and style, and an idle server that nobody browses should hold neither the page
-/// (3.4 MB of heap when it was built eagerly) nor the binary's pages it is copied from.
-/// Every request after the first shares the one copy.
-struct DocsPage {
+/// Each is made on its first request and shared by every later one, not made at start-up:
+/// the docs page carries Swagger UI's 1.6 MB of script and style, and an idle server that
+/// nobody browses should hold neither it (3.4 MB of heap when it was built eagerly) nor
+/// the binary's pages it is copied from. Until then only the compact spec is kept.
+struct SpecPages {
     reveal_secrets: bool,
     /// The served spec, as compact JSON.
-    spec: String,
-    page: std::sync::OnceLock<bytes::Bytes>,
+    compact: String,
+    json: OnceLock<Bytes>,
+    yaml: OnceLock<Bytes>,
+    docs: OnceLock<Bytes>,
 }
 
-impl DocsPage {
+impl SpecPages {
     fn new(reveal_secrets: bool, served: &Value) -> Self {
-        DocsPage {
+        SpecPages {
             reveal_secrets,
-            spec: serde_json::to_string(served).unwrap_or_default(),
-            page: std::sync::OnceLock::new(),
+            compact: serde_json::to_string(served).unwrap_or_default(),
+            json: OnceLock::new(),
+            yaml: OnceLock::new(),
+            docs: OnceLock::new(),
         }
     }
 
-    fn page(&self) -> bytes::Bytes {
-        self.page
-            .get_or_init(|| {
-                // Swagger UI's page shows the spec of the service it is asked of: the
-                // declared one, replaced here by the served one.
-                let svc = service((AdminApi::new(self.reveal_secrets), SystemApi));
-                let html = svc
-                    .swagger_ui_html()
-                    .replacen(&svc.spec(), &self.spec, 1)
-                    .replacen(
-                        "SwaggerUIBundle({",
-                        "SwaggerUIBundle({\n        validatorUrl: null,",
-                        1,
-                    );
-                bytes::Bytes::from(html)
-            })
-            .clone()
+    fn spec(&self) -> Value {
+        serde_json::from_str(&self.compact).unwrap_or(Value::Null)
+    }
+
+    fn json(&self) -> Bytes {
+        let page = || Bytes::from(spec_json(&self.spec()));
+        self.json.get_or_init(page).clone()
+    }
+
+    fn yaml(&self) -> Bytes {
+        let page = || Bytes::from(spec_yaml(&self.spec()));
+        self.yaml.get_or_init(page).clone()
+    }
+
+    fn docs(&self) -> Bytes {
+        let page = || {
+            // Swagger UI's page shows the spec of the service it is asked of: the declared
+            // one, replaced here by the served one.
+            let svc = service((AdminApi::new(self.reveal_secrets), SystemApi));
+            let html = svc
+                .swagger_ui_html()
+                .replacen(&svc.spec(), &self.compact, 1)
+                .replacen(
+                    "SwaggerUIBundle({",
+                    "SwaggerUIBundle({\n        validatorUrl: null,",
+                    1,
+                );
+            Bytes::from(html)
+        };
+        self.docs.get_or_init(page).clone()
     }
 }
 
-/// A fixed body with its content type; each request shares it rather than copying it.
-fn fixed(content_type: &'static str, body: String) -> impl poem::Endpoint {
-    let body = bytes::Bytes::from(body);
+/// An endpoint answering with one of `pages`' documents.
+fn spec_page(
+    pages: Arc<SpecPages>,
+    content_type: &'static str,
+    page: fn(&SpecPages) -> Bytes,
+) -> impl poem::Endpoint {
     make_sync(move |_| {
         poem::Response::builder()
             .content_type(content_type)
-            .body(body.clone())
+            .body(page(&pages))
     })
 }
 
@@ -313,17 +335,19 @@ impl App {
         let svc = service((AdminApi::new(config.admin.reveal_secrets), SystemApi));
         let table = Arc::new(route_table(&config, &providers));
         let spec = served_spec(&svc, &fragments, &table);
-        let docs = Arc::new(DocsPage::new(config.admin.reveal_secrets, &spec));
+        let pages = Arc::new(SpecPages::new(config.admin.reveal_secrets, &spec));
         let route = route
-            .at("/openapi.json", fixed("application/json", spec_json(&spec)))
-            .at("/openapi.yaml", fixed("application/yaml", spec_yaml(&spec)))
+            .at(
+                "/openapi.json",
+                spec_page(pages.clone(), "application/json", SpecPages::json),
+            )
+            .at(
+                "/openapi.yaml",
+                spec_page(pages.clone(), "application/yaml", SpecPages::yaml),
+            )
             .at(
                 "/docs",
-                make_sync(move |_| {
-                    poem::Response::builder()
-                        .content_type("text/html; charset=utf-8")
-                        .body(docs.page())
-                }),
+                spec_page(pages.clone(), "text/html; charset=utf-8", SpecPages::docs),
             )
             .nest("/", svc)
             .with(CatchPanic::new())
