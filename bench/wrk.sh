@@ -261,7 +261,6 @@ for r in $(seq 1 "$rounds"); do
   stored=$(metric_sum switchboard_events_stored_total)
   echo "  events stored so far: $stored"
 done
-drain
 
 echo "open loop at half of the best rate (switchboard-bench; latency from the scheduled time):"
 for p in pomelo verifyvasp; do
