@@ -389,3 +389,98 @@ async fn a_run_over_the_worker_memory_cap_ends_its_worker_only() {
     next_event_routes(&c, &s).await;
     assert!(s.try_wait().is_none(), "the server stopped");
 }
+
+/// A server with one route worker, held by a slow run (an `error_report` event whose
+/// lookup answers after two seconds; every `error_report` run after it waits as long) while
+/// what is sent next queues up behind it. `tx_report` routes at once; `hostile_memory`
+/// crashes its worker.
+async fn one_worker_held_by_a_slow_run() -> (Recorder, Server) {
+    let slow = Recorder::start().await;
+    slow.plan(
+        "/",
+        vec![Reply::json(json!({})).after(Duration::from_secs(2))],
+    );
+    let dir = hostile_dir(
+        "hostile_memory.rhai",
+        "let chunk = \"\"; chunk.pad(60000, \"m\"); let s = \"\"; s.pad(600000000, chunk); log::info(`${s.len()}`);",
+    );
+    write(
+        dir.path(),
+        "verifyvasp/error_report.rhai",
+        "let x = http::get(\"slow\", \"/x\");",
+    );
+    let tail = format!(
+        "{}workers = 1\nmax_string_size = \"1GiB\"\nworker_memory = \"384MiB\"\ndeadline = \"10s\"\nlookup_timeout = \"10s\"\nlookup_budget = \"10s\"\n\n[services.slow]\nbase_url = \"{}\"\ntimeout = \"10s\"\n",
+        routes_config(dir.path(), "1s"),
+        slow.url()
+    );
+    let s = Server::start_in(dir.clone(), &[("tail", &tail)]);
+    let c = client();
+    accepted_vasp(&c, &s, &callback("ERROR_REPORT")).await;
+    slow.wait_for("/x", 1, Duration::from_secs(20)).await;
+    // Three runs that the idle route tasks take one each while the slot is busy; what
+    // comes after queues up for one frame.
+    for _ in 0..3 {
+        accepted_vasp(&c, &s, &callback("TX_REPORT")).await;
+    }
+    (slow, s)
+}
+
+/// Under load a worker gets many runs in one frame. A poison event in the middle of such a
+/// frame: the runs before it are routed, it fails alone with its crash, and the runs after
+/// it (which never started) run again in a new worker and are routed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_in_the_middle_of_a_frame_fails_alone() {
+    let (_slow, s) = one_worker_held_by_a_slow_run().await;
+    let c = client();
+    for _ in 0..10 {
+        accepted_vasp(&c, &s, &callback("TX_REPORT")).await;
+    }
+    accepted_vasp(&c, &s, &callback("HOSTILE_MEMORY")).await;
+    for _ in 0..10 {
+        accepted_vasp(&c, &s, &callback("TX_REPORT")).await;
+    }
+    until_routed(&c, &s).await;
+    let poison = settled(&c, &s, "hostile_memory").await;
+    assert_eq!(poison["status"], "failed", "{poison}");
+    let error = poison["route"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("the script crashed: its worker process aborted"),
+        "{error}"
+    );
+    let innocent = events(&c, &s, "type=tx_report").await;
+    assert_eq!(innocent.len(), 23);
+    for e in &innocent {
+        assert_eq!(e["status"], "routed", "{e}");
+    }
+    assert_eq!(
+        events(&c, &s, "type=error_report").await[0]["status"],
+        "routed"
+    );
+    // The poison was not alone in its frame: runs after it never started, and ran again.
+    until_logged(&s, "running this one again", 1).await;
+}
+
+/// Each run of a frame is recorded as soon as the worker answers it, not when the whole
+/// frame is done: an OTP queued behind a slow run in the same frame is not held up by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_recorded_before_the_slow_run_after_it_in_its_frame_ends() {
+    let (slow, s) = one_worker_held_by_a_slow_run().await;
+    let c = client();
+    accepted_vasp(&c, &s, &callback("TX_REPORT")).await;
+    accepted_vasp(&c, &s, &callback("ERROR_REPORT")).await;
+    // The second slow run has started: the fast one before it is done by now.
+    slow.wait_for("/x", 2, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fast = events(&c, &s, "type=tx_report").await;
+    assert_eq!(fast.len(), 4);
+    for e in &fast {
+        assert_eq!(e["status"], "routed", "{e}");
+    }
+    let slow_ones = events(&c, &s, "type=error_report").await;
+    assert_eq!(
+        slow_ones[0]["status"], "received",
+        "the second slow run is still going: {slow_ones:?}"
+    );
+    until_routed(&c, &s).await;
+}

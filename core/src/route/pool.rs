@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Lookup, LookupError, RunFailure, RunLimits, event_value, log_output, log_safe,
-    proto::{self, FromWorker, Setup, ToWorker},
+    proto::{self, FromWorker, RunSpec, ScriptText, Setup, ToWorker},
     worker,
 };
 use crate::{config::RoutesConfig, event::Event, mask::mask_text, outbox::ActionSpec};
@@ -46,6 +46,9 @@ pub enum Ended {
     Cancelled,
     /// No worker could be started: the run did not happen.
     Unavailable(String),
+    /// The worker ended at an earlier run of the same frame (it crashed, or was killed):
+    /// this one never started, and is not to blame.
+    NotRun,
 }
 
 /// Longest a run's own time may grow before its worker is killed: twice its deadline
@@ -90,7 +93,9 @@ struct Worker {
     used: Instant,
     child: Child,
     stdin: ChildStdin,
-    stdout: ChildStdout,
+    /// Buffered: the answers to several runs are read with one call when they came
+    /// together.
+    stdout: BufReader<ChildStdout>,
     pid: u32,
     stderr: Arc<Mutex<VecDeque<String>>>,
     stderr_done: tokio::task::JoinHandle<()>,
@@ -158,11 +163,12 @@ impl Pool {
             .kill_on_drop(true)
             .spawn()?;
         let pid = child.id().unwrap_or(0);
-        let (Some(mut stdin), Some(mut stdout), Some(err)) =
+        let (Some(mut stdin), Some(stdout), Some(err)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             return Err(std::io::Error::other("the worker's pipes are missing"));
         };
+        let mut stdout = BufReader::new(stdout);
         let stderr = Arc::new(Mutex::new(VecDeque::new()));
         let tail = stderr.clone();
         let stderr_done = tokio::spawn(async move {
@@ -247,24 +253,39 @@ impl Pool {
         lookups: &Arc<dyn Lookup>,
         abort: &CancellationToken,
     ) -> Ended {
-        let frame = ToWorker::Run {
-            script: job.script.to_owned(),
-            source: job.source.to_owned(),
-            event: event_value(job.event),
-            secrets: job.event.secret_values(),
-            limits: job.limits,
-            services: job.services.clone(),
-        };
-        // A worker may have gone since its last run: then the run goes to another.
+        let mut ended = Ended::NotRun;
+        self.run_all(std::slice::from_ref(&job), lookups, abort, |_, e| ended = e)
+            .await;
+        ended
+    }
+
+    /// Runs `jobs` in one worker, in order, handed over in one frame. `done` gets each
+    /// one's index and outcome as soon as it has one, so that it can be recorded while the
+    /// worker goes on with the next. When the worker dies or is killed during a run, that
+    /// run ends [`Ended::Crashed`] and the ones after it [`Ended::NotRun`] (at shutdown,
+    /// all of them [`Ended::Cancelled`]).
+    pub async fn run_all(
+        &self,
+        jobs: &[Job<'_>],
+        lookups: &Arc<dyn Lookup>,
+        abort: &CancellationToken,
+        mut done: impl FnMut(usize, Ended),
+    ) {
+        let n = jobs.len();
+        let frame = frame_of(jobs);
+        // A worker may have gone since its last run: then the runs go to another.
         let mut attempts = 0;
         let mut w = loop {
             attempts += 1;
             let mut w = tokio::select! {
                 w = self.take() => match w {
                     Ok(w) => w,
-                    Err(e) => return Ended::Unavailable(format!("cannot start a route worker: {e}")),
+                    Err(e) => {
+                        let why = format!("cannot start a route worker: {e}");
+                        return every(&mut done, 0, n, || Ended::Unavailable(why.clone()));
+                    }
                 },
-                () = abort.cancelled() => return Ended::Cancelled,
+                () = abort.cancelled() => return every(&mut done, 0, n, || Ended::Cancelled),
             };
             match proto::write_frame_async(&mut w.stdin, &frame).await {
                 Ok(()) => break w,
@@ -272,11 +293,44 @@ impl Pool {
                     tracing::warn!(pid = w.pid, error = %e, "a route worker could not take a run; using another");
                     kill(&mut w).await;
                 }
-                Err(e) => return Ended::Unavailable(format!("no route worker takes runs: {e}")),
+                Err(e) => {
+                    let why = format!("no route worker takes runs: {e}");
+                    return every(&mut done, 0, n, || Ended::Unavailable(why.clone()));
+                }
             }
         };
-        let secrets = job.event.secret_values();
-        let event_id = job.event.id.to_string();
+        drop(frame);
+        for (i, job) in jobs.iter().enumerate() {
+            match self.answer(&mut w, job, lookups, abort).await {
+                Ok(result) => done(i, Ended::Finished(result)),
+                // The worker is gone: the runs after this one never started.
+                Err(end) => {
+                    let cancelled = matches!(end, Ended::Cancelled);
+                    done(i, end);
+                    return if cancelled {
+                        every(&mut done, i + 1, n, || Ended::Cancelled)
+                    } else {
+                        every(&mut done, i + 1, n, || Ended::NotRun)
+                    };
+                }
+            }
+        }
+        w.used = Instant::now();
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(w);
+        }
+    }
+
+    /// Serves one run of the frame until its answer: its lookups and its output. `Err`
+    /// when the worker is gone (it died, or was killed: for overstaying, for breaking the
+    /// protocol, or at shutdown), with how the run ended.
+    async fn answer(
+        &self,
+        w: &mut Worker,
+        job: &Job<'_>,
+        lookups: &Arc<dyn Lookup>,
+        abort: &CancellationToken,
+    ) -> Result<Result<Vec<ActionSpec>, RunFailure>, Ended> {
         let hard = hard_limit(job.limits.deadline);
         let mut own_time = Duration::ZERO;
         let mut output = 0usize;
@@ -285,39 +339,33 @@ impl Pool {
             let frame = tokio::select! {
                 f = proto::read_frame_async::<FromWorker>(&mut w.stdout) => f,
                 () = tokio::time::sleep(hard.saturating_sub(own_time)) => {
-                    kill(&mut w).await;
-                    return Ended::Crashed(format!(
+                    kill(w).await;
+                    return Err(Ended::Crashed(format!(
                         "deadline of {:?} exceeded: the script was still running after {hard:?} of its own time, so its worker was killed",
                         job.limits.deadline
-                    ));
+                    )));
                 }
                 () = abort.cancelled() => {
-                    kill(&mut w).await;
-                    return Ended::Cancelled;
+                    kill(w).await;
+                    return Err(Ended::Cancelled);
                 }
             };
             own_time += waiting.elapsed();
             match frame {
-                Ok(Some(FromWorker::Done(result))) => {
-                    w.used = Instant::now();
-                    if let Ok(mut idle) = self.idle.lock() {
-                        idle.push(w);
-                    }
-                    return Ended::Finished(result);
-                }
+                Ok(Some(FromWorker::Done(result))) => return Ok(result),
                 Ok(Some(FromWorker::Output { kind, text })) => {
                     output = output.saturating_add(text.len());
                     // The worker keeps to the limit; a worker that does not is not trusted
                     // further.
                     if output > job.limits.max_output.saturating_add(64 << 10) {
-                        kill(&mut w).await;
-                        return Ended::Crashed(
+                        kill(w).await;
+                        return Err(Ended::Crashed(
                             "the worker wrote more output than routes.max_output allows; it was killed".into(),
-                        );
+                        ));
                     }
                     match job.output {
                         Some(out) => out(kind, &text),
-                        None => log_output(job.script, &event_id, kind, &text),
+                        None => log_output(job.script, &job.event.id.to_string(), kind, &text),
                     }
                 }
                 Ok(Some(FromWorker::Lookup {
@@ -338,38 +386,40 @@ impl Pool {
                             Err(_) => Err(LookupError::transient(format!("timed out after {timeout:?}"))),
                         },
                         () = abort.cancelled() => {
-                            kill(&mut w).await;
-                            return Ended::Cancelled;
+                            kill(w).await;
+                            return Err(Ended::Cancelled);
                         }
                     };
                     if let Err(e) =
                         proto::write_frame_async(&mut w.stdin, &ToWorker::Answer(answer)).await
                     {
-                        return self.crashed(w, &secrets, Some(e)).await;
+                        return Err(self.crashed(w, job, Some(e)).await);
                     }
                 }
                 Ok(Some(FromWorker::Ready)) => {
-                    kill(&mut w).await;
-                    return Ended::Crashed("the worker broke the protocol; it was killed".into());
-                }
-                Ok(None) => return self.crashed(w, &secrets, None).await,
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    kill(&mut w).await;
-                    return Ended::Crashed(format!(
-                        "the worker's answer could not be read ({e}); it was killed"
+                    kill(w).await;
+                    return Err(Ended::Crashed(
+                        "the worker broke the protocol; it was killed".into(),
                     ));
                 }
-                Err(e) => return self.crashed(w, &secrets, Some(e)).await,
+                Ok(None) => return Err(self.crashed(w, job, None).await),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    kill(w).await;
+                    return Err(Ended::Crashed(format!(
+                        "the worker's answer could not be read ({e}); it was killed"
+                    )));
+                }
+                Err(e) => return Err(self.crashed(w, job, Some(e)).await),
             }
         }
     }
 
     /// The worker's pipe closed during a run: it died. Why, as far as can be told.
-    async fn crashed(&self, mut w: Worker, secrets: &[String], e: Option<std::io::Error>) -> Ended {
+    async fn crashed(&self, w: &mut Worker, job: &Job<'_>, e: Option<std::io::Error>) -> Ended {
         let status = match tokio::time::timeout(Duration::from_secs(2), w.child.wait()).await {
             Ok(Ok(s)) => Some(s),
             _ => {
-                kill(&mut w).await;
+                kill(w).await;
                 None
             }
         };
@@ -380,7 +430,7 @@ impl Pool {
         tracing::error!(pid = w.pid, how = %how, error = ?e.map(|e| e.to_string()), "a route worker died during a run; the next run gets a new one");
         Ended::Crashed(format!(
             "the script crashed: its worker process {how}{}; the worker was replaced",
-            last_words(&tail, secrets)
+            last_words(&tail, &job.event.secret_values())
         ))
     }
 
@@ -421,6 +471,44 @@ impl Pool {
             end(w).await;
         }
     }
+}
+
+/// The same outcome, `ended`, for the runs `from..n`.
+fn every(done: &mut impl FnMut(usize, Ended), from: usize, n: usize, ended: impl Fn() -> Ended) {
+    for i in from..n {
+        done(i, ended());
+    }
+}
+
+/// The frame that hands `jobs` to a worker: each script's text once.
+fn frame_of(jobs: &[Job<'_>]) -> ToWorker {
+    let mut scripts: Vec<ScriptText> = Vec::new();
+    let runs = jobs
+        .iter()
+        .map(|job| {
+            let script = match scripts
+                .iter()
+                .position(|s| s.name == job.script && s.source == job.source)
+            {
+                Some(i) => i,
+                None => {
+                    scripts.push(ScriptText {
+                        name: job.script.to_owned(),
+                        source: job.source.to_owned(),
+                    });
+                    scripts.len() - 1
+                }
+            };
+            RunSpec {
+                script,
+                event: event_value(job.event),
+                secrets: job.event.secret_values(),
+                limits: job.limits,
+                services: job.services.clone(),
+            }
+        })
+        .collect();
+    ToWorker::Runs { scripts, runs }
 }
 
 /// Closes a worker's stdin, which ends it; kills it if it does not go within a second.
@@ -554,6 +642,47 @@ mod tests {
         assert!(
             pool.idle.lock().unwrap().is_empty(),
             "a killed worker is not reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_dies_in_a_frame_fails_that_run_and_leaves_the_later_ones_unrun() {
+        // Takes the frame, answers two runs, then dies during the third.
+        let pool = Pool::with_program(
+            "/bin/sh".into(),
+            vec![
+                "-c".into(),
+                r#"printf '\000\000\000\007"Ready"'; head -c 4 >/dev/null; d='{"Done":{"Ok":[]}}'; printf '\000\000\000\022%s\000\000\000\022%s' "$d" "$d"; echo dying >&2; exit 3"#.into(),
+            ],
+            &RoutesConfig::default(),
+            vec![],
+        );
+        let lookups: Arc<dyn Lookup> = Arc::new(NoLookups);
+        let events: Vec<Event> = (0..4).map(|_| event()).collect();
+        let jobs: Vec<Job<'_>> = events.iter().map(job).collect();
+        let mut ended = Vec::new();
+        pool.run_all(&jobs, &lookups, &CancellationToken::new(), |i, e| {
+            assert_eq!(i, ended.len(), "in order");
+            ended.push(e);
+        })
+        .await;
+        assert_eq!(ended.len(), 4);
+        assert!(
+            matches!(&ended[0], Ended::Finished(Ok(a)) if a.is_empty()),
+            "{ended:?}"
+        );
+        assert!(
+            matches!(&ended[1], Ended::Finished(Ok(a)) if a.is_empty()),
+            "{ended:?}"
+        );
+        assert!(
+            matches!(&ended[2], Ended::Crashed(m) if m.contains("exited with code 3") && m.contains("dying")),
+            "{ended:?}"
+        );
+        assert!(matches!(&ended[3], Ended::NotRun), "{ended:?}");
+        assert!(
+            pool.idle.lock().unwrap().is_empty(),
+            "a dead worker is not reused"
         );
     }
 

@@ -5,12 +5,19 @@
 //! server                                   worker
 //!   Setup(routes config, service names) ──▶
 //!                                     ◀── Ready
-//!   Run(script, source, event, limits)  ──▶
+//!   Runs(scripts, [event, limits], ...) ──▶
+//!                                           for each run, in order:
 //!                                     ◀── Lookup(service, method, path, body, timeout)
 //!   Answer(JSON | error)                ──▶      (as many as the script makes)
 //!                                     ◀── Output(print | debug | internal, text)
 //!                                     ◀── Done(actions | failure)
 //! ```
+//!
+//! Several runs go in one frame when the router has several events waiting: one write
+//! and one wake-up of the worker for all of them, instead of one each. The worker answers
+//! each run before it starts the next, so when it dies, the runs before have their
+//! answers in the pipe, the run it died in is the one without, and the runs after never
+//! started.
 //!
 //! The worker gets no secret and no URL: only the names of the services, and the answers
 //! the server fetched for it. Frames from a worker are untrusted: their size is capped and
@@ -46,25 +53,42 @@ pub struct Setup {
 pub enum ToWorker {
     /// The first frame.
     Setup(Setup),
-    /// Run a script.
-    Run {
-        /// Its path, for messages (`pomelo/tokenization_otp.rhai`).
-        script: String,
-        /// Its text (the worker keeps compiled scripts by the text's hash).
-        source: String,
-        /// The event as scripts see it.
-        event: Value,
-        /// Values to mask in output and failures.
-        secrets: Vec<String>,
-        /// The run's limits.
-        limits: RunLimits,
-        /// Services this run may call beyond the configured ones (a try's typed-in
-        /// answers).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        services: Vec<String>,
+    /// Run these, one after the other, in order: a [`FromWorker::Done`] for each, written
+    /// before the next starts (so a crash is told apart: every run before it has its
+    /// answer in the pipe).
+    Runs {
+        /// The scripts of the runs, each once.
+        scripts: Vec<ScriptText>,
+        /// The runs.
+        runs: Vec<RunSpec>,
     },
     /// The answer to the run's last lookup.
     Answer(Result<Value, LookupError>),
+}
+
+/// A script of a [`ToWorker::Runs`] frame.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScriptText {
+    /// Its path, for messages (`pomelo/tokenization_otp.rhai`).
+    pub name: String,
+    /// Its text (the worker keeps compiled scripts by the text's hash).
+    pub source: String,
+}
+
+/// One run of a [`ToWorker::Runs`] frame.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Its script: an index into the frame's `scripts`.
+    pub script: usize,
+    /// The event as scripts see it.
+    pub event: Value,
+    /// Values to mask in output and failures.
+    pub secrets: Vec<String>,
+    /// The run's limits.
+    pub limits: RunLimits,
+    /// Services this run may call beyond the configured ones (a try's typed-in answers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
 }
 
 /// From a worker to the server.

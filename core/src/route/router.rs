@@ -105,6 +105,9 @@ const IDLE_WORKER: Duration = Duration::from_secs(60);
 /// Route tasks per run slot: the tasks that wait for their count's flush share it.
 const TASKS_PER_SLOT: usize = 4;
 
+/// Events a route task takes at once at most (runs handed to one worker in one frame).
+const MOST_AT_ONCE: usize = 32;
+
 /// An event for a route task: from the inbox (read it), or handed over by the commit
 /// that stored it (see [`Store::commit`]).
 enum Work {
@@ -168,6 +171,8 @@ enum Outcome {
     /// It could not run now (no worker, the store could not count it): tried again soon,
     /// its count back at this.
     Unavailable(u32, String),
+    /// Its worker ended at an earlier run of the same frame: run again at once.
+    NotRun,
 }
 
 impl Router {
@@ -241,26 +246,27 @@ impl Router {
                     let next = tokio::select! {
                         biased;
                         () = stop.cancelled() => None,
-                        id = async { rx.lock().await.recv().await } => id,
+                        works = me.next_works(&rx) => works,
                     };
-                    let Some(work) = next else { break };
-                    let id = work.id();
-                    match me.route(work).await {
-                        // Still in flight (so not dispatched again) until the wait is over.
-                        Some(wait) => {
-                            if let Err(e) = me.store.defer(id, wait).await {
-                                tracing::error!(event_id = %id, error = %e, "cannot keep an event's lease for its retry");
-                            }
-                            let (me, stop) = (me.clone(), stop.clone());
-                            tokio::spawn(async move {
-                                tokio::select! {
-                                    () = tokio::time::sleep(wait) => {}
-                                    () = stop.cancelled() => {}
+                    let Some(works) = next else { break };
+                    for (id, wait) in me.route_all(works).await {
+                        match wait {
+                            // Still in flight (so not dispatched again) until the wait is over.
+                            Some(wait) => {
+                                if let Err(e) = me.store.defer(id, wait).await {
+                                    tracing::error!(event_id = %id, error = %e, "cannot keep an event's lease for its retry");
                                 }
-                                me.release(id, true);
-                            });
+                                let (me, stop) = (me.clone(), stop.clone());
+                                tokio::spawn(async move {
+                                    tokio::select! {
+                                        () = tokio::time::sleep(wait) => {}
+                                        () = stop.cancelled() => {}
+                                    }
+                                    me.release(id, true);
+                                });
+                            }
+                            None => me.release(id, false),
                         }
-                        None => me.release(id, false),
                     }
                 }
             });
@@ -343,8 +349,77 @@ impl Router {
         }
     }
 
-    /// Routes one event. Returns a wait when the run should be tried again after it.
-    async fn route(&self, work: Work) -> Option<Duration> {
+    /// The next events for a route task: one, waiting for it, and as many more as are
+    /// queued already, up to a fair share of the queue per run slot (at most
+    /// [`MOST_AT_ONCE`]): under load a worker gets many runs per frame, while a few events
+    /// still spread over the workers. One at a time in process (a suspect runs alone).
+    async fn next_works(&self, rx: &tokio::sync::Mutex<mpsc::Receiver<Work>>) -> Option<Vec<Work>> {
+        let mut rx = rx.lock().await;
+        let first = rx.recv().await?;
+        let most = match self.isolation {
+            Isolation::InProcess => 1,
+            Isolation::Process => (1 + rx.len()).div_ceil(self.workers).min(MOST_AT_ONCE),
+        };
+        let mut works = Vec::with_capacity(most);
+        works.push(first);
+        while works.len() < most {
+            match rx.try_recv() {
+                Ok(w) => works.push(w),
+                Err(_) => break,
+            }
+        }
+        Some(works)
+    }
+
+    /// Routes these events: each that still waits for its route has its script run and
+    /// its outcome recorded (the runs of worker processes handed to one worker in one
+    /// frame, each recorded as soon as it ends). Returns, for each, a wait when its run
+    /// should be tried again after it.
+    async fn route_all(&self, works: Vec<Work>) -> Vec<(EventId, Option<Duration>)> {
+        let mut done = Vec::with_capacity(works.len());
+        let mut in_workers = Vec::new();
+        for work in works {
+            let id = work.id();
+            let event = match self.waiting(work).await {
+                Ok(event) => event,
+                Err(wait) => {
+                    done.push((id, wait));
+                    continue;
+                }
+            };
+            let started = std::time::Instant::now();
+            let script = self.scripts.resolve(&event.provider, &event.event_type);
+            let outcome = match script {
+                Resolved::Missing => {
+                    tracing::warn!(provider = %event.provider, event_type = %event.event_type, "no route script for this event; nothing to do");
+                    Outcome::Finished(Ok(Vec::new()))
+                }
+                Resolved::Broken(e) => Outcome::Finished(Err(RunFailure {
+                    message: format!("the script does not compile and has no good version: {e}"),
+                    retryable: false,
+                })),
+                Resolved::Script(name, ast, _) if self.isolation == Isolation::InProcess => {
+                    let outcome = self.counted_run(&event, name.clone(), ast).await;
+                    let wait = self.finish(&event, Some(&name), outcome, started).await;
+                    done.push((id, wait));
+                    continue;
+                }
+                Resolved::Script(name, _, source) => {
+                    in_workers.push((event, name, source, started));
+                    continue;
+                }
+            };
+            done.push((id, self.finish(&event, None, outcome, started).await));
+        }
+        if !in_workers.is_empty() {
+            done.extend(self.run_in_workers(&in_workers).await);
+        }
+        done
+    }
+
+    /// The event of `work` if it still waits for its route. Otherwise it leaves the inbox
+    /// (`Err(None)`), or its read is tried again after a wait (`Err(Some(wait))`).
+    async fn waiting(&self, work: Work) -> Result<Event, Option<Duration>> {
         let id = work.id();
         let read = match work {
             // Just committed to the inbox by this process: nothing else can have routed
@@ -352,42 +427,97 @@ impl Router {
             Work::Committed(event) => Ok(Some(*event)),
             Work::Inbox(id) => self.store.event(id).await,
         };
-        let event = match read {
-            Ok(Some(e)) if e.status == EventStatus::Received => e,
+        match read {
+            Ok(Some(e)) if e.status == EventStatus::Received => Ok(e),
             Ok(_) => {
                 let _ = self.store.inbox_remove(id).await;
                 if let Ok(mut r) = self.retried.lock() {
                     r.remove(&id);
                 }
-                return None;
+                Err(None)
             }
             Err(e @ crate::Error::Corrupt { .. }) => {
                 // Trying again cannot help: take it out of the inbox (the record stays).
                 tracing::error!(event_id = %id, error = %e, "an unreadable event cannot be routed; it leaves the inbox");
                 let _ = self.store.inbox_remove(id).await;
-                return None;
+                Err(None)
             }
             Err(e) => {
                 tracing::error!(event_id = %id, error = %e, "cannot read an event to route; trying again in a second");
-                return Some(Duration::from_secs(1));
+                Err(Some(Duration::from_secs(1)))
             }
+        }
+    }
+
+    /// Runs these scripts in one worker process, in one frame, when a run slot is free,
+    /// and records each outcome as soon as the worker has given it (while it goes on with
+    /// the next run).
+    async fn run_in_workers(
+        &self,
+        runs: &[(Event, String, Arc<str>, std::time::Instant)],
+    ) -> Vec<(EventId, Option<Duration>)> {
+        let jobs: Vec<Job<'_>> = runs
+            .iter()
+            .map(|(event, name, source, _)| Job {
+                script: name,
+                source,
+                event,
+                limits: self.limits,
+                output: None,
+                services: Vec::new(),
+            })
+            .collect();
+        let abort = &self.abort;
+        let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Outcome)>();
+        let run = async move {
+            let _slot = tokio::select! {
+                s = self.slots.acquire() => s,
+                () = abort.cancelled() => {
+                    for i in 0..jobs.len() {
+                        let _ = tx.send((i, Outcome::Cancelled(0)));
+                    }
+                    return;
+                }
+            };
+            self.pool
+                .run_all(&jobs, &self.lookups, abort, |i, ended| {
+                    let outcome = match ended {
+                        Ended::Finished(r) => Outcome::Finished(r),
+                        Ended::Crashed(m) => Outcome::Crashed(m),
+                        Ended::Cancelled => Outcome::Cancelled(0),
+                        Ended::Unavailable(m) => Outcome::Unavailable(0, m),
+                        Ended::NotRun => Outcome::NotRun,
+                    };
+                    let _ = tx.send((i, outcome));
+                })
+                .await;
         };
-        let started = std::time::Instant::now();
-        let script = self.scripts.resolve(&event.provider, &event.event_type);
-        let script_name = script.name().map(str::to_owned);
-        let outcome = match script {
-            Resolved::Missing => {
-                tracing::warn!(provider = %event.provider, event_type = %event.event_type, "no route script for this event; nothing to do");
-                Outcome::Finished(Ok(Vec::new()))
+        let record = async {
+            let mut done = Vec::with_capacity(runs.len());
+            while let Some((i, outcome)) = rx.recv().await {
+                let (event, name, _, started) = &runs[i];
+                let wait = self.finish(event, Some(name), outcome, *started).await;
+                done.push((event.id, wait));
             }
-            Resolved::Broken(e) => Outcome::Finished(Err(RunFailure {
-                message: format!("the script does not compile and has no good version: {e}"),
-                retryable: false,
-            })),
-            Resolved::Script(name, ast, source) => {
-                self.counted_run(&event, name, ast, source).await
-            }
+            done
         };
+        tokio::join!(run, record).1
+    }
+
+    /// Records how the run of `event` ended, counts and logs it. Returns a wait when the
+    /// run should be tried again after it.
+    async fn finish(
+        &self,
+        event: &Event,
+        script_name: Option<&str>,
+        outcome: Outcome,
+        started: std::time::Instant,
+    ) -> Option<Duration> {
+        self.metrics
+            .route_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let id = event.id;
+        let script_name = script_name.map(str::to_owned);
         let retries = self
             .retried
             .lock()
@@ -413,7 +543,7 @@ impl Router {
                 .inc();
         };
         let script_label = script_name.as_deref().unwrap_or("none").to_owned();
-        let wait = match outcome {
+        match outcome {
             Outcome::Finished(Ok(specs)) => {
                 let n = specs.len();
                 // No wait for the flush here: a delivery marks its attempt `sending` and waits
@@ -432,20 +562,20 @@ impl Router {
             {
                 let wait = self.retry_waits[retries - 1];
                 count("retry");
-                self.set_starts(&event, 0).await;
+                self.set_starts(event, 0).await;
                 tracing::warn!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = %script_label, error = %log_safe(&failure.message), retry_in = ?wait, "route failed on a lookup; running it again soon");
                 Some(wait)
             }
             Outcome::Finished(Err(failure)) => {
                 count("failed");
                 tracing::warn!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = %script_label, error = %log_safe(&failure.message), "route failed; the event is parked for replay");
-                self.park(&event, script_name, failure.message).await;
+                self.park(event, script_name, failure.message).await;
                 None
             }
             Outcome::Crashed(message) => {
                 count("crashed");
                 tracing::error!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = %script_label, error = %log_safe(&message), "route run crashed; the event is parked for replay");
-                self.park(&event, script_name, message).await;
+                self.park(event, script_name, message).await;
                 None
             }
             Outcome::Poison(n) => {
@@ -454,46 +584,35 @@ impl Router {
                     "the route run did not finish {n} times (its worker or the whole server crashed or was killed during it), so it is not run again (routes.max_crashes); fix the script, then replay the event"
                 );
                 tracing::error!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = %script_label, "{message}");
-                self.park(&event, script_name, message).await;
+                self.park(event, script_name, message).await;
                 None
             }
             Outcome::Cancelled(prior) => {
                 count("cancelled");
-                self.set_starts(&event, prior).await;
+                self.set_starts(event, prior).await;
                 tracing::info!(event_id = %id, script = %script_label, "route run ended by shutdown; the event stays in the inbox");
                 None
             }
+            Outcome::NotRun => {
+                tracing::info!(event_id = %id, script = %script_label, "the worker ended at an earlier event of the same frame; running this one again");
+                Some(Duration::ZERO)
+            }
             Outcome::Unavailable(prior, why) => {
-                self.set_starts(&event, prior).await;
+                self.set_starts(event, prior).await;
                 tracing::error!(event_id = %id, error = %log_safe(&why), "cannot run a route now; trying again in 5s");
                 Some(Duration::from_secs(5))
             }
-        };
-        self.metrics
-            .route_seconds
-            .observe(started.elapsed().as_secs_f64());
-        wait
+        }
     }
 
-    /// Runs the script where `routes.isolation` says. In process, the run is counted on
-    /// disk first, and runs alone if an earlier run of the event did not finish.
-    async fn counted_run(
-        &self,
-        event: &Event,
-        name: String,
-        ast: Arc<AST>,
-        source: Arc<str>,
-    ) -> Outcome {
-        let counted = self.counts_runs();
-        let prior = if counted {
-            match self.store.route_starts(event.id).await {
-                Ok(n) => n,
-                Err(e) => {
-                    return Outcome::Unavailable(0, format!("cannot read the run count: {e}"));
-                }
+    /// Runs the script in process: the run is counted on disk first, and runs alone if an
+    /// earlier run of the event did not finish.
+    async fn counted_run(&self, event: &Event, name: String, ast: Arc<AST>) -> Outcome {
+        let prior = match self.store.route_starts(event.id).await {
+            Ok(n) => n,
+            Err(e) => {
+                return Outcome::Unavailable(0, format!("cannot read the run count: {e}"));
             }
-        } else {
-            0
         };
         if prior >= self.max_crashes {
             return Outcome::Poison(prior);
@@ -512,37 +631,17 @@ impl Router {
                 () = abort.cancelled() => return Outcome::Cancelled(prior),
             };
         }
-        if counted {
-            if let Err(e) = self.store.set_route_starts(event.id, prior + 1).await {
-                return Outcome::Unavailable(prior, format!("cannot count the run on disk: {e}"));
-            }
+        if let Err(e) = self.store.set_route_starts(event.id, prior + 1).await {
+            return Outcome::Unavailable(prior, format!("cannot count the run on disk: {e}"));
         }
         let _slot = tokio::select! {
             s = self.slots.acquire() => s,
             () = abort.cancelled() => return Outcome::Cancelled(prior),
         };
-        match self.isolation {
-            Isolation::Process => {
-                let job = Job {
-                    script: &name,
-                    source: &source,
-                    event,
-                    limits: self.limits,
-                    output: None,
-                    services: Vec::new(),
-                };
-                match self.pool.run(job, &self.lookups, abort).await {
-                    Ended::Finished(r) => Outcome::Finished(r),
-                    Ended::Crashed(m) => Outcome::Crashed(m),
-                    Ended::Cancelled => Outcome::Cancelled(prior),
-                    Ended::Unavailable(m) => Outcome::Unavailable(prior, m),
-                }
-            }
-            Isolation::InProcess => match self.run_in_process(event, name, ast).await {
-                Some(Outcome::Unavailable(_, m)) => Outcome::Unavailable(prior, m),
-                Some(outcome) => outcome,
-                None => Outcome::Cancelled(prior),
-            },
+        match self.run_in_process(event, name, ast).await {
+            Some(Outcome::Unavailable(_, m)) => Outcome::Unavailable(prior, m),
+            Some(outcome) => outcome,
+            None => Outcome::Cancelled(prior),
         }
     }
 

@@ -131,42 +131,62 @@ fn serve(setup: Setup) -> io::Result<()> {
             proto::read_frame::<ToWorker>(&mut input)?
         };
         let Some(frame) = frame else { return Ok(()) };
-        let ToWorker::Run {
-            script: _,
-            source,
-            event,
-            secrets,
-            limits,
-            services: extra,
-        } = frame
-        else {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "expected a run"));
+        let ToWorker::Runs { scripts, runs } = frame else {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "expected runs"));
         };
-        let hash: [u8; 32] = Sha256::digest(source.as_bytes()).into();
-        let ast = match cache.get(&hash) {
-            Some(ast) => Ok(ast.clone()),
-            None => engine.compile(&source).map(Arc::new),
-        };
-        let result = match ast {
-            Ok(ast) => {
-                if cache.len() >= CACHED_SCRIPTS {
-                    cache.clear();
-                }
-                cache.insert(hash, ast.clone());
+        // Compiled once per frame (or found in the cache), when a run first needs it.
+        let mut compiled: Vec<Option<Result<Arc<rhai::AST>, RunFailure>>> =
+            scripts.iter().map(|_| None).collect();
+        for run in runs {
+            let Some(slot) = compiled.get_mut(run.script) else {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "no such script"));
+            };
+            let ast = slot
+                .get_or_insert_with(|| compile(&engine, &mut cache, &scripts[run.script].source))
+                .clone();
+            let result = ast.and_then(|ast| {
                 let host = Pipe {
                     services: services.clone(),
-                    extra,
+                    extra: run.services,
                 };
-                api::execute(&engine, &ast, event, secrets, &limits, Box::new(host))
-            }
-            Err(e) => Err(RunFailure {
-                message: format!("the script does not compile: {e}"),
-                retryable: false,
-            }),
-        };
-        let mut out = BufWriter::new(io::stdout().lock());
-        proto::write_frame(&mut out, &FromWorker::Done(result))?;
+                api::execute(
+                    &engine,
+                    &ast,
+                    run.event,
+                    run.secrets,
+                    &run.limits,
+                    Box::new(host),
+                )
+            });
+            // Written before the next run starts: see the protocol.
+            let mut out = BufWriter::new(io::stdout().lock());
+            proto::write_frame(&mut out, &FromWorker::Done(result))?;
+        }
     }
+}
+
+/// A script's compiled form, from the cache (by the hash of its text) or compiled now.
+fn compile(
+    engine: &rhai::Engine,
+    cache: &mut HashMap<[u8; 32], Arc<rhai::AST>>,
+    source: &str,
+) -> Result<Arc<rhai::AST>, RunFailure> {
+    let hash: [u8; 32] = Sha256::digest(source.as_bytes()).into();
+    if let Some(ast) = cache.get(&hash) {
+        return Ok(ast.clone());
+    }
+    let ast = engine
+        .compile(source)
+        .map(Arc::new)
+        .map_err(|e| RunFailure {
+            message: format!("the script does not compile: {e}"),
+            retryable: false,
+        })?;
+    if cache.len() >= CACHED_SCRIPTS {
+        cache.clear();
+    }
+    cache.insert(hash, ast.clone());
+    Ok(ast)
 }
 
 /// Lookups and output through the server.

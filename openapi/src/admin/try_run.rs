@@ -165,6 +165,11 @@ async fn execute(
                     message: "the run was ended by a shutdown".into(),
                     retryable: false,
                 }),
+                // Only a run after another in the same frame; a try is alone in its own.
+                Ended::NotRun => Err(RunFailure {
+                    message: "the run did not start".into(),
+                    retryable: false,
+                }),
             }
         }
         Isolation::InProcess => in_process(routes, &name, ast, &event, lookups, &output).await,
