@@ -36,6 +36,7 @@
 
 mod delivery;
 mod pg;
+mod pgdata;
 
 use std::{
     collections::HashMap,

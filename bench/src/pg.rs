@@ -1,14 +1,17 @@
-//! A throw-away PostgreSQL cluster for the benchmark: `initdb` in a temporary directory,
-//! started with `pg_ctl` on a free loopback port with PostgreSQL's default durability
-//! (fsync on, synchronous commit), stopped when dropped. PostgreSQL refuses to run as
-//! root, so as root it runs as `nobody` (the same recipe as the tests' `tests/it/pg.rs`).
+//! A throw-away PostgreSQL cluster for the benchmark: `initdb` in a temporary directory
+//! ([`crate::pgdata`], shared with the tests), started with `pg_ctl` on a free loopback
+//! port with PostgreSQL's default durability (fsync on, synchronous commit), stopped when
+//! dropped.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
 };
 
 use anyhow::{Context, bail};
+
+use crate::pgdata::as_owner;
+pub use crate::pgdata::bindir;
 
 /// A running cluster.
 pub struct Cluster {
@@ -17,41 +20,6 @@ pub struct Cluster {
     /// The loopback port it listens on.
     pub port: u16,
     _dir: tempfile::TempDir,
-}
-
-/// The directory of PostgreSQL's programs: `pg_config --bindir`, or the newest Debian
-/// install; `None` when PostgreSQL is not installed.
-pub fn bindir() -> Option<PathBuf> {
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if p.join("initdb").is_file() {
-            return Some(p);
-        }
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
-        .unwrap_or_default();
-    found.retain(|p| p.join("initdb").is_file());
-    found.sort();
-    found.pop()
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// `program`, as `nobody` when we are root.
-fn as_owner(program: &Path) -> Command {
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "nobody", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
 }
 
 fn run(mut c: Command, what: &str) -> anyhow::Result<()> {
@@ -72,24 +40,7 @@ fn run(mut c: Command, what: &str) -> anyhow::Result<()> {
 impl Cluster {
     /// Creates and starts a cluster.
     pub fn start(bin: PathBuf) -> anyhow::Result<Cluster> {
-        let dir = tempfile::Builder::new()
-            .prefix("switchboard-bench-pg-")
-            .tempdir()?;
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data)?;
-        if is_root() {
-            let out = Command::new("id").args(["-u", "nobody"]).output()?;
-            let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
-            for p in [dir.path(), data.as_path()] {
-                std::os::unix::fs::chown(p, Some(uid), None)?;
-            }
-        }
-        let mut initdb = as_owner(&bin.join("initdb"));
-        initdb
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"]);
-        run(initdb, "initdb")?;
+        let (dir, data) = crate::pgdata::init(&bin, "switchboard-bench-pg-")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();

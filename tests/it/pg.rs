@@ -3,12 +3,14 @@
 //! test process, the first time a test asks for it, and stopped when the process exits (a
 //! watchdog shell waits for the test process to go away). PostgreSQL refuses to run as
 //! root, so as root it runs as `nobody` (`runuser` for initdb, `setpriv` for the server).
+//! What this shares with the benchmark's cluster (finding PostgreSQL, `initdb`) is
+//! `bench/src/pgdata.rs`.
 //!
 //! `SWITCHBOARD_TEST_STORE=postgres` runs every test's server on PostgreSQL instead of the
 //! embedded store (`.ci/run` runs the black-box suite that way as well).
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     sync::{
         OnceLock,
@@ -35,75 +37,16 @@ pub struct Cluster {
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 static DATABASES: AtomicUsize = AtomicUsize::new(0);
 
-/// The directory of PostgreSQL's programs: `pg_config --bindir`, or the newest Debian
-/// install.
-fn bindir() -> PathBuf {
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if p.join("initdb").is_file() {
-            return p;
-        }
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
-        .unwrap_or_default();
-    found.retain(|p| p.join("initdb").is_file());
-    found.sort();
-    found
-        .pop()
-        .expect("PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run does it)")
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// `program args…`, as `nobody` when we are root.
-fn as_owner(program: &Path) -> Command {
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "nobody", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
+#[path = "../../bench/src/pgdata.rs"]
+mod pgdata;
+use pgdata::is_root;
 
 impl Cluster {
     fn start() -> Cluster {
-        let bin = bindir();
-        let dir = tempfile::Builder::new()
-            .prefix("switchboard-pg-")
-            .tempdir()
-            .expect("tempdir");
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        if is_root() {
-            let uid: u32 = String::from_utf8_lossy(
-                &Command::new("id")
-                    .args(["-u", "nobody"])
-                    .output()
-                    .unwrap()
-                    .stdout,
-            )
-            .trim()
-            .parse()
-            .expect("the nobody user");
-            for p in [dir.path(), data.as_path()] {
-                std::os::unix::fs::chown(p, Some(uid), None).unwrap();
-            }
-        }
-        let status = as_owner(&bin.join("initdb"))
-            .args(["-D", data.to_str().unwrap()])
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("initdb");
-        assert!(status.success(), "initdb failed");
+        let bin = pgdata::bindir().expect(
+            "PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run does it)",
+        );
+        let (dir, data) = pgdata::init(&bin, "switchboard-pg-").expect("initdb");
         let port = free_port();
         let log = dir.path().join("postgres.log");
         // The server lives as long as this test process: the shell waits for its parent
