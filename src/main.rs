@@ -200,7 +200,7 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { config: path } => {
             let config = Config::load(path.as_deref())?;
-            logging::init(&config.log);
+            let _log = logging::init(&config.log);
             runtime()?.block_on(serve(config)).map_err(|e| match &path {
                 // Errors that name a setting (a secret that cannot be read, a weak key)
                 // also name the file it is in.

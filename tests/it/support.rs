@@ -262,7 +262,22 @@ impl Server {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The server's log so far. Its lines are written by a thread of their own, a wake-up
+    /// after they are logged: this waits until the log has stopped growing for a moment
+    /// (at most a second), so that a line logged before the last answer is in it, and an
+    /// assertion that a line is absent sees every line written so far.
     pub fn logs(&self) -> String {
+        let size = || std::fs::metadata(&self.log_path).map_or(0, |m| m.len());
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut last = size();
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = size();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
