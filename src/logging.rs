@@ -3,48 +3,69 @@
 //! Lines are written by a thread of their own, not by the task that logs them: a write to
 //! stderr is a system call (two per notification at least), and a slow reader of stderr
 //! (a pipe to `tee`, a container's log driver) must not hold up the async threads that
-//! answer providers. A line logged when the thread is idle is written at once; while
-//! lines keep coming, the thread writes what has queued up every few milliseconds
-//! ([`GATHER`]), in one go.
-//! Up to [`QUEUED`] lines wait for a slow reader; past that, logging waits for it, as it
-//! did before (no line is dropped). [`init`]'s guard writes out what is queued when
-//! `serve` ends.
+//! answer providers. A task appends its line to a shared buffer; the thread writes the
+//! buffer out: at once when it was idle, and while lines keep coming every few
+//! milliseconds ([`GATHER`]), all of them in one write, with nobody to wake. Up to
+//! [`PENDING`] bytes wait for a slow reader; past that, logging waits for it, as it did
+//! before (no line is dropped). [`init`]'s guard writes out what is pending when `serve`
+//! ends.
 
 use std::{
     io::{IsTerminal, Write},
-    sync::mpsc::{Receiver, SyncSender, sync_channel},
+    sync::{Arc, Condvar, Mutex, MutexGuard},
     time::Duration,
 };
 
 use switchboard_openapi::config::{LogConfig, LogFormat};
 use tracing_subscriber::{EnvFilter, fmt, fmt::MakeWriter};
 
-/// Lines that may wait for the writer thread.
-const QUEUED: usize = 16 * 1024;
+/// Bytes of lines that may wait for the writer thread.
+const PENDING: usize = 1 << 20;
 
 /// While lines keep coming, the writer writes them this often.
 const GATHER: Duration = Duration::from_millis(5);
 
-/// What the writer thread is asked to do.
-enum ToWriter {
-    Line(Vec<u8>),
-    /// Write out and flush everything before this, then say so.
-    Flush(SyncSender<()>),
-}
-
-/// The subscriber's writer: each line goes to the writer thread in one message.
-#[derive(Clone)]
-struct Queue(SyncSender<ToWriter>);
-
-/// One line being formatted; sent when the subscriber is done with it.
-struct Line<'a> {
-    queue: &'a Queue,
+/// The lines waiting for the writer thread.
+#[derive(Default)]
+struct Pending {
     text: Vec<u8>,
+    /// The writer waits for lines (and is to be woken for the next one).
+    idle: bool,
+    /// Writes handed over so far, and written out so far (for [`Guard`]).
+    taken: u64,
+    written: u64,
 }
 
-impl Write for Line<'_> {
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Lines came (for an idle writer), or a write ended (for those waiting on it).
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The subscriber's writer.
+#[derive(Clone, Default)]
+struct Queue(Arc<Shared>);
+
+impl Write for &Queue {
+    /// One whole line: the subscriber formats a line, then writes it in one call.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.text.extend_from_slice(buf);
+        let shared = &self.0;
+        let mut p = shared.lock();
+        while p.text.len() >= PENDING {
+            p = shared.changed.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        p.text.extend_from_slice(buf);
+        if p.idle {
+            p.idle = false;
+            shared.changed.notify_all();
+        }
         Ok(buf.len())
     }
 
@@ -53,98 +74,79 @@ impl Write for Line<'_> {
     }
 }
 
-impl Drop for Line<'_> {
-    fn drop(&mut self) {
-        if !self.text.is_empty() {
-            // The thread is gone only if stderr's writer panicked: the line is lost, as
-            // a line to a closed stderr always was.
-            let _ = self
-                .queue
-                .0
-                .send(ToWriter::Line(std::mem::take(&mut self.text)));
-        }
-    }
-}
-
 impl<'a> MakeWriter<'a> for Queue {
-    type Writer = Line<'a>;
+    type Writer = &'a Queue;
 
     fn make_writer(&'a self) -> Self::Writer {
-        Line {
-            queue: self,
-            text: Vec::new(),
-        }
+        self
     }
 }
 
-/// Writes the queued lines to stderr, as many at once as have queued up.
-fn write_lines(lines: Receiver<ToWriter>) {
-    // Not locked for good: a panic's message goes to stderr too.
-    let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stderr());
-    let handle = |msg: ToWriter, out: &mut std::io::BufWriter<_>| match msg {
+/// Writes the pending lines to stderr until the process ends.
+fn write_lines(shared: Arc<Shared>) {
+    let mut out = std::io::stderr();
+    let mut batch = Vec::new();
+    loop {
+        let upto = {
+            let mut p = shared.lock();
+            while p.text.is_empty() {
+                p.idle = true;
+                p = shared.changed.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
+            std::mem::swap(&mut p.text, &mut batch);
+            p.taken += 1;
+            p.taken
+        };
         // A closed stderr loses the lines; the work goes on (see `log_internal_errors`).
-        ToWriter::Line(text) => {
-            let _ = out.write_all(&text);
-        }
-        ToWriter::Flush(done) => {
-            let _ = out.flush();
-            let _ = done.send(());
-        }
-    };
-    while let Ok(msg) = lines.recv() {
-        handle(msg, &mut out);
-        // Busy: the lines of the next moment are written together, and the tasks that log
-        // them find nobody to wake (a wake-up per line cost more than the write it saved).
-        loop {
-            let mut more = false;
-            while let Ok(msg) = lines.try_recv() {
-                handle(msg, &mut out);
-                more = true;
-            }
-            let _ = out.flush();
-            if !more {
-                break;
-            }
-            std::thread::sleep(GATHER);
-        }
+        let _ = out.write_all(&batch);
+        batch.clear();
+        shared.lock().written = upto;
+        shared.changed.notify_all();
+        // Busy: the lines of the next moment are written together.
+        std::thread::sleep(GATHER);
     }
 }
 
-/// Writes out the queued lines when dropped.
+/// Writes out the pending lines when dropped.
 pub struct Guard(Option<Queue>);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(q) = self.0.take() {
-            let (done, flushed) = sync_channel(1);
-            if q.0.send(ToWriter::Flush(done)).is_ok() {
-                let _ = flushed.recv_timeout(Duration::from_secs(5));
-            }
-        }
+        let Some(q) = self.0.take() else { return };
+        let shared = &q.0;
+        let p = shared.lock();
+        // Everything pending now is in the next write the thread takes.
+        let target = if p.text.is_empty() {
+            p.taken
+        } else {
+            p.taken + 1
+        };
+        let _ = shared
+            .changed
+            .wait_timeout_while(p, Duration::from_secs(5), |p| p.written < target);
     }
 }
 
 /// Installs the global subscriber. `RUST_LOG` wins over `log.level`. Keep the guard until
-/// the end: dropping it writes out what is still queued.
+/// the end: dropping it writes out what is still pending.
 pub fn init(cfg: &LogConfig) -> Guard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let (tx, rx) = sync_channel(QUEUED);
-    let queue = Queue(tx);
+    let queue = Queue::default();
+    let shared = queue.0.clone();
     let writer = std::thread::Builder::new()
         .name("log-writer".into())
-        .spawn(move || write_lines(rx));
-    let guard = match writer {
-        Ok(_) => Guard(Some(queue.clone())),
+        // It only copies bytes: a small stack, so that it costs an idle server little.
+        .stack_size(64 << 10)
+        .spawn(move || write_lines(shared));
+    if writer.is_err() {
         // No thread: lines are written by whoever logs them, as they always could be.
-        Err(_) => {
-            install(cfg, filter, std::io::stderr);
-            return Guard(None);
-        }
-    };
-    install(cfg, filter, queue);
-    guard
+        install(cfg, filter, std::io::stderr);
+        return Guard(None);
+    }
+    install(cfg, filter, queue.clone());
+    Guard(Some(queue))
 }
 
 fn install<W>(cfg: &LogConfig, filter: EnvFilter, writer: W)
