@@ -8,7 +8,8 @@
 //! milliseconds ([`GATHER`]), all of them in one write, with nobody to wake. Up to
 //! [`PENDING`] bytes wait for a slow reader; past that, logging waits for it, as it did
 //! before (no line is dropped). [`init`]'s guard writes out what is pending when `serve`
-//! ends.
+//! ends, and a panic writes it out before its message. What is pending when the process
+//! is killed (`kill -9`, an abort) is lost: at most the last [`GATHER`] of lines.
 
 use std::{
     io::{IsTerminal, Write},
@@ -97,14 +98,42 @@ fn write_lines(shared: Arc<Shared>) {
             p.taken += 1;
             p.taken
         };
-        // A closed stderr loses the lines; the work goes on (see `log_internal_errors`).
-        let _ = out.write_all(&batch);
+        write_out(&mut out, &batch);
         batch.clear();
         shared.lock().written = upto;
         shared.changed.notify_all();
         // Busy: the lines of the next moment are written together.
         std::thread::sleep(GATHER);
     }
+}
+
+/// Writes `bytes` to stderr. A closed stderr loses them; the work goes on (see
+/// `log_internal_errors`). A non-blocking one that is full is waited for.
+fn write_out(out: &mut impl Write, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        match out.write(bytes) {
+            Ok(0) => return,
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Before a panic's message: the lines logged before it, so that they come first. (Only
+/// if no one holds the buffer: the panic may have come from inside it.)
+fn flush_before_panics(shared: Arc<Shared>) {
+    let message = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Ok(mut p) = shared.pending.try_lock() {
+            let text = std::mem::take(&mut p.text);
+            write_out(&mut std::io::stderr(), &text);
+        }
+        message(info);
+    }));
 }
 
 /// Writes out the pending lines when dropped.
@@ -145,6 +174,7 @@ pub fn init(cfg: &LogConfig) -> Guard {
         install(cfg, filter, std::io::stderr);
         return Guard(None);
     }
+    flush_before_panics(queue.0.clone());
     install(cfg, filter, queue.clone());
     Guard(Some(queue))
 }

@@ -427,8 +427,8 @@ async fn one_worker_held_by_a_slow_run() -> (Recorder, Server) {
 }
 
 /// Under load a worker gets many runs in one frame. A poison event in the middle of such a
-/// frame: the runs before it are routed, it fails alone with its crash, and the runs after
-/// it (which never started) run again in a new worker and are routed too.
+/// frame: the runs before it are routed, the runs after it (which never started) run again
+/// in a new worker and are routed too, and it runs again alone, crashes again, and fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_in_the_middle_of_a_frame_fails_alone() {
     let (_slow, s) = one_worker_held_by_a_slow_run().await;
@@ -457,8 +457,14 @@ async fn a_poison_event_in_the_middle_of_a_frame_fails_alone() {
         events(&c, &s, "type=error_report").await[0]["status"],
         "routed"
     );
-    // The poison was not alone in its frame: runs after it never started, and ran again.
+    // The poison was not alone in its frame: runs after it never started, and ran again;
+    // it was run again alone before it was blamed.
     until_logged(&s, "running this one again", 1).await;
+    until_logged(&s, "running it again alone", 1).await;
+    assert_eq!(
+        s.logs().matches("a route worker died during a run").count(),
+        2
+    );
 }
 
 /// Each run of a frame is recorded as soon as the worker answers it, not when the whole

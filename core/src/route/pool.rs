@@ -272,7 +272,15 @@ impl Pool {
         mut done: impl FnMut(usize, Ended),
     ) {
         let n = jobs.len();
-        let frame = frame_of(jobs);
+        let frame = match proto::encode(&frame_of(jobs)) {
+            Ok(f) => f,
+            // Nothing any worker could take (the router keeps frames far below the limit,
+            // so this is one event too large to hand over): not worth trying again.
+            Err(e) => {
+                let why = format!("the run cannot be handed to a worker: {e}");
+                return every(&mut done, 0, n, || Ended::Crashed(why.clone()));
+            }
+        };
         // A worker may have gone since its last run: then the runs go to another.
         let mut attempts = 0;
         let mut w = loop {
@@ -287,7 +295,7 @@ impl Pool {
                 },
                 () = abort.cancelled() => return every(&mut done, 0, n, || Ended::Cancelled),
             };
-            match proto::write_frame_async(&mut w.stdin, &frame).await {
+            match proto::write_encoded_async(&mut w.stdin, &frame).await {
                 Ok(()) => break w,
                 Err(e) if attempts < 3 => {
                     tracing::warn!(pid = w.pid, error = %e, "a route worker could not take a run; using another");

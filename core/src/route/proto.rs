@@ -120,7 +120,8 @@ pub enum FromWorker {
     Done(Result<Vec<ActionSpec>, RunFailure>),
 }
 
-fn encode(msg: &impl Serialize) -> io::Result<Vec<u8>> {
+/// A frame's bytes: its length, then its JSON. `InvalidData` when it is over the limit.
+pub fn encode(msg: &impl Serialize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 4];
     serde_json::to_writer(&mut buf, msg).map_err(io::Error::other)?;
     let len = buf.len() - 4;
@@ -173,7 +174,15 @@ pub async fn write_frame_async(
     w: &mut (impl AsyncWrite + Unpin),
     msg: &impl Serialize,
 ) -> io::Result<()> {
-    w.write_all(&encode(msg)?).await?;
+    write_encoded_async(w, &encode(msg)?).await
+}
+
+/// Writes one frame made by [`encode`] and flushes (the server's side).
+pub async fn write_encoded_async(
+    w: &mut (impl AsyncWrite + Unpin),
+    frame: &[u8],
+) -> io::Result<()> {
+    w.write_all(frame).await?;
     w.flush().await
 }
 

@@ -38,9 +38,18 @@
 //! Outcomes are recorded off the async threads: a run that queued a hundred actions never
 //! holds up an async worker that another provider's answer waits for.
 //!
-//! Shutdown ([`Router::run`]'s `stop`): no new run starts; runs in flight may finish
-//! within the grace period; past it they are ended and their events stay in the inbox,
-//! untouched (a run cancelled by shutdown is not a script failure), for the next start.
+//! **Frames.** Under load a route task takes several queued events at once (a fair share
+//! of the queue per run slot) and hands their runs to one worker process in one frame
+//! (at most [`FRAME_BUDGET`] bytes of events): one write and one wake-up of the worker
+//! for all of them. Each outcome is recorded as soon as the worker gives it. When the
+//! worker dies during a run of a frame, the runs after it never started and go back to
+//! the inbox, and that run is run again alone before it is blamed (the other events of
+//! its frame shared the worker's memory).
+//!
+//! Shutdown ([`Router::run`]'s `stop`): no new event is taken; the runs in flight (the
+//! whole frame a worker was handed) may finish within the grace period; past it they are
+//! ended and their events stay in the inbox, untouched (a run cancelled by shutdown is not
+//! a script failure), for the next start.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -107,6 +116,31 @@ const TASKS_PER_SLOT: usize = 4;
 
 /// Events a route task takes at once at most (runs handed to one worker in one frame).
 const MOST_AT_ONCE: usize = 32;
+
+/// Bytes of events (bodies, counted twice: as received and as parsed) one frame to a
+/// worker holds at most, but always one event: far below the frame limit, and little of
+/// the worker's memory.
+const FRAME_BUDGET: usize = 1 << 20;
+
+/// The share of `event` in a frame to a worker, roughly.
+fn frame_bytes(event: &Event) -> usize {
+    2 * event.body.len() + 256
+}
+
+/// A run for a worker process: the event, its script's path and text, and when its
+/// routing started.
+type WorkerRun = (Event, String, Arc<str>, std::time::Instant);
+
+/// The router's outcome of a worker's.
+fn outcome_of(ended: Ended) -> Outcome {
+    match ended {
+        Ended::Finished(r) => Outcome::Finished(r),
+        Ended::Crashed(m) => Outcome::Crashed(m),
+        Ended::Cancelled => Outcome::Cancelled(0),
+        Ended::Unavailable(m) => Outcome::Unavailable(0, m),
+        Ended::NotRun => Outcome::NotRun,
+    }
+}
 
 /// An event for a route task: from the inbox (read it), or handed over by the commit
 /// that stored it (see [`Store::commit`]).
@@ -449,13 +483,65 @@ impl Router {
         }
     }
 
-    /// Runs these scripts in one worker process, in one frame, when a run slot is free,
-    /// and records each outcome as soon as the worker has given it (while it goes on with
-    /// the next run).
-    async fn run_in_workers(
+    /// Runs these scripts in worker processes, in frames of at most [`FRAME_BUDGET`] bytes
+    /// of events (one each, when a run slot is free), and records each outcome as soon as
+    /// the worker has given it (while it goes on with the next run). A run whose worker
+    /// died or was killed in a frame with other runs is run again alone before it is
+    /// blamed: the frame's other events shared the worker's memory and its first run's
+    /// time.
+    async fn run_in_workers(&self, runs: &[WorkerRun]) -> Vec<(EventId, Option<Duration>)> {
+        let mut done = Vec::with_capacity(runs.len());
+        let mut from = 0;
+        while from < runs.len() {
+            let mut to = from + 1;
+            let mut bytes = frame_bytes(&runs[from].0);
+            while to < runs.len() && bytes + frame_bytes(&runs[to].0) <= FRAME_BUDGET {
+                bytes += frame_bytes(&runs[to].0);
+                to += 1;
+            }
+            let (recorded, suspect) = self.run_frame(&runs[from..to]).await;
+            done.extend(recorded);
+            if let Some(i) = suspect {
+                let (event, name, source, started) = &runs[from + i];
+                tracing::warn!(event_id = %event.id, script = %name, "a route worker died during this event's run in a frame with other runs; running it again alone");
+                let job = Job {
+                    script: name,
+                    source,
+                    event,
+                    limits: self.limits,
+                    output: None,
+                    services: Vec::new(),
+                };
+                let outcome = match self.slot().await {
+                    Some(_slot) => outcome_of(self.pool.run(job, &self.lookups, &self.abort).await),
+                    None => Outcome::Cancelled(0),
+                };
+                done.push((
+                    event.id,
+                    self.finish(event, Some(name), outcome, *started).await,
+                ));
+            }
+            from = to;
+        }
+        done
+    }
+
+    /// A run slot, or `None` at the end of the grace period.
+    async fn slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        tokio::select! {
+            s = self.slots.acquire() => s.ok(),
+            () = self.abort.cancelled() => None,
+        }
+    }
+
+    /// Runs these scripts in one worker process, in one frame, recording each outcome as
+    /// it comes. Returns what was recorded, and the run (its index in `runs`) whose
+    /// worker died or was killed during it, if there were other runs in the frame: that
+    /// one is not recorded.
+    async fn run_frame(
         &self,
-        runs: &[(Event, String, Arc<str>, std::time::Instant)],
-    ) -> Vec<(EventId, Option<Duration>)> {
+        runs: &[WorkerRun],
+    ) -> (Vec<(EventId, Option<Duration>)>, Option<usize>) {
         let jobs: Vec<Job<'_>> = runs
             .iter()
             .map(|(event, name, source, _)| Job {
@@ -467,39 +553,34 @@ impl Router {
                 services: Vec::new(),
             })
             .collect();
-        let abort = &self.abort;
+        let alone = jobs.len() == 1;
         let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Outcome)>();
         let run = async move {
-            let _slot = tokio::select! {
-                s = self.slots.acquire() => s,
-                () = abort.cancelled() => {
-                    for i in 0..jobs.len() {
-                        let _ = tx.send((i, Outcome::Cancelled(0)));
-                    }
-                    return;
+            let Some(_slot) = self.slot().await else {
+                for i in 0..jobs.len() {
+                    let _ = tx.send((i, Outcome::Cancelled(0)));
                 }
+                return;
             };
             self.pool
-                .run_all(&jobs, &self.lookups, abort, |i, ended| {
-                    let outcome = match ended {
-                        Ended::Finished(r) => Outcome::Finished(r),
-                        Ended::Crashed(m) => Outcome::Crashed(m),
-                        Ended::Cancelled => Outcome::Cancelled(0),
-                        Ended::Unavailable(m) => Outcome::Unavailable(0, m),
-                        Ended::NotRun => Outcome::NotRun,
-                    };
-                    let _ = tx.send((i, outcome));
+                .run_all(&jobs, &self.lookups, &self.abort, |i, ended| {
+                    let _ = tx.send((i, outcome_of(ended)));
                 })
                 .await;
         };
         let record = async {
             let mut done = Vec::with_capacity(runs.len());
+            let mut suspect = None;
             while let Some((i, outcome)) = rx.recv().await {
+                if !alone && matches!(outcome, Outcome::Crashed(_)) {
+                    suspect = Some(i);
+                    continue;
+                }
                 let (event, name, _, started) = &runs[i];
                 let wait = self.finish(event, Some(name), outcome, *started).await;
                 done.push((event.id, wait));
             }
-            done
+            (done, suspect)
         };
         tokio::join!(run, record).1
     }
