@@ -182,6 +182,13 @@ fn spinning(dir: &Path, isolation: &str) -> String {
     )
 }
 
+/// A service that answers `{}` to everything, each time after `wait`.
+async fn answering_after(wait: Duration) -> Recorder {
+    let slow = Recorder::start().await;
+    slow.plan("/", vec![Reply::json(json!({})).after(wait)]);
+    slow
+}
+
 /// A server directory whose route for `file` (under `verifyvasp/`) is `script`, and whose
 /// `tx_report` route (the one [`next_event_routes`] sends) logs and ends.
 fn hostile_dir(file: &str, script: &str) -> Arc<Dir> {
@@ -205,11 +212,7 @@ async fn hostile_and_innocents_in_flight(
     isolation: &str,
     routes: &str,
 ) -> (Recorder, Arc<Dir>, String, Server) {
-    let slow = Recorder::start().await;
-    slow.plan(
-        "/",
-        vec![Reply::json(json!({})).after(Duration::from_secs(60))],
-    );
+    let slow = answering_after(Duration::from_secs(60)).await;
     let dir = hostile_dir("hostile_spin.rhai", hostile);
     write(
         dir.path(),
@@ -362,14 +365,28 @@ async fn a_poison_event_is_parked_after_two_kills_of_the_server_when_scripts_run
     poison_run_survives_two_kills("in_process").await;
 }
 
+/// A script that asks for 600 MB in one `pad`: more than a worker's address space
+/// (`routes.worker_memory` 384 MiB) can hold, once `max_string_size` lets it.
+const MEMORY_HOG: &str = "let chunk = \"\"; chunk.pad(60000, \"m\"); let s = \"\"; s.pad(600000000, chunk); log::info(`${s.len()}`);";
+
+/// The `hostile_memory` event once routed: parked `failed` because its worker aborted.
+/// Its error.
+async fn parked_for_an_abort(c: &reqwest::Client, s: &Server) -> String {
+    let e = settled(c, s, "hostile_memory").await;
+    assert_eq!(e["status"], "failed", "{e}");
+    let error = e["route"]["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("the script crashed: its worker process aborted"),
+        "{error}"
+    );
+    error
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_over_the_worker_memory_cap_ends_its_worker_only() {
     // An operator raised the string limit far beyond the worker's memory: one `pad` asks
     // for 600 MB, which the worker's address space (routes.worker_memory) cannot hold.
-    let dir = hostile_dir(
-        "hostile_memory.rhai",
-        "let chunk = \"\"; chunk.pad(60000, \"m\"); let s = \"\"; s.pad(600000000, chunk); log::info(`${s.len()}`);",
-    );
+    let dir = hostile_dir("hostile_memory.rhai", MEMORY_HOG);
     let tail = format!(
         "{}max_string_size = \"1GiB\"\nworker_memory = \"384MiB\"\ndeadline = \"10s\"\n",
         routes_config(dir.path(), "1s")
@@ -378,13 +395,7 @@ async fn a_run_over_the_worker_memory_cap_ends_its_worker_only() {
     let c = client();
     accepted_vasp(&c, &s, &callback("HOSTILE_MEMORY")).await;
     answered_within_a_second(&c, &s).await;
-    let e = settled(&c, &s, "hostile_memory").await;
-    assert_eq!(e["status"], "failed", "{e}");
-    let error = e["route"]["error"].as_str().unwrap();
-    assert!(
-        error.contains("the script crashed: its worker process aborted"),
-        "{error}"
-    );
+    let error = parked_for_an_abort(&c, &s).await;
     assert!(error.contains("memory allocation"), "{error}");
     next_event_routes(&c, &s).await;
     assert!(s.try_wait().is_none(), "the server stopped");
@@ -395,15 +406,8 @@ async fn a_run_over_the_worker_memory_cap_ends_its_worker_only() {
 /// what is sent next queues up behind it. `tx_report` routes at once; `hostile_memory`
 /// crashes its worker.
 async fn one_worker_held_by_a_slow_run() -> (Recorder, Server) {
-    let slow = Recorder::start().await;
-    slow.plan(
-        "/",
-        vec![Reply::json(json!({})).after(Duration::from_secs(2))],
-    );
-    let dir = hostile_dir(
-        "hostile_memory.rhai",
-        "let chunk = \"\"; chunk.pad(60000, \"m\"); let s = \"\"; s.pad(600000000, chunk); log::info(`${s.len()}`);",
-    );
+    let slow = answering_after(Duration::from_secs(2)).await;
+    let dir = hostile_dir("hostile_memory.rhai", MEMORY_HOG);
     write(
         dir.path(),
         "verifyvasp/error_report.rhai",
@@ -441,13 +445,7 @@ async fn a_poison_event_in_the_middle_of_a_frame_fails_alone() {
         accepted_vasp(&c, &s, &callback("TX_REPORT")).await;
     }
     until_routed(&c, &s).await;
-    let poison = settled(&c, &s, "hostile_memory").await;
-    assert_eq!(poison["status"], "failed", "{poison}");
-    let error = poison["route"]["error"].as_str().unwrap();
-    assert!(
-        error.contains("the script crashed: its worker process aborted"),
-        "{error}"
-    );
+    parked_for_an_abort(&c, &s).await;
     let innocent = events(&c, &s, "type=tx_report").await;
     assert_eq!(innocent.len(), 23);
     for e in &innocent {

@@ -502,24 +502,9 @@ impl Router {
             let (recorded, suspect) = self.run_frame(&runs[from..to]).await;
             done.extend(recorded);
             if let Some(i) = suspect {
-                let (event, name, source, started) = &runs[from + i];
-                tracing::warn!(event_id = %event.id, script = %name, "a route worker died during this event's run in a frame with other runs; running it again alone");
-                let job = Job {
-                    script: name,
-                    source,
-                    event,
-                    limits: self.limits,
-                    output: None,
-                    services: Vec::new(),
-                };
-                let outcome = match self.slot().await {
-                    Some(_slot) => outcome_of(self.pool.run(job, &self.lookups, &self.abort).await),
-                    None => Outcome::Cancelled(0),
-                };
-                done.push((
-                    event.id,
-                    self.finish(event, Some(name), outcome, *started).await,
-                ));
+                let run = &runs[from + i];
+                tracing::warn!(event_id = %run.0.id, script = %run.1, "a route worker died during this event's run in a frame with other runs; running it again alone");
+                done.extend(self.run_frame(std::slice::from_ref(run)).await.0);
             }
             from = to;
         }
