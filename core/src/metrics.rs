@@ -184,7 +184,8 @@ pub struct Metrics {
     pub tls_failures: Counter,
     /// Route runs.
     pub routes: Family<RouteLabels, Counter>,
-    /// Time a route run takes (script and lookups).
+    /// Time from a route task taking an event to its run's outcome: the script and its
+    /// lookups, and the wait for a run slot and for the earlier runs of its frame.
     pub route_seconds: Histogram,
     /// Delivery attempts by outcome.
     pub deliveries: Family<DeliveryLabels, Counter>,
@@ -251,7 +252,7 @@ impl Default for Metrics {
         let route_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register(
             "route_duration_seconds",
-            "Time a route run takes",
+            "Time from a route task taking an event to its run's outcome (the wait for a run slot and for the earlier runs of its frame included)",
             route_seconds.clone(),
         );
         let deliveries = Family::<DeliveryLabels, Counter>::default();
