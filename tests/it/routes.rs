@@ -503,6 +503,7 @@ async fn a_script_broken_from_the_start_fails_its_events_until_fixed_and_replaye
     let error = e["route"]["error"].as_str().unwrap();
     assert!(error.contains("pomelo/tokenization_otp.rhai"), "{e}");
     assert!(error.contains("compile"), "{e}");
+    assert_eq!(e["route"]["script"], "pomelo/tokenization_otp.rhai", "{e}");
     assert!(
         e["actions"].as_array().is_none_or(|a| a.is_empty()),
         "the catch-all did not run: {e}"

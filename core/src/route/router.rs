@@ -423,6 +423,7 @@ impl Router {
             };
             let started = std::time::Instant::now();
             let script = self.scripts.resolve(&event.provider, &event.event_type);
+            let name = script.name().map(str::to_owned);
             let outcome = match script {
                 Resolved::Missing => {
                     tracing::warn!(provider = %event.provider, event_type = %event.event_type, "no route script for this event; nothing to do");
@@ -433,17 +434,17 @@ impl Router {
                     retryable: false,
                 })),
                 Resolved::Script(name, ast, _) if self.isolation == Isolation::InProcess => {
-                    let outcome = self.counted_run(&event, name.clone(), ast).await;
-                    let wait = self.finish(&event, Some(&name), outcome, started).await;
-                    done.push((id, wait));
-                    continue;
+                    self.counted_run(&event, name, ast).await
                 }
                 Resolved::Script(name, _, source) => {
                     in_workers.push((event, name, source, started));
                     continue;
                 }
             };
-            done.push((id, self.finish(&event, None, outcome, started).await));
+            done.push((
+                id,
+                self.finish(&event, name.as_deref(), outcome, started).await,
+            ));
         }
         if !in_workers.is_empty() {
             done.extend(self.run_in_workers(&in_workers).await);
@@ -700,9 +701,8 @@ impl Router {
         if let Err(e) = self.store.set_route_starts(event.id, prior + 1).await {
             return Outcome::Unavailable(prior, format!("cannot count the run on disk: {e}"));
         }
-        let _slot = tokio::select! {
-            s = self.slots.acquire() => s,
-            () = abort.cancelled() => return Outcome::Cancelled(prior),
+        let Some(_slot) = self.slot().await else {
+            return Outcome::Cancelled(prior);
         };
         match self.run_in_process(event, name, ast).await {
             Some(Outcome::Unavailable(_, m)) => Outcome::Unavailable(prior, m),
