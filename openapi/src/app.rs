@@ -53,7 +53,10 @@ Verestro's endpoints are served on a mutual-TLS listener: its client certificate
 the listener's CA (OpenAPI 3.0 has no security scheme for this). \
 The spec is also served at `/openapi.json` and `/openapi.yaml`, and browsable at `/docs`.";
 
-fn service(apis: Apis) -> OpenApiService<Apis, ()> {
+/// switchboard's own API; the admin API shows secret values unmasked when
+/// `reveal_secrets`.
+fn service(reveal_secrets: bool) -> OpenApiService<Apis, ()> {
+    let apis = (AdminApi::new(reveal_secrets), SystemApi);
     OpenApiService::new(apis, "switchboard", env!("CARGO_PKG_VERSION")).description(DESCRIPTION)
 }
 
@@ -66,7 +69,7 @@ fn route_table(cfg: &Config, infos: &[ProviderInfo]) -> RouteTable {
 pub fn spec(cfg: &Config) -> Value {
     let providers: Vec<Value> = cfg.providers.iter().map(|p| p.spec()).collect();
     served_spec(
-        &service((AdminApi::new(false), SystemApi)),
+        &service(false),
         &providers,
         &route_table(cfg, &cfg.provider_infos()),
     )
@@ -184,7 +187,7 @@ impl SpecPages {
         let page = || {
             // Swagger UI's page shows the spec of the service it is asked of: the declared
             // one, replaced here by the served one.
-            let svc = service((AdminApi::new(self.reveal_secrets), SystemApi));
+            let svc = service(self.reveal_secrets);
             let html = svc
                 .swagger_ui_html()
                 .replacen(&svc.spec(), &self.compact, 1)
@@ -332,7 +335,7 @@ impl App {
             router: router.clone(),
         };
 
-        let svc = service((AdminApi::new(config.admin.reveal_secrets), SystemApi));
+        let svc = service(config.admin.reveal_secrets);
         let table = Arc::new(route_table(&config, &providers));
         let spec = served_spec(&svc, &fragments, &table);
         let pages = Arc::new(SpecPages::new(config.admin.reveal_secrets, &spec));
