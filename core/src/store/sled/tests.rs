@@ -13,21 +13,21 @@ fn cfg(dir: &std::path::Path) -> StoreConfig {
     }
 }
 
-fn open(dir: &std::path::Path) -> (Store, Arc<SledBackend>) {
-    let backend = Arc::new(SledBackend::open(&cfg(dir)).unwrap());
+fn open_with(cfg: &StoreConfig) -> (Store, Arc<SledBackend>) {
+    let backend = Arc::new(SledBackend::open(cfg).unwrap());
     (Store::new(backend.clone(), Arc::default()), backend)
+}
+
+fn open(dir: &std::path::Path) -> (Store, Arc<SledBackend>) {
+    open_with(&cfg(dir))
 }
 
 /// [`open`] with a retention of one second, for the sweep.
 fn open_retaining_1s(dir: &std::path::Path) -> (Store, Arc<SledBackend>) {
-    let backend = Arc::new(
-        SledBackend::open(&StoreConfig {
-            retention: crate::units::HumanDuration::secs(1),
-            ..cfg(dir)
-        })
-        .unwrap(),
-    );
-    (Store::new(backend.clone(), Arc::default()), backend)
+    open_with(&StoreConfig {
+        retention: crate::units::HumanDuration::secs(1),
+        ..cfg(dir)
+    })
 }
 
 fn event(id: EventId, status: EventStatus) -> Event {
