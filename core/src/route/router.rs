@@ -423,19 +423,24 @@ impl Router {
             };
             let started = std::time::Instant::now();
             let script = self.scripts.resolve(&event.provider, &event.event_type);
-            let name = script.name().map(str::to_owned);
-            let outcome = match script {
+            let (outcome, name) = match script {
                 Resolved::Missing => {
                     tracing::warn!(provider = %event.provider, event_type = %event.event_type, "no route script for this event; nothing to do");
-                    Outcome::Finished(Ok(Vec::new()))
+                    (Outcome::Finished(Ok(Vec::new())), None)
                 }
-                Resolved::Broken(e) => Outcome::Finished(Err(RunFailure {
-                    message: format!("the script does not compile and has no good version: {e}"),
-                    retryable: false,
-                })),
-                Resolved::Script(name, ast, _) if self.isolation == Isolation::InProcess => {
-                    self.counted_run(&event, name, ast).await
+                Resolved::Broken(e) => {
+                    let message =
+                        format!("the script does not compile and has no good version: {e}");
+                    let failure = RunFailure {
+                        message,
+                        retryable: false,
+                    };
+                    (Outcome::Finished(Err(failure)), Some(e.file))
                 }
+                Resolved::Script(name, ast, _) if self.isolation == Isolation::InProcess => (
+                    self.counted_run(&event, name.clone(), ast).await,
+                    Some(name),
+                ),
                 Resolved::Script(name, _, source) => {
                     in_workers.push((event, name, source, started));
                     continue;
