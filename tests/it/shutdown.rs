@@ -2,7 +2,8 @@
 //! wait on a slow service, and emails are being sent to a real SMTP server. A stop must
 //! fail no event (a run ended by shutdown leaves its event in the inbox), send no email
 //! twice (a send in flight is finished and recorded), and write nothing to the log after
-//! `store flushed; bye`.
+//! `store flushed; bye`. And a stop without any grace (`kill -9`) while runs are in
+//! flight: their events are routed after the next start.
 
 use std::{
     collections::HashMap,
@@ -124,6 +125,49 @@ async fn sigterm_with_a_routing_backlog_and_slow_lookups_fails_nothing() {
     for e in &evs {
         assert_eq!(e["status"], "routed", "{e}");
         assert_eq!(e["route"]["runs"], 1, "{e}");
+    }
+    stop(s);
+}
+
+/// An event handed to the route workers from memory at its commit has no inbox entry on
+/// disk while its run is in flight. A `kill -9` then leaves it waiting with nothing on
+/// disk saying so but its status: the start-up check finds it, and it is routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_runs_in_flight_leaves_their_events_to_the_next_start() {
+    let slow = Recorder::start().await;
+    let card = json!({"email": "holder@example.com"});
+    slow.plan(
+        "/cards/",
+        vec![Reply::json(card.clone()).after(Duration::from_secs(60))],
+    );
+    let dir = Dir::new();
+    write(
+        dir.path(),
+        "pomelo/tokenization_otp.rhai",
+        "let c = http::get(\"cards\", `/cards/${event.data.otp}`); log::info(`for ${c.email}`);",
+    );
+    let tail = format!(
+        "{}lookup_timeout = \"90s\"\n\n[services.cards]\nbase_url = \"{}\"\ntimeout = \"90s\"\n",
+        routes_config(dir.path(), "1s"),
+        slow.url()
+    );
+    let extra = [("tail", tail.as_str())];
+    let c = client();
+    let s = Server::start_in(dir.clone(), &extra);
+    for i in 0..12 {
+        accepted_pomelo(&c, &s, &otp(&format!("7{i:05}"))).await;
+    }
+    // Every run waits on its lookup (as many as there are run slots), the rest are queued.
+    slow.wait_for("/cards/700000", 1, Duration::from_secs(20))
+        .await;
+    let waiting = events(&c, &s, "provider=pomelo").await;
+    assert!(waiting.iter().all(|e| e["status"] == "received"));
+    s.kill9();
+    slow.plan("/cards/", vec![Reply::json(card)]);
+    let s = Server::start_in(dir.clone(), &extra);
+    let evs = all_routed(&c, &s, 12).await;
+    for e in &evs {
+        assert_eq!(e["status"], "routed", "{e}");
     }
     stop(s);
 }

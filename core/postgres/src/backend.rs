@@ -418,6 +418,8 @@ impl Backend for PgBackend {
         event: &Event,
         response: &StoredResponse,
         dedup_window: Option<Duration>,
+        // Several instances share the inbox: every event is written to it.
+        _handed: bool,
     ) -> Result<()> {
         let PgClaim {
             mut tx,

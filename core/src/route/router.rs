@@ -7,8 +7,11 @@
 //!
 //! **From memory.** On the embedded store (one process routes its inbox), an event this
 //! process has just committed is handed to the route tasks as it is ([`Store::commit`]),
-//! not read back from the inbox and the store; its inbox entry stays until it is routed,
-//! for a restart. When the tasks have no room, the commit wakes the dispatcher, which
+//! not read back from the inbox and the store. With worker processes (where a run that
+//! ends without an outcome is seen), its inbox entry is kept in memory by the store until
+//! it is routed (see the store's "inbox in memory"); in process, where each run is
+//! counted on disk in the entry, it is written. When the tasks have no room, the commit
+//! wakes the dispatcher, which
 //! reads the inbox as before. A handed event is in flight from before its commit makes it
 //! visible in the inbox (the dispatcher passes over what is in flight), so the two paths
 //! never run it twice, even when the dispatcher reads the inbox while a commit waits for
@@ -189,6 +192,10 @@ impl crate::store::Handoff for Door {
         if let Some(r) = self.router.upgrade() {
             r.land(id);
         }
+    }
+
+    fn sees_every_run(&self) -> bool {
+        self.router.upgrade().is_some_and(|r| !r.counts_runs())
     }
 }
 

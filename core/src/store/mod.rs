@@ -17,7 +17,9 @@
 //!   byte for byte, only once that answer is durable;
 //! - [`Backend::commit`] returns once the event and its answer are durable: no `2xx`
 //!   before that;
-//! - every stored event that is not routed, failed or quarantined is in the inbox;
+//! - every stored event that is not routed, failed or quarantined is in the inbox (as
+//!   [`Backend::take_inbox`] sees it: the embedded store keeps the events it hands to its
+//!   own route workers there in memory, see [`Backend::commit`]);
 //! - an event is routed by one worker at a time ([`Backend::take_inbox`] leases it), and a
 //!   route's actions are written with the event's `routed` mark, atomically;
 //! - an action is marked `sending`, durably, before it is sent
@@ -296,12 +298,19 @@ pub trait Backend: Send + Sync + 'static {
     /// Stores `event` (its id is the claim's) and finishes the key with `response`.
     /// Returns once both are durable. A quarantined event is kept out of the inbox; any
     /// other goes into it.
+    ///
+    /// `handed`: the event goes to this process's route workers from memory (only when
+    /// [`Backend::routes_in_memory`]), where a run that does not finish is seen. A backend
+    /// may then keep its inbox entry in memory instead of writing it, as long as
+    /// [`Backend::take_inbox`] lists it until its route is recorded, a graceful stop
+    /// writes it, and the start-up check after a crash puts it back (its event waits).
     async fn commit(
         &self,
         claim: OwnedClaim,
         event: &Event,
         response: &StoredResponse,
         dedup_window: Option<Duration>,
+        handed: bool,
     ) -> Result<()>;
 
     // --- Events -----------------------------------------------------------------------
@@ -481,6 +490,13 @@ pub trait Handoff: Send + Sync {
     fn take(&self, event: Event) -> bool;
     /// Gives a reservation up (the commit failed or was abandoned).
     fn cancel(&self, id: EventId);
+    /// Whether a run that ends without an outcome is seen by the route workers (they run
+    /// scripts in worker processes), so that the inbox entry of an event they take from
+    /// memory need not be on disk while it is in flight (see [`Backend::commit`]). `false`
+    /// when runs are counted on disk in the inbox entry (scripts in process).
+    fn sees_every_run(&self) -> bool {
+        false
+    }
 }
 
 /// A [`Handoff::reserve`] that is given up unless its event is taken: whatever stopped
@@ -493,6 +509,11 @@ struct Reserved<'a> {
 }
 
 impl Reserved<'_> {
+    /// See [`Handoff::sees_every_run`].
+    fn sees_every_run(&self) -> bool {
+        self.handoff.as_ref().is_some_and(|h| h.sees_every_run())
+    }
+
     /// Offers the committed event (see [`Handoff::take`]).
     fn take(mut self, event: Event) -> bool {
         self.handoff.take().is_some_and(|h| h.take(event))
@@ -581,8 +602,9 @@ impl Store {
         } else {
             None
         };
+        let handed = reserved.as_ref().is_some_and(Reserved::sees_every_run);
         self.backend
-            .commit(claim, event, response, dedup_window)
+            .commit(claim, event, response, dedup_window, handed)
             .await?;
         // Not taken: `take` gave the reservation up, and the inbox has the event.
         if reserved.is_some_and(|r| r.take(event.clone())) {

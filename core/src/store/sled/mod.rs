@@ -6,7 +6,7 @@
 //! | `e`    | event id (16 bytes, time-ordered)              | [`Event`] (JSON)               |
 //! | `q`    | event id                                       | empty: quarantine index        |
 //! | `x`    | expiry ms (8 bytes BE) + event id              | idempotency key: when a kept event is looked at again |
-//! | `n`    | event id                                       | the inbox: unfinished runs (4 bytes BE) + idempotency key |
+//! | `n`    | event id                                       | the inbox (but see "The inbox in memory"): unfinished runs (4 bytes BE) + idempotency key |
 //! | `a`    | action id (16 bytes, time-ordered)             | [`Action`] (JSON)              |
 //! | `s`    | channel + 0 + due ms (8 bytes BE) + action id  | empty: one schedule per channel|
 //! | `o`    | action id                                      | empty: being sent              |
@@ -14,10 +14,10 @@
 //!
 //! **One atomic write per commit, combined across requests.** A claim is held in memory
 //! (sled is one process: the directory is locked), so a claim costs a read, not a write.
-//! The commit is one sled batch: inbox entry, event and the idempotency record that makes
-//! the key done. sled recovers a batch whole or not at all, so a crash
-//! leaves either every write of a commit or none: a stored event always has its inbox
-//! entry and its done record, and a key is never done without its event. sled 0.34's
+//! The commit is one sled batch: inbox entry (unless it is kept in memory, below), event
+//! and the idempotency record that makes the key done. sled recovers a batch whole or not
+//! at all, so a crash leaves either every write of a commit or none: a stored event always
+//! has its done record, and a key is never done without its event. sled 0.34's
 //! `apply_batch` has a fixed cost (it takes sled's global write lock and seals the log's
 //! I/O buffer twice, each seal a fresh 512 KiB buffer and a write with `sync_file_range`
 //! on sled's thread pool), so batches are **combined**: a commit waits for a flush anyway,
@@ -25,8 +25,20 @@
 //! flush as one, then flushes; a route run that queues actions joins the batches of
 //! concurrent route runs (flat combining, see [`Combiner`]); a route run that queues
 //! nothing, or fails, needs no batch: the event's new status, then its removal from the
-//! inbox, as plain writes. A claim is released only once its batch is applied, so a
-//! duplicate never finds the key free in between.
+//! inbox (if it has an entry on disk), as plain writes. A claim is released only once its
+//! batch is applied, so a duplicate never finds the key free in between.
+//!
+//! **The inbox in memory.** An event handed to this process's route workers at its commit
+//! (they run scripts in worker processes, so a run that ends without an outcome is seen,
+//! and none is counted on disk) gets no `n` entry: its entry is kept in
+//! [`Inner::unlisted`] until its route is recorded, and [`Backend::take_inbox`] lists it
+//! with the entries on disk, so a run handed back (a lookup retry, a stop, a full queue)
+//! is found as before. That saves two of the five writes of an event: the entry and its
+//! removal. What covers a restart instead: a graceful stop writes the entries still in
+//! memory before it marks the stop clean, and after a crash the start-up check, which
+//! reads every event anyway, puts back an entry for each event that still waits. A routed
+//! status that was not flushed before a crash leaves the event waiting, so it is routed
+//! again, as when the entry's removal was lost.
 //!
 //! Stores written by earlier versions hold claims as `pending` idempotency records (a
 //! commit was then a sequence of single writes): such a record is a claim of a run that
@@ -53,7 +65,7 @@ mod outbox;
 mod stats;
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashSet},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
@@ -327,6 +339,10 @@ struct Inner {
     /// Whether the last process run ended with a graceful stop (then the start-up check
     /// has nothing to look for).
     was_clean: bool,
+    /// The inbox entries kept in memory: events handed to this process's route workers at
+    /// their commit, with no `n` entry on disk, until their route is recorded (see the
+    /// module documentation).
+    unlisted: std::sync::Mutex<BTreeSet<EventId>>,
     /// Set once the actions a stop left `sending` were resumed.
     resumed: AtomicBool,
     /// Stops the flusher (and so releases the database) when the backend is dropped.
@@ -473,6 +489,7 @@ impl SledBackend {
                 retention: cfg.retention.get(),
                 outbox_lock: std::sync::Mutex::new(()),
                 was_clean,
+                unlisted: std::sync::Mutex::default(),
                 resumed: AtomicBool::new(false),
                 _flusher: AbortOnDrop(flusher.abort_handle()),
             }),
@@ -674,7 +691,9 @@ impl Inner {
 
     /// The writes of a commit (see the module documentation), applied as one batch.
     /// `taken_over`: the claim took over a `pending` record an earlier version left (its
-    /// event may already be stored).
+    /// event may already be stored). `handed`: the event goes to the route workers from
+    /// memory, and its inbox entry may stay there ([`Inner::unlisted`]). Returns, with the
+    /// writes, whether the entry is to be kept in memory.
     fn commit_writes(
         &self,
         claim: &SledClaim,
@@ -682,7 +701,8 @@ impl Inner {
         event: &Event,
         response: &StoredResponse,
         dedup_window: Option<Duration>,
-    ) -> Result<Vec<Write>> {
+        handed: bool,
+    ) -> Result<(Vec<Write>, bool)> {
         let now = now_ms();
         let id = event.id.as_bytes();
         // A claim an earlier version left pending may already have its event stored: keep
@@ -704,9 +724,11 @@ impl Inner {
         });
         let idem_key = claim.key.as_bytes();
         let mut writes = Vec::with_capacity(3);
+        let mut unlisted = false;
         match &existing {
             None => {
                 match event.status {
+                    EventStatus::Received if handed => unlisted = true,
                     EventStatus::Received => {
                         writes.push((key(INBOX, id), Some(inbox_value(0, idem_key))));
                     }
@@ -727,7 +749,34 @@ impl Inner {
             Some(_) => {}
         }
         writes.push((key(IDEM, idem_key), Some(done)));
-        Ok(writes)
+        Ok((writes, unlisted))
+    }
+
+    fn unlisted(&self) -> std::sync::MutexGuard<'_, BTreeSet<EventId>> {
+        self.unlisted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `id`'s inbox entry is kept in memory (see [`Inner::unlisted`]).
+    fn is_unlisted(&self, id: EventId) -> bool {
+        self.unlisted().contains(&id)
+    }
+
+    /// Writes the inbox entries kept in memory whose events still wait (a graceful stop:
+    /// the next start does not look for them).
+    fn list_unlisted(&self) -> Result<()> {
+        let ids = std::mem::take(&mut *self.unlisted());
+        let mut batch = sled::Batch::default();
+        for id in ids {
+            match self.event(id) {
+                Ok(Some(e)) if e.status == EventStatus::Received => batch.insert(
+                    key(INBOX, id.as_bytes()),
+                    inbox_value(0, e.idempotency_key.as_bytes()),
+                ),
+                Ok(_) | Err(Error::Corrupt { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.batch(batch).map(|_| ())
     }
 
     fn export(&self) -> Result<Export> {
@@ -966,13 +1015,15 @@ impl Inner {
                 continue;
             }
             waiting.insert(id);
-            if !inbox.contains(&id) {
+            // An event handed to the route workers by this process run has its entry in
+            // memory; one of the run that crashed has none: it is put back.
+            if !inbox.contains(&id) && !self.is_unlisted(id) {
                 let e: Event = decode(&k, &v)?;
                 self.tree.insert(
                     key(INBOX, id.as_bytes()),
                     inbox_value(0, e.idempotency_key.as_bytes()),
                 )?;
-                tracing::warn!(event_id = %id, provider = %e.provider, "an event waiting for its route was missing from the inbox; put back");
+                tracing::debug!(event_id = %id, provider = %e.provider, "an event waiting for its route was missing from the inbox; put back");
                 repaired.inbox_added += 1;
             }
         }
@@ -991,9 +1042,22 @@ impl Inner {
     /// commit is under way, or a crash interrupted it and the key's next request will
     /// finish it). Returns whether it was removed.
     fn inbox_remove(&self, id: EventId) -> Result<bool> {
+        let mut removed = false;
+        if self.is_unlisted(id) {
+            let waits = match self.event(id) {
+                Ok(Some(e)) => e.status == EventStatus::Received,
+                // Its commit is under way: it is kept in memory before its event is visible.
+                Ok(None) => true,
+                Err(Error::Corrupt { .. }) => false,
+                Err(e) => return Err(e),
+            };
+            if !waits {
+                removed = self.unlisted().remove(&id);
+            }
+        }
         let ik = key(INBOX, id.as_bytes());
         let Some(value) = self.tree.get(&ik)? else {
-            return Ok(false);
+            return Ok(removed);
         };
         let (_, idem_key) = parse_inbox(&value);
         let waiting = match self.event(id) {
@@ -1111,15 +1175,29 @@ impl Backend for SledBackend {
         event: &Event,
         response: &StoredResponse,
         dedup_window: Option<Duration>,
+        handed: bool,
     ) -> Result<()> {
         let taken_over = !claim.is_fresh();
         let hold = claim.into_hold::<SledClaim>(event)?;
-        let writes = self
-            .inner
-            .commit_writes(&hold, taken_over, event, response, dedup_window)?;
+        let (writes, unlisted) =
+            self.inner
+                .commit_writes(&hold, taken_over, event, response, dedup_window, handed)?;
+        // In the inbox (in memory) before the event is visible, as an entry written with it
+        // would be.
+        if unlisted {
+            self.inner.unlisted().insert(event.id);
+        }
         // The claim is let go once the batch is applied: from then on the key is done,
         // whatever happens to the flush, and the requests waiting for it find it so.
-        let seq = self.inner.apply_before_flush(writes, *hold).await?;
+        let seq = match self.inner.apply_before_flush(writes, *hold).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                if unlisted {
+                    self.inner.unlisted().remove(&event.id);
+                }
+                return Err(e);
+            }
+        };
         self.inner.durable(seq).await
     }
 
@@ -1195,7 +1273,8 @@ impl Backend for SledBackend {
         script: Option<String>,
         specs: Vec<ActionSpec>,
     ) -> Result<Option<Vec<Action>>> {
-        let (writes, actions) = self.inner.route_done(event, script, specs);
+        let listed = !self.inner.is_unlisted(event.id);
+        let (writes, actions) = self.inner.route_done(event, script, specs, listed);
         if actions.is_empty() {
             // Nothing to keep together with the routed mark: plain writes in an order that
             // is safe at a crash between them (an inbox entry of an event that no longer
@@ -1204,6 +1283,9 @@ impl Backend for SledBackend {
             fault::after("route");
         } else {
             self.inner.apply(writes, "route").await?;
+        }
+        if !listed {
+            self.inner.unlisted().remove(&event.id);
         }
         Ok(Some(actions))
     }
@@ -1214,9 +1296,13 @@ impl Backend for SledBackend {
         script: Option<String>,
         error: String,
     ) -> Result<()> {
-        let writes = self.inner.route_failed(event, script, error);
+        let listed = !self.inner.is_unlisted(event.id);
+        let writes = self.inner.route_failed(event, script, error, listed);
         // As a route that queued nothing: the failed mark, then out of the inbox.
         self.inner.write_in_order(writes)?;
+        if !listed {
+            self.inner.unlisted().remove(&event.id);
+        }
         Ok(())
     }
 
@@ -1314,7 +1400,8 @@ impl Backend for SledBackend {
 
     async fn flush(&self) -> Result<()> {
         // The end of a graceful stop: the next start need not look for what a crash
-        // leaves behind.
+        // leaves behind, so the entries kept in memory are written first.
+        self.inner.list_unlisted()?;
         let seq = self
             .inner
             .write(|tree| tree.insert(CLEAN, &[]).map(|_| ()))?;

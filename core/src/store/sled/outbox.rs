@@ -81,16 +81,34 @@ impl Inner {
                 out.push(id);
             }
         }
+        // With the entries kept in memory: the first `limit` of both, in order.
+        {
+            let unlisted = self.unlisted();
+            let from = match after {
+                Some(id) => std::ops::Bound::Excluded(id),
+                None => std::ops::Bound::Unbounded,
+            };
+            out.extend(
+                unlisted
+                    .range((from, std::ops::Bound::Unbounded))
+                    .take(limit),
+            );
+        }
+        out.sort_unstable();
+        out.dedup();
+        out.truncate(limit);
         Ok(out)
     }
 
     /// The writes of a successful route: its actions, their schedule, the event marked
-    /// routed and out of the inbox (applied as one batch).
+    /// routed and out of the inbox (applied as one batch). `listed`: its inbox entry is on
+    /// disk (not kept in memory, see [`Inner::unlisted`]).
     pub(super) fn route_done(
         &self,
         event: &Event,
         script: Option<String>,
         specs: Vec<ActionSpec>,
+        listed: bool,
     ) -> (Vec<Write>, Vec<Action>) {
         let actions = outbox::new_actions(event, specs, now_ms());
         let routed = outbox::routed(event, script, &actions);
@@ -102,22 +120,27 @@ impl Inner {
             writes.push((key(ACTION, a.id.0.as_bytes()), Some(encode(a))));
         }
         writes.push((key(EVENT, event.id.as_bytes()), Some(encode(&routed))));
-        writes.push((key(INBOX, event.id.as_bytes()), None));
+        if listed {
+            writes.push((key(INBOX, event.id.as_bytes()), None));
+        }
         (writes, actions)
     }
 
-    /// The writes of a failed route: the event parked `failed`, out of the inbox.
+    /// The writes of a failed route: the event parked `failed`, out of the inbox
+    /// (`listed`: as in [`Inner::route_done`]).
     pub(super) fn route_failed(
         &self,
         event: &Event,
         script: Option<String>,
         error: String,
+        listed: bool,
     ) -> Vec<Write> {
         let failed = outbox::failed(event, script, error);
-        vec![
-            (key(EVENT, event.id.as_bytes()), Some(encode(&failed))),
-            (key(INBOX, event.id.as_bytes()), None),
-        ]
+        let mut writes = vec![(key(EVENT, event.id.as_bytes()), Some(encode(&failed)))];
+        if listed {
+            writes.push((key(INBOX, event.id.as_bytes()), None));
+        }
+        writes
     }
 
     pub(super) fn replay_event(

@@ -646,6 +646,8 @@ struct Door {
     /// Whether the event was in the inbox when `reserve` was called.
     inbox_at_reserve: std::sync::Mutex<Option<bool>>,
     backend: Arc<SledBackend>,
+    /// See [`crate::store::Handoff::sees_every_run`].
+    sees_every_run: bool,
 }
 
 impl crate::store::Handoff for Door {
@@ -673,6 +675,10 @@ impl crate::store::Handoff for Door {
     fn cancel(&self, _id: EventId) {
         self.calls.lock().unwrap().push("cancel");
     }
+
+    fn sees_every_run(&self) -> bool {
+        self.sees_every_run
+    }
 }
 
 fn door(backend: &Arc<SledBackend>, room: bool) -> Arc<Door> {
@@ -681,7 +687,97 @@ fn door(backend: &Arc<SledBackend>, room: bool) -> Arc<Door> {
         room,
         inbox_at_reserve: Default::default(),
         backend: backend.clone(),
+        sees_every_run: false,
     })
+}
+
+/// The route workers of worker processes: they see every run.
+fn process_door(backend: &Arc<SledBackend>) -> Arc<Door> {
+    Arc::new(Door {
+        sees_every_run: true,
+        ..Arc::into_inner(door(backend, true)).unwrap()
+    })
+}
+
+fn on_disk(backend: &SledBackend, id: EventId) -> bool {
+    let k = key(INBOX, id.as_bytes());
+    backend.inner.tree.get(k).unwrap().is_some()
+}
+
+/// An event handed to route workers that see every run has its inbox entry in memory: the
+/// inbox lists it, in order with the entries on disk, until its route is recorded. A
+/// graceful stop writes what is left; after a crash the start-up check puts it back.
+#[tokio::test]
+async fn a_handed_event_is_in_the_inbox_in_memory_until_it_is_routed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (waiting, listed, stopped) = {
+        let (store, backend) = open(dir.path());
+        store.set_handoff(Some(process_door(&backend)));
+        let routed = put(&store, "a", EventStatus::Received).await;
+        let waiting = put(&store, "b", EventStatus::Received).await;
+        // In process, each run is counted in the entry on disk.
+        store.set_handoff(Some(door(&backend, true)));
+        let listed = put(&store, "c", EventStatus::Received).await;
+        assert!(!on_disk(&backend, routed.id) && !on_disk(&backend, waiting.id));
+        assert!(on_disk(&backend, listed.id));
+        assert_eq!(
+            store.take_inbox(None, 10).await.unwrap(),
+            [routed.id, waiting.id, listed.id]
+        );
+
+        store.route_done(&routed, None, vec![]).await.unwrap();
+        // Pages of one: the cursor walks both kinds of entry in order.
+        assert_eq!(store.take_inbox(None, 1).await.unwrap(), [waiting.id]);
+        assert_eq!(
+            store.take_inbox(Some(waiting.id), 1).await.unwrap(),
+            [listed.id]
+        );
+        assert!(
+            store
+                .take_inbox(Some(listed.id), 1)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // No graceful stop: the process "crashes" with `waiting` in memory only.
+        backend.inner.db.flush().unwrap();
+        drop((store, backend));
+        tokio::task::yield_now().await;
+
+        let (store, backend) = open(dir.path());
+        let repaired = store.consistency_check().await.unwrap();
+        assert_eq!(
+            repaired,
+            Repaired {
+                inbox_added: 1,
+                inbox_removed: 0
+            }
+        );
+        assert!(on_disk(&backend, waiting.id));
+        // A graceful stop writes the entry of an event that still waits.
+        store.set_handoff(Some(process_door(&backend)));
+        let stopped = put(&store, "d", EventStatus::Received).await;
+        let failed = put(&store, "e", EventStatus::Received).await;
+        store
+            .route_failed(&failed, None, "broken".into())
+            .await
+            .unwrap();
+        assert!(!on_disk(&backend, stopped.id));
+        store.flush().await.unwrap();
+        assert!(on_disk(&backend, stopped.id));
+        assert!(!on_disk(&backend, failed.id));
+        (waiting, listed, stopped)
+    };
+    tokio::task::yield_now().await;
+    let (store, _) = open(dir.path());
+    assert_eq!(
+        store.consistency_check().await.unwrap(),
+        Repaired::default()
+    );
+    assert_eq!(
+        store.take_inbox(None, 10).await.unwrap(),
+        [waiting.id, listed.id, stopped.id]
+    );
 }
 
 /// A commit reserves its event before the inbox shows it (so the inbox path never takes
