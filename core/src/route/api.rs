@@ -490,21 +490,17 @@ pub fn register(engine: &mut Engine) {
 const MAX_MESSAGE: usize = 2_000;
 
 /// Runs `ast` on this thread for the event as scripts see it (`event`, see
-/// [`super::event_value`]), with its secret values masked wherever the script's output
+/// [`super::ScriptEvent`]), with its secret values masked wherever the script's output
 /// and failure mention them. The thread needs a large stack: values may be nested as
 /// deep as `routes.max_collection_size`, and Rhai clones and drops them recursively.
 pub fn execute(
     engine: &Engine,
     ast: &rhai::AST,
-    event: Value,
+    event: rhai::Dynamic,
     secrets: Vec<String>,
     limits: &RunLimits,
     host: Box<dyn Host>,
 ) -> Result<Vec<ActionSpec>, RunFailure> {
-    let value = rhai::serde::to_dynamic(event).map_err(|_| RunFailure {
-        message: "internal error: the event could not be handed to the script".into(),
-        retryable: false,
-    })?;
     TRIPPED.with(|t| t.set(false));
     RUN.with(|r| {
         *r.borrow_mut() = Some(RunCtx {
@@ -520,7 +516,7 @@ pub fn execute(
         });
     });
     let mut scope = Scope::new();
-    scope.push_constant("event", value);
+    scope.push_constant("event", event);
     let result = engine.run_ast_with_scope(&mut scope, ast);
     drop(scope);
     TRIPPED.with(|t| t.set(false));

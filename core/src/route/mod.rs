@@ -182,7 +182,7 @@ pub fn run_script(
     api::execute(
         engine,
         ast,
-        event_value(event),
+        ScriptEvent::of(event).to_dynamic()?,
         event.secret_values(),
         limits,
         Box::new(host),
@@ -292,17 +292,48 @@ impl RunLimits {
 }
 
 /// The event as scripts see it: `event.type`, `event.provider`, `event.id`,
-/// `event.received_at`, `event.data.*`, `event.meta.*`, `event.flags`.
-pub fn event_value(e: &Event) -> Value {
-    serde_json::json!({
-        "type": e.event_type,
-        "provider": e.provider,
-        "id": e.id.to_string(),
-        "received_at": e.received_at.to_rfc3339(),
-        "data": e.data.clone().unwrap_or(Value::Null),
-        "meta": e.meta,
-        "flags": e.flags,
-    })
+/// `event.received_at`, `event.data.*`, `event.meta.*`, `event.flags`. It borrows the
+/// event: serialized straight into a worker's frame or into the script's value, with no
+/// copy of `data` on the way.
+#[derive(Debug, Serialize)]
+pub struct ScriptEvent<'a> {
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    provider: &'a str,
+    id: String,
+    received_at: String,
+    data: &'a Value,
+    meta: &'a std::collections::BTreeMap<String, String>,
+    flags: &'a [String],
+}
+
+impl<'a> ScriptEvent<'a> {
+    /// `e` as scripts see it.
+    pub fn of(e: &'a Event) -> Self {
+        static NULL: Value = Value::Null;
+        ScriptEvent {
+            event_type: &e.event_type,
+            provider: &e.provider,
+            id: e.id.to_string(),
+            received_at: e.received_at.to_rfc3339(),
+            data: e.data.as_ref().unwrap_or(&NULL),
+            meta: &e.meta,
+            flags: &e.flags,
+        }
+    }
+
+    /// As the script's `event` value.
+    pub fn to_dynamic(&self) -> Result<rhai::Dynamic, RunFailure> {
+        rhai::serde::to_dynamic(self).map_err(|_| not_handed())
+    }
+}
+
+/// The failure of an event that cannot be made the script's value.
+pub(crate) fn not_handed() -> RunFailure {
+    RunFailure {
+        message: "internal error: the event could not be handed to the script".into(),
+        retryable: false,
+    }
 }
 
 #[cfg(test)]
@@ -363,6 +394,43 @@ mod tests {
             rt.handle().clone(),
         )
         .map_err(|f| f.message)
+    }
+
+    /// A worker reads the event's JSON straight into the script's value; in process it is
+    /// made from the event directly. Both give what the event's JSON as a value gives
+    /// (the earlier way), numbers of every kind included.
+    #[test]
+    fn the_event_reaches_scripts_alike_through_a_worker_and_in_process() {
+        let mut e = event();
+        e.data = Some(serde_json::json!({
+            "otp": "123456", "int": 1000, "negative": -7, "zero": 0,
+            "beyond_i64": 18_446_744_073_709_551_615u64, "float": 12.5, "exp": 1e300,
+            "nothing": null, "yes": true, "text": "zażółć \"gęślą\" \u{1F600}",
+            "list": [1, "two", [3.0, {"four": null}]], "empty": {}, "none": [],
+        }));
+        e.meta.insert("api_key".into(), "k-1".into());
+        e.flags.push("unknown_enum_value: x=y".into());
+        let as_value = serde_json::json!({
+            "type": e.event_type,
+            "provider": e.provider,
+            "id": e.id.to_string(),
+            "received_at": e.received_at.to_rfc3339(),
+            "data": e.data.clone().unwrap(),
+            "meta": e.meta,
+            "flags": e.flags,
+        });
+        let expected = format!("{:?}", rhai::serde::to_dynamic(as_value).unwrap());
+        let raw = serde_json::value::to_raw_value(&ScriptEvent::of(&e)).unwrap();
+        let in_worker = serde_json::from_str::<rhai::Dynamic>(raw.get()).unwrap();
+        let in_process = ScriptEvent::of(&e).to_dynamic().unwrap();
+        assert_eq!(format!("{in_worker:?}"), expected);
+        assert_eq!(format!("{in_process:?}"), expected);
+        assert!(expected.contains("1.8446744073709552e19"), "{expected}");
+        // A quarantined event has no data: `event.data` is `()`.
+        e.data = None;
+        let raw = serde_json::value::to_raw_value(&ScriptEvent::of(&e)).unwrap();
+        let d = serde_json::from_str::<rhai::Dynamic>(raw.get()).unwrap();
+        assert!(d.cast::<rhai::Map>()["data"].is_unit());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Lookup, LookupError, RunFailure, RunLimits, event_value, log_output, log_safe,
+    Lookup, LookupError, RunFailure, RunLimits, ScriptEvent, log_output, log_safe,
     proto::{self, FromWorker, RunSpec, ScriptText, Setup, ToWorker},
     worker,
 };
@@ -272,7 +272,7 @@ impl Pool {
         mut done: impl FnMut(usize, Ended),
     ) {
         let n = jobs.len();
-        let frame = match proto::encode(&frame_of(jobs)) {
+        let frame = match frame_of(jobs).and_then(|f| proto::encode(&f)) {
             Ok(f) => f,
             // Nothing any worker could take (the router keeps frames far below the limit,
             // so this is one event too large to hand over): not worth trying again.
@@ -489,7 +489,7 @@ fn every(done: &mut impl FnMut(usize, Ended), from: usize, n: usize, ended: impl
 }
 
 /// The frame that hands `jobs` to a worker: each script's text once.
-fn frame_of(jobs: &[Job<'_>]) -> ToWorker {
+fn frame_of(jobs: &[Job<'_>]) -> std::io::Result<ToWorker> {
     let mut scripts: Vec<ScriptText> = Vec::new();
     let runs = jobs
         .iter()
@@ -507,16 +507,17 @@ fn frame_of(jobs: &[Job<'_>]) -> ToWorker {
                     scripts.len() - 1
                 }
             };
-            RunSpec {
+            Ok(RunSpec {
                 script,
-                event: event_value(job.event),
+                event: serde_json::value::to_raw_value(&ScriptEvent::of(job.event))
+                    .map_err(std::io::Error::other)?,
                 secrets: job.event.secret_values(),
                 limits: job.limits,
                 services: job.services.clone(),
-            }
+            })
         })
-        .collect();
-    ToWorker::Runs { scripts, runs }
+        .collect::<std::io::Result<_>>()?;
+    Ok(ToWorker::Runs { scripts, runs })
 }
 
 /// Closes a worker's stdin, which ends it; kills it if it does not go within a second.

@@ -80,8 +80,9 @@ pub struct ScriptText {
 pub struct RunSpec {
     /// Its script: an index into the frame's `scripts`.
     pub script: usize,
-    /// The event as scripts see it.
-    pub event: Value,
+    /// The event as scripts see it ([`super::ScriptEvent`]), as JSON text: the worker
+    /// reads it straight into the script's value.
+    pub event: Box<serde_json::value::RawValue>,
     /// Values to mask in output and failures.
     pub secrets: Vec<String>,
     /// The run's limits.

@@ -144,6 +144,8 @@ fn serve(setup: Setup) -> io::Result<()> {
             let ast = slot
                 .get_or_insert_with(|| compile(&engine, &mut cache, &scripts[run.script].source))
                 .clone();
+            let event = serde_json::from_str::<rhai::Dynamic>(run.event.get())
+                .map_err(|_| super::not_handed());
             let result = ast.and_then(|ast| {
                 let host = Pipe {
                     services: services.clone(),
@@ -152,7 +154,7 @@ fn serve(setup: Setup) -> io::Result<()> {
                 api::execute(
                     &engine,
                     &ast,
-                    run.event,
+                    event?,
                     run.secrets,
                     &run.limits,
                     Box::new(host),
