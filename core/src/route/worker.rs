@@ -144,8 +144,16 @@ fn serve(setup: Setup) -> io::Result<()> {
             let ast = slot
                 .get_or_insert_with(|| compile(&engine, &mut cache, &scripts[run.script].source))
                 .clone();
-            let event = serde_json::from_str::<rhai::Dynamic>(run.event.get())
-                .map_err(|_| super::not_handed());
+            let event = serde_json::from_str::<rhai::Dynamic>(run.event.get()).map_err(|e| {
+                if e.to_string().starts_with("recursion limit exceeded") {
+                    RunFailure {
+                        message: "the event is nested too deeply to be a script's value".into(),
+                        retryable: false,
+                    }
+                } else {
+                    super::not_handed()
+                }
+            });
             let result = ast.and_then(|ast| {
                 let host = Pipe {
                     services: services.clone(),

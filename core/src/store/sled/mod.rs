@@ -34,9 +34,12 @@
 //! [`Inner::unlisted`] until its route is recorded, and [`Backend::take_inbox`] lists it
 //! with the entries on disk, so a run handed back (a lookup retry, a stop, a full queue)
 //! is found as before. That saves two of the five writes of an event: the entry and its
-//! removal. What covers a restart instead: a graceful stop writes the entries still in
-//! memory before it marks the stop clean, and after a crash the start-up check, which
-//! reads every event anyway, puts back an entry for each event that still waits. A routed
+//! removal. At most [`MOST_UNLISTED`] entries are kept so (a routing backlog beyond that
+//! is written as before). What covers a restart instead: a graceful stop writes the
+//! entries still in memory (those of commits still under way too) before it marks the
+//! stop clean, and after a crash the start-up check, which reads every event anyway, puts
+//! back an entry for each event that still waits. A stop is marked clean only once that
+//! check has finished, so a stop soon after a crash leaves it to the next start. A routed
 //! status that was not flushed before a crash leaves the event waiting, so it is routed
 //! again, as when the entry's removal was lost.
 //!
@@ -65,7 +68,7 @@ mod outbox;
 mod stats;
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
@@ -274,6 +277,9 @@ impl Durability {
         }
         let res = res.map_err(|e| e.to_string());
         for j in jobs {
+            if let (Err(_), Some(f)) = (&res, j.on_failure) {
+                f();
+            }
             drop(j.keep);
             let _ = j.done.send(res.clone());
         }
@@ -341,8 +347,12 @@ struct Inner {
     was_clean: bool,
     /// The inbox entries kept in memory: events handed to this process's route workers at
     /// their commit, with no `n` entry on disk, until their route is recorded (see the
-    /// module documentation).
-    unlisted: std::sync::Mutex<BTreeSet<EventId>>,
+    /// module documentation); each with its idempotency key.
+    unlisted: Arc<std::sync::Mutex<BTreeMap<EventId, Vec<u8>>>>,
+    /// Whether nothing a crash left behind is still to be looked for: the last stop was
+    /// graceful, or the start-up check has finished. A graceful stop is marked clean only
+    /// then (the check is what finds the events whose inbox entries were in memory).
+    checked: AtomicBool,
     /// Set once the actions a stop left `sending` were resumed.
     resumed: AtomicBool,
     /// Stops the flusher (and so releases the database) when the backend is dropped.
@@ -392,6 +402,8 @@ struct Job {
     writes: Vec<Write>,
     /// Dropped once the batch is applied (a claim, released only then).
     keep: Option<SledClaim>,
+    /// Called if the batch fails, before the claim is released.
+    on_failure: Option<Box<dyn FnOnce() + Send>>,
     /// For the fault-injection hook: `commit` or `route`.
     step: &'static str,
     done: tokio::sync::oneshot::Sender<std::result::Result<u64, String>>,
@@ -489,7 +501,8 @@ impl SledBackend {
                 retention: cfg.retention.get(),
                 outbox_lock: std::sync::Mutex::new(()),
                 was_clean,
-                unlisted: std::sync::Mutex::default(),
+                unlisted: Arc::default(),
+                checked: AtomicBool::new(was_clean),
                 resumed: AtomicBool::new(false),
                 _flusher: AbortOnDrop(flusher.abort_handle()),
             }),
@@ -561,6 +574,7 @@ impl Inner {
         queue().push(Job {
             writes,
             keep: None,
+            on_failure: None,
             step,
             done,
         });
@@ -582,7 +596,12 @@ impl Inner {
     /// Hands the batch of a commit to the flusher, which applies it with the other
     /// commits queued meanwhile as one batch right before its next flush, then drops
     /// `claim`. Returns the sequence number to wait for with [`Inner::durable`].
-    async fn apply_before_flush(&self, writes: Vec<Write>, claim: SledClaim) -> Result<u64> {
+    async fn apply_before_flush(
+        &self,
+        writes: Vec<Write>,
+        claim: SledClaim,
+        on_failure: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Result<u64> {
         let (done, applied) = tokio::sync::oneshot::channel();
         let d = &self.durability;
         d.commits
@@ -591,6 +610,7 @@ impl Inner {
             .push(Job {
                 writes,
                 keep: Some(claim),
+                on_failure,
                 step: "commit",
                 done,
             });
@@ -728,7 +748,9 @@ impl Inner {
         match &existing {
             None => {
                 match event.status {
-                    EventStatus::Received if handed => unlisted = true,
+                    EventStatus::Received if handed && self.unlisted().len() < MOST_UNLISTED => {
+                        unlisted = true;
+                    }
                     EventStatus::Received => {
                         writes.push((key(INBOX, id), Some(inbox_value(0, idem_key))));
                     }
@@ -752,27 +774,25 @@ impl Inner {
         Ok((writes, unlisted))
     }
 
-    fn unlisted(&self) -> std::sync::MutexGuard<'_, BTreeSet<EventId>> {
-        self.unlisted.lock().unwrap_or_else(|p| p.into_inner())
+    fn unlisted(&self) -> std::sync::MutexGuard<'_, BTreeMap<EventId, Vec<u8>>> {
+        lock_unlisted(&self.unlisted)
     }
 
     /// Whether `id`'s inbox entry is kept in memory (see [`Inner::unlisted`]).
     fn is_unlisted(&self, id: EventId) -> bool {
-        self.unlisted().contains(&id)
+        self.unlisted().contains_key(&id)
     }
 
-    /// Writes the inbox entries kept in memory whose events still wait (a graceful stop:
-    /// the next start does not look for them).
+    /// Writes the inbox entries kept in memory whose events still wait, or whose commit is
+    /// still under way (a graceful stop: the next start does not look for them).
     fn list_unlisted(&self) -> Result<()> {
         let ids = std::mem::take(&mut *self.unlisted());
         let mut batch = sled::Batch::default();
-        for id in ids {
+        for (id, idem_key) in ids {
             match self.event(id) {
-                Ok(Some(e)) if e.status == EventStatus::Received => batch.insert(
-                    key(INBOX, id.as_bytes()),
-                    inbox_value(0, e.idempotency_key.as_bytes()),
-                ),
-                Ok(_) | Err(Error::Corrupt { .. }) => {}
+                Ok(Some(e)) if e.status != EventStatus::Received => {}
+                Ok(_) => batch.insert(key(INBOX, id.as_bytes()), inbox_value(0, &idem_key)),
+                Err(Error::Corrupt { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -1018,7 +1038,13 @@ impl Inner {
             // An event handed to the route workers by this process run has its entry in
             // memory; one of the run that crashed has none: it is put back.
             if !inbox.contains(&id) && !self.is_unlisted(id) {
-                let e: Event = decode(&k, &v)?;
+                let e: Event = match decode(&k, &v) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        skip_unreadable(e)?;
+                        continue;
+                    }
+                };
                 self.tree.insert(
                     key(INBOX, id.as_bytes()),
                     inbox_value(0, e.idempotency_key.as_bytes()),
@@ -1034,6 +1060,7 @@ impl Inner {
                 repaired.inbox_removed += 1;
             }
         }
+        self.checked.store(true, SeqCst);
         Ok(repaired)
     }
 
@@ -1052,7 +1079,7 @@ impl Inner {
                 Err(e) => return Err(e),
             };
             if !waits {
-                removed = self.unlisted().remove(&id);
+                removed = self.unlisted().remove(&id).is_some();
             }
         }
         let ik = key(INBOX, id.as_bytes());
@@ -1183,21 +1210,25 @@ impl Backend for SledBackend {
             self.inner
                 .commit_writes(&hold, taken_over, event, response, dedup_window, handed)?;
         // In the inbox (in memory) before the event is visible, as an entry written with it
-        // would be.
-        if unlisted {
-            self.inner.unlisted().insert(event.id);
-        }
+        // would be; out of it again if the batch fails (whether or not this request still
+        // waits for it).
+        let on_failure: Option<Box<dyn FnOnce() + Send>> = if unlisted {
+            self.inner
+                .unlisted()
+                .insert(event.id, hold.key.as_bytes().to_vec());
+            let (set, id) = (self.inner.unlisted.clone(), event.id);
+            Some(Box::new(move || {
+                lock_unlisted(&set).remove(&id);
+            }))
+        } else {
+            None
+        };
         // The claim is let go once the batch is applied: from then on the key is done,
         // whatever happens to the flush, and the requests waiting for it find it so.
-        let seq = match self.inner.apply_before_flush(writes, *hold).await {
-            Ok(seq) => seq,
-            Err(e) => {
-                if unlisted {
-                    self.inner.unlisted().remove(&event.id);
-                }
-                return Err(e);
-            }
-        };
+        let seq = self
+            .inner
+            .apply_before_flush(writes, *hold, on_failure)
+            .await?;
         self.inner.durable(seq).await
     }
 
@@ -1400,11 +1431,21 @@ impl Backend for SledBackend {
 
     async fn flush(&self) -> Result<()> {
         // The end of a graceful stop: the next start need not look for what a crash
-        // leaves behind, so the entries kept in memory are written first.
+        // leaves behind, so the entries kept in memory are written first; unless the
+        // start-up check did not finish: then the next start runs it again.
         self.inner.list_unlisted()?;
-        let seq = self
-            .inner
-            .write(|tree| tree.insert(CLEAN, &[]).map(|_| ()))?;
+        let clean = self.inner.checked.load(SeqCst);
+        if !clean {
+            tracing::warn!(
+                "the start-up check of the store did not finish; the next start runs it again"
+            );
+        }
+        let seq = self.inner.write(|tree| {
+            if clean {
+                tree.insert(CLEAN, &[])?;
+            }
+            Ok(())
+        })?;
         self.inner.durable(seq).await
     }
 
@@ -1418,6 +1459,16 @@ impl Backend for SledBackend {
             )),
         }
     }
+}
+
+/// The most inbox entries kept in memory: past it, a handed event's entry is written with
+/// it (a routing backlog lives on disk, not in memory).
+const MOST_UNLISTED: usize = 16_384;
+
+fn lock_unlisted(
+    set: &std::sync::Mutex<BTreeMap<EventId, Vec<u8>>>,
+) -> std::sync::MutexGuard<'_, BTreeMap<EventId, Vec<u8>>> {
+    set.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How many times the flusher yields to the runtime before each flush (see

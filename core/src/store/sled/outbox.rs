@@ -91,6 +91,7 @@ impl Inner {
             out.extend(
                 unlisted
                     .range((from, std::ops::Bound::Unbounded))
+                    .map(|(id, _)| *id)
                     .take(limit),
             );
         }

@@ -780,6 +780,48 @@ async fn a_handed_event_is_in_the_inbox_in_memory_until_it_is_routed() {
     );
 }
 
+/// A stop after a crash, before the start-up check has finished, is not marked clean: the
+/// check is what finds the events whose inbox entries were in memory, so the next start
+/// runs it again.
+#[tokio::test]
+async fn a_stop_before_the_start_up_check_has_finished_is_not_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let waiting = {
+        let (store, backend) = open(dir.path());
+        store.set_handoff(Some(process_door(&backend)));
+        let waiting = put(&store, "a", EventStatus::Received).await;
+        // A crash, with the entry in memory only.
+        backend.inner.db.flush().unwrap();
+        waiting
+    };
+    tokio::task::yield_now().await;
+    {
+        // Stopped gracefully before the check ran.
+        let (store, backend) = open(dir.path());
+        assert!(store.take_inbox(None, 10).await.unwrap().is_empty());
+        store.flush().await.unwrap();
+        assert!(backend.inner.tree.get(CLEAN).unwrap().is_none());
+    }
+    tokio::task::yield_now().await;
+    let (store, _) = open(dir.path());
+    assert_eq!(store.consistency_check().await.unwrap().inbox_added, 1);
+    assert_eq!(store.take_inbox(None, 10).await.unwrap(), [waiting.id]);
+}
+
+/// A graceful stop that comes while a handed commit is still being written lists its
+/// event too: the commit's batch may still land after the list is written.
+#[tokio::test]
+async fn a_stop_lists_a_handed_commit_still_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, backend) = open(dir.path());
+    let id = EventId::new();
+    backend.inner.unlisted().insert(id, b"pomelo:k".to_vec());
+    store.consistency_check().await.unwrap();
+    store.flush().await.unwrap();
+    let v = backend.inner.tree.get(key(INBOX, id.as_bytes())).unwrap();
+    assert_eq!(v.as_deref().map(parse_inbox), Some((0, &b"pomelo:k"[..])));
+}
+
 /// A commit reserves its event before the inbox shows it (so the inbox path never takes
 /// it too), then hands it over; the inbox entry stays for a restart. Without room, the
 /// reservation is given up and the event waits in the inbox.
