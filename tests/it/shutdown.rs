@@ -51,6 +51,21 @@ fn stop(s: Server) -> String {
     log
 }
 
+/// A route script for Pomelo OTPs that looks the card up in `slow`; the configuration's
+/// tail for it, with these lookup and service timeouts.
+fn card_lookups(dir: &Dir, slow: &Recorder, lookup_timeout: &str, timeout: &str) -> String {
+    write(
+        dir.path(),
+        "pomelo/tokenization_otp.rhai",
+        "let c = http::get(\"cards\", `/cards/${event.data.otp}`); log::info(`for ${c.email}`);",
+    );
+    format!(
+        "{}lookup_timeout = \"{lookup_timeout}\"\n\n[services.cards]\nbase_url = \"{}\"\ntimeout = \"{timeout}\"\n",
+        routes_config(dir.path(), "1s"),
+        slow.url()
+    )
+}
+
 /// Every Pomelo event, once none waits for its route any more.
 async fn all_routed(c: &reqwest::Client, s: &Server, n: usize) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -83,16 +98,7 @@ async fn sigterm_with_a_routing_backlog_and_slow_lookups_fails_nothing() {
         vec![Reply::json(card).after(Duration::from_millis(300))],
     );
     let dir = Dir::new();
-    write(
-        dir.path(),
-        "pomelo/tokenization_otp.rhai",
-        "let c = http::get(\"cards\", `/cards/${event.data.otp}`); log::info(`for ${c.email}`);",
-    );
-    let tail = format!(
-        "{}lookup_timeout = \"5s\"\n\n[services.cards]\nbase_url = \"{}\"\ntimeout = \"10s\"\n",
-        routes_config(dir.path(), "1s"),
-        slow.url()
-    );
+    let tail = card_lookups(&dir, &slow, "5s", "10s");
     let extra = [
         ("server", "shutdown_grace = \"1s\""),
         ("tail", tail.as_str()),
@@ -141,16 +147,7 @@ async fn kill_9_with_runs_in_flight_leaves_their_events_to_the_next_start() {
         vec![Reply::json(card.clone()).after(Duration::from_secs(60))],
     );
     let dir = Dir::new();
-    write(
-        dir.path(),
-        "pomelo/tokenization_otp.rhai",
-        "let c = http::get(\"cards\", `/cards/${event.data.otp}`); log::info(`for ${c.email}`);",
-    );
-    let tail = format!(
-        "{}lookup_timeout = \"90s\"\n\n[services.cards]\nbase_url = \"{}\"\ntimeout = \"90s\"\n",
-        routes_config(dir.path(), "1s"),
-        slow.url()
-    );
+    let tail = card_lookups(&dir, &slow, "90s", "90s");
     let extra = [("tail", tail.as_str())];
     let c = client();
     let s = Server::start_in(dir.clone(), &extra);
