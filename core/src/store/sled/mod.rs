@@ -1036,8 +1036,17 @@ impl Inner {
             }
             waiting.insert(id);
             // An event handed to the route workers by this process run has its entry in
-            // memory; one of the run that crashed has none: it is put back.
+            // memory; one of the run that crashed has none: it is put back. Read again
+            // once it is known not to be in memory: a route records its event's status
+            // before it takes the entry out of memory, so an event routed since the scan
+            // read it is seen routed now, not put back.
             if !inbox.contains(&id) && !self.is_unlisted(id) {
+                let Some(v) = self.tree.get(&k)? else {
+                    continue;
+                };
+                if status_of(&v) != Some(EventStatus::Received) {
+                    continue;
+                }
                 let e: Event = match decode(&k, &v) {
                     Ok(e) => e,
                     Err(e) => {
