@@ -326,10 +326,25 @@ impl<'a> ScriptEvent<'a> {
     pub fn to_dynamic(&self) -> Result<rhai::Dynamic, RunFailure> {
         rhai::serde::to_dynamic(self).map_err(|_| not_handed())
     }
+
+    /// The script's `event` value from a `ScriptEvent`'s JSON (a worker's side of a frame),
+    /// read straight into it.
+    pub fn read(json: &str) -> Result<rhai::Dynamic, RunFailure> {
+        serde_json::from_str(json).map_err(|e| {
+            if e.to_string().starts_with("recursion limit exceeded") {
+                RunFailure {
+                    message: "the event is nested too deeply to be a script's value".into(),
+                    retryable: false,
+                }
+            } else {
+                not_handed()
+            }
+        })
+    }
 }
 
 /// The failure of an event that cannot be made the script's value.
-pub(crate) fn not_handed() -> RunFailure {
+fn not_handed() -> RunFailure {
     RunFailure {
         message: "internal error: the event could not be handed to the script".into(),
         retryable: false,
@@ -421,7 +436,7 @@ mod tests {
         });
         let expected = format!("{:?}", rhai::serde::to_dynamic(as_value).unwrap());
         let raw = serde_json::value::to_raw_value(&ScriptEvent::of(&e)).unwrap();
-        let in_worker = serde_json::from_str::<rhai::Dynamic>(raw.get()).unwrap();
+        let in_worker = ScriptEvent::read(raw.get()).unwrap();
         let in_process = ScriptEvent::of(&e).to_dynamic().unwrap();
         assert_eq!(format!("{in_worker:?}"), expected);
         assert_eq!(format!("{in_process:?}"), expected);
@@ -429,8 +444,15 @@ mod tests {
         // A quarantined event has no data: `event.data` is `()`.
         e.data = None;
         let raw = serde_json::value::to_raw_value(&ScriptEvent::of(&e)).unwrap();
-        let d = serde_json::from_str::<rhai::Dynamic>(raw.get()).unwrap();
+        let d = ScriptEvent::read(raw.get()).unwrap();
         assert!(d.cast::<rhai::Map>()["data"].is_unit());
+        // Nested past serde_json's limit: said so, not an internal error.
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let failure = ScriptEvent::read(&format!(r#"{{"data":{deep}}}"#)).unwrap_err();
+        assert_eq!(
+            failure.message,
+            "the event is nested too deeply to be a script's value"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{
-    LookupError, Method, RUN_STACK, RunFailure,
+    LookupError, Method, RUN_STACK, RunFailure, ScriptEvent,
     api::{self, Host, Output},
     engine,
     proto::{self, FromWorker, Setup, ToWorker},
@@ -144,17 +144,8 @@ fn serve(setup: Setup) -> io::Result<()> {
             let ast = slot
                 .get_or_insert_with(|| compile(&engine, &mut cache, &scripts[run.script].source))
                 .clone();
-            let event = serde_json::from_str::<rhai::Dynamic>(run.event.get()).map_err(|e| {
-                if e.to_string().starts_with("recursion limit exceeded") {
-                    RunFailure {
-                        message: "the event is nested too deeply to be a script's value".into(),
-                        retryable: false,
-                    }
-                } else {
-                    super::not_handed()
-                }
-            });
             let result = ast.and_then(|ast| {
+                let event = ScriptEvent::read(run.event.get())?;
                 let host = Pipe {
                     services: services.clone(),
                     extra: run.services,
@@ -162,7 +153,7 @@ fn serve(setup: Setup) -> io::Result<()> {
                 api::execute(
                     &engine,
                     &ast,
-                    event?,
+                    event,
                     run.secrets,
                     &run.limits,
                     Box::new(host),
