@@ -58,7 +58,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering::SeqCst},
+        atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
     },
     time::Duration,
 };
@@ -109,6 +109,45 @@ pub struct Router {
     alone: tokio::sync::RwLock<()>,
     /// Runs at once (`routes.workers`): worker processes or threads.
     slots: tokio::sync::Semaphore,
+    /// How long a run in a worker takes, lately (see [`RunTime`]).
+    run_time: RunTime,
+}
+
+/// A moving average of how long a run in a worker process takes, as the router sees it:
+/// from the frame's hand-over, or the previous run's answer, to the run's answer (lookups
+/// and the pipe included). It sizes frames (see [`Router::next_works`]).
+struct RunTime(AtomicU64);
+
+impl RunTime {
+    /// Before any run is measured, runs are taken to be slow: frames spread over the
+    /// workers.
+    fn new() -> RunTime {
+        RunTime(AtomicU64::new(nanos(FRAME_TIME)))
+    }
+
+    fn observe(&self, took: Duration) {
+        // Each run moves the average an eighth of the way (racing updates may lose one).
+        let old = self.0.load(SeqCst);
+        let new = old - old / 8 + nanos(took) / 8;
+        self.0.store(new, SeqCst);
+    }
+
+    /// How many runs are expected to fit in [`FRAME_TIME`].
+    fn fitting(&self) -> usize {
+        let each = self.0.load(SeqCst).max(1);
+        usize::try_from(nanos(FRAME_TIME) / each).unwrap_or(usize::MAX)
+    }
+}
+
+/// How many of `queued` events a route task takes: a fair share per worker, or as many as
+/// `fitting` runs if that is more, at most [`MOST_AT_ONCE`].
+fn share(queued: usize, workers: usize, fitting: usize) -> usize {
+    let fair = queued.div_ceil(workers);
+    fair.max(fitting.min(queued)).min(MOST_AT_ONCE)
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A worker process idle this long is ended (but the last one used).
@@ -119,6 +158,13 @@ const TASKS_PER_SLOT: usize = 4;
 
 /// Events a route task takes at once at most (runs handed to one worker in one frame).
 const MOST_AT_ONCE: usize = 32;
+
+/// The runs of one frame to a worker are expected to take this long at most, all
+/// together: while runs are quick, the queue goes to one worker in one frame (one write,
+/// one wake-up of one process) rather than a frame of a few runs to each worker; slow
+/// runs (lookups) still spread over the workers. An event waits at most about this long
+/// behind the other runs of its frame.
+const FRAME_TIME: Duration = Duration::from_millis(1);
 
 /// Bytes of events (bodies, counted twice: as received and as parsed) one frame to a
 /// worker holds at most, but always one event: far below the frame limit, and little of
@@ -243,6 +289,7 @@ impl Router {
             abort: CancellationToken::new(),
             alone: tokio::sync::RwLock::new(()),
             slots: tokio::sync::Semaphore::new(cfg.workers.max(1)),
+            run_time: RunTime::new(),
         })
     }
 
@@ -391,15 +438,16 @@ impl Router {
     }
 
     /// The next events for a route task: one, waiting for it, and as many more as are
-    /// queued already, up to a fair share of the queue per run slot (at most
-    /// [`MOST_AT_ONCE`]): under load a worker gets many runs per frame, while a few events
-    /// still spread over the workers. One at a time in process (a suspect runs alone).
+    /// queued already, up to a fair share of the queue per run slot, or as many as are
+    /// expected to run within [`FRAME_TIME`] if that is more (at most [`MOST_AT_ONCE`]):
+    /// under load a worker gets many runs per frame, while a few slow events still spread
+    /// over the workers. One at a time in process (a suspect runs alone).
     async fn next_works(&self, rx: &tokio::sync::Mutex<mpsc::Receiver<Work>>) -> Option<Vec<Work>> {
         let mut rx = rx.lock().await;
         let first = rx.recv().await?;
         let most = match self.isolation {
             Isolation::InProcess => 1,
-            Isolation::Process => (1 + rx.len()).div_ceil(self.workers).min(MOST_AT_ONCE),
+            Isolation::Process => share(1 + rx.len(), self.workers, self.run_time.fitting()),
         };
         let mut works = Vec::with_capacity(most);
         works.push(first);
@@ -560,8 +608,14 @@ impl Router {
                 }
                 return;
             };
+            let mut last = std::time::Instant::now();
             self.pool
                 .run_all(&jobs, &self.lookups, &self.abort, |i, ended| {
+                    if matches!(ended, Ended::Finished(_) | Ended::Crashed(_)) {
+                        let now = std::time::Instant::now();
+                        self.run_time.observe(now - last);
+                        last = now;
+                    }
                     let _ = tx.send((i, outcome_of(ended)));
                 })
                 .await;
@@ -798,5 +852,31 @@ impl Router {
         if let Err(e) = self.store.set_route_starts(event.id, to).await {
             tracing::error!(event_id = %event.id, error = %e, "cannot set a route's run count");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_runs_go_to_one_worker_and_slow_ones_spread() {
+        let t = RunTime::new();
+        // Nothing measured yet: slow, a fair share of 16 events for each of 8 workers.
+        assert_eq!(t.fitting(), 1);
+        assert_eq!(share(16, 8, t.fitting()), 2);
+        for _ in 0..64 {
+            t.observe(Duration::from_micros(20));
+        }
+        // About 50 runs of 20 µs fit in a frame: the whole queue, up to the cap.
+        assert!((40..=50).contains(&t.fitting()), "{}", t.fitting());
+        assert_eq!(share(16, 8, t.fitting()), 16);
+        assert_eq!(share(100, 8, t.fitting()), MOST_AT_ONCE);
+        assert_eq!(share(1, 8, t.fitting()), 1);
+        // One run that waits 50 ms for a lookup: frames spread again at once.
+        t.observe(Duration::from_millis(50));
+        assert_eq!(t.fitting(), 0);
+        assert_eq!(share(16, 8, t.fitting()), 2);
+        assert_eq!(share(3, 8, t.fitting()), 1);
     }
 }
