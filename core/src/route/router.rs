@@ -42,7 +42,8 @@
 //! holds up an async worker that another provider's answer waits for.
 //!
 //! **Frames.** Under load a route task takes several queued events at once (a fair share
-//! of the queue per run slot) and hands their runs to one worker process in one frame
+//! of the queue per run slot, or as many as are expected to run within [`FRAME_TIME`] if
+//! that is more) and hands their runs to one worker process in one frame
 //! (at most [`FRAME_BUDGET`] bytes of events): one write and one wake-up of the worker
 //! for all of them. Each outcome is recorded as soon as the worker gives it. When the
 //! worker dies during a run of a frame, the runs after it never started and go back to

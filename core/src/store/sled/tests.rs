@@ -894,3 +894,24 @@ async fn an_earlier_versions_expiry_entry_is_looked_at_once() {
     assert_eq!(entries.len(), 1);
     assert_eq!(&entries[0][9..], waiting.id.as_bytes());
 }
+
+#[tokio::test]
+async fn past_the_most_entries_kept_in_memory_a_handed_event_is_listed_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, backend) = open(dir.path());
+    store.set_handoff(Some(process_door(&backend)));
+    // A routing backlog as long as the cap, in memory.
+    let backlog: Vec<EventId> = (0..MOST_UNLISTED).map(|_| EventId::new()).collect();
+    backend
+        .inner
+        .unlisted()
+        .extend(backlog.iter().map(|id| (*id, b"backlog".to_vec())));
+    let past = put(&store, "past", EventStatus::Received).await;
+    assert!(on_disk(&backend, past.id));
+    assert!(!backend.inner.is_unlisted(past.id));
+    // One routed: room for one more in memory.
+    backend.inner.unlisted().remove(&backlog[0]);
+    let within = put(&store, "within", EventStatus::Received).await;
+    assert!(!on_disk(&backend, within.id));
+    assert!(backend.inner.is_unlisted(within.id));
+}
