@@ -164,6 +164,22 @@ drain() {
 # CPU ticks of adnanh/webhook and of its children it has reaped.
 hook_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$hook_pid/stat"; }
 
+# CPU ticks (1/100 s) spent so far on KIND's side: switchboard's server, the route workers
+# it has reaped and the ones still running; adnanh/webhook and the commands it has reaped.
+side_ticks() {
+  case "$1" in
+    hook) hook_ticks ;;
+    *)
+      local t p
+      t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$server_pid/stat")
+      for p in $(pgrep -P "$server_pid"); do
+        t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+      done
+      echo "$t"
+      ;;
+  esac
+}
+
 # Waits until adnanh/webhook has run every command it accepted. It answers a request
 # before its command runs, and goes on running the backlog afterwards (measured: 7.5 s
 # after a 5 s run at 8k req/s), which would take the CPU from whatever is measured next.
@@ -199,10 +215,12 @@ declare -A best
 declare -A all
 declare -A best_done
 declare -A all_done
+declare -A cpu
 run() {
   local name="$1" kind="$2" url="$3" script="$4"
   shift 4
-  local out line
+  local out line ticks0
+  ticks0=$(side_ticks "$kind")
   out=$(wrk -t"$threads" -c"$connections" -d"${seconds}s" --timeout 5s -s "$here/wrk/$script" "$url" -- "$@")
   line=$(grep '^RESULT' <<<"$out")
   local rps p50 p99 non2xx errors wrapped
@@ -215,18 +233,23 @@ run() {
   last_requests=$(sed -E 's/.* requests=([0-9]+).*/\1/' <<<"$line")
   settle "$kind"
   local done_rate=$((last_requests * 1000 / (seconds * 1000 + settle_ms)))
+  # Microseconds of CPU per request, the work behind the answers included (1 tick = 10 ms).
+  local cpu_us=$((($(side_ticks "$kind") - ticks0) * 10000 / (last_requests > 0 ? last_requests : 1)))
   awk -v n="$name" -v r="$rps" -v a="$p50" -v b="$p99" -v x="$non2xx" -v e="$errors" -v w="$wrapped" \
-    -v s="$settle_ms" -v d="$done_rate" -v k="$kind" 'BEGIN {
+    -v s="$settle_ms" -v d="$done_rate" -v k="$kind" -v c="$cpu_us" 'BEGIN {
     printf "  %-40s %8d req/s   p50 %7.2f ms   p99 %7.2f ms   non-2xx %d, socket errors %d%s\n",
       n, r, a / 1000, b / 1000, x, e, (w == 0 ? "" : "   (RAN OUT OF UNIQUE BODIES: repeats were sent)")
     if (k != "plain")
       printf "  %-40s %8d req/s   (the work behind the answers done %.1f s after the run)\n",
         "  ...finished", d, s / 1000
+    printf "  %-40s %8d us of CPU per request (%s)\n", "  ...cost", c,
+      (k == "hook" ? "adnanh/webhook and its commands" : "the server and its route workers")
   }'
   all[$name]="${all[$name]:-}${all[$name]:+ }$rps"
   all_done[$name]="${all_done[$name]:-}${all_done[$name]:+ }$done_rate"
   if [ "${best[$name]:-0}" -lt "$rps" ]; then best[$name]=$rps; fi
   if [ "${best_done[$name]:-0}" -lt "$done_rate" ]; then best_done[$name]=$done_rate; fi
+  cpu[$name]="${cpu[$name]:-}${cpu[$name]:+ }$cpu_us"
 }
 
 echo "switchboard, measured from wrk: -t$threads -c$connections -d${seconds}s, $(nproc) CPUs, $rounds rounds"
@@ -306,5 +329,9 @@ for name in "switchboard Pomelo, signed, unique" "switchboard VerifyVASP, unique
   }'
 done
 echo "  adnanh/webhook rounds, finished: ${all_done["adnanh/webhook, bearer + /bin/true"]}"
+echo "CPU per request, each round (us; a steadier figure than the rates on a shared machine):"
+for name in "switchboard GET /healthz" "switchboard Pomelo, signed, unique" "switchboard VerifyVASP, unique" "adnanh/webhook, bearer + /bin/true"; do
+  printf "  %-36s %s\n" "$name" "${cpu[$name]}"
+done
 echo "  store: $events events, $bytes bytes ($((bytes / events)) per event; $((disk / events)) allocated on disk); after a restart $bytes_after bytes ($((bytes_after / events)) per event)"
 echo "  after a graceful restart on that store: start-up to /healthz ${full_startup} ms, idle RSS ${rss_full} MB"
