@@ -14,14 +14,12 @@ use std::{
     time::Duration,
 };
 
+/// The histogram type of the metrics a backend is handed (see
+/// [`Backend::time_flushes`](crate::store::Backend::time_flushes)).
+pub use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, exponential_buckets},
-    },
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::exponential_buckets},
     registry::Registry,
 };
 
@@ -191,6 +189,11 @@ pub struct Metrics {
     pub deliveries: Family<DeliveryLabels, Counter>,
     /// Time from an event's arrival to the delivery of one of its actions.
     pub delivered_seconds: HistogramFamily<ChannelLabels>,
+    /// Time the store took to put commits on disk (see [`Backend::time_flushes`]): what
+    /// a durable answer waits for beside the CPU.
+    ///
+    /// [`Backend::time_flushes`]: crate::store::Backend::time_flushes
+    pub store_flush_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -268,6 +271,12 @@ impl Default for Metrics {
             "Time from an event's arrival to the delivery of one of its actions",
             delivered_seconds.clone(),
         );
+        let store_flush_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "store_flush_duration_seconds",
+            "Time the store took to put commits on disk: each flush of the embedded store (one for every commit that arrived meanwhile), or each COMMIT of an ingest transaction on PostgreSQL",
+            store_flush_seconds.clone(),
+        );
         let event_types = Arc::new(Mutex::new(EventTypes::default()));
         Metrics {
             registry,
@@ -288,6 +297,7 @@ impl Default for Metrics {
             auth_failures,
             connections,
             tls_failures,
+            store_flush_seconds,
         }
     }
 }

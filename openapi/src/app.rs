@@ -300,6 +300,7 @@ impl App {
 
         let metrics = Metrics::shared();
         let store = crate::storage::open(&config.store).await?;
+        store.time_flushes(metrics.store_flush_seconds.clone());
         let ingest = Ingestor::new(store.clone(), metrics.clone(), &config.store);
         let ctx = Ctx { ingest, limits };
         let lookups: Arc<dyn Lookup> = Arc::new(services);

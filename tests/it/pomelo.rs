@@ -51,6 +51,14 @@ async fn a_signed_otp_is_stored_once_and_answered_204() {
         .await
             >= 1.0
     );
+    // The stored event's commit was put on disk, and that was timed (a flush of the
+    // embedded store, or the COMMIT on PostgreSQL).
+    assert!(
+        metric(&c, &s, "switchboard_store_flush_duration_seconds_count").await >= 1.0,
+        "{}",
+        get_text(&c, &s, "/metrics").await
+    );
+    assert!(metric(&c, &s, "switchboard_store_flush_duration_seconds_sum").await > 0.0);
 }
 
 #[tokio::test]

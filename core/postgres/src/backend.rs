@@ -451,7 +451,12 @@ impl Backend for PgBackend {
         if event.status == EventStatus::Received {
             self.notify(&mut tx, INBOX_CHANNEL).await?;
         }
-        tx.commit().await.map_err(db)
+        let began = std::time::Instant::now();
+        tx.commit().await.map_err(db)?;
+        if let Some(h) = self.flush_time.get() {
+            h.observe(began.elapsed().as_secs_f64());
+        }
+        Ok(())
     }
 
     async fn event(&self, id: EventId) -> Result<Option<Event>> {
@@ -1011,5 +1016,9 @@ impl Backend for PgBackend {
 
     fn stats(&self) -> StoreStats {
         StoreStats::default()
+    }
+
+    fn time_flushes(&self, into: switchboard_core::metrics::Histogram) {
+        let _ = self.flush_time.set(into);
     }
 }

@@ -72,6 +72,8 @@ pub struct PgBackend {
     /// here waits for it in memory, instead of taking a database connection to wait in
     /// PostgreSQL (a storm of duplicates would otherwise empty the pool).
     claiming: Arc<Claiming>,
+    /// Where each ingest transaction's `COMMIT` time goes (see `Backend::time_flushes`).
+    flush_time: std::sync::OnceLock<switchboard_core::metrics::Histogram>,
     /// Stops the background tasks when the backend is dropped.
     _tasks: Vec<AbortOnDrop>,
 }
@@ -202,6 +204,7 @@ impl PgBackend {
             retention: cfg.retention.get(),
             held,
             claiming: Arc::default(),
+            flush_time: std::sync::OnceLock::new(),
             _tasks: vec![
                 AbortOnDrop(listener.abort_handle()),
                 AbortOnDrop(renewer.abort_handle()),

@@ -41,6 +41,7 @@ use tokio::sync::Notify;
 use crate::{
     Result,
     event::{Event, EventId, EventStatus},
+    metrics::Histogram,
     outbox::{Action, ActionFilter, ActionId, ActionSpec, Due, SendResult},
 };
 
@@ -465,6 +466,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Figures for benchmarks.
     fn stats(&self) -> StoreStats;
+
+    /// Hands the backend the histogram its flushes to disk are timed into
+    /// ([`Metrics::store_flush_seconds`](crate::metrics::Metrics::store_flush_seconds)):
+    /// the embedded store times each group flush, PostgreSQL each ingest transaction's
+    /// `COMMIT`. Called once, at start-up.
+    fn time_flushes(&self, into: Histogram);
 }
 
 /// In-process wake-ups of the route and delivery workers. A backend shared by several
@@ -828,5 +835,10 @@ impl Store {
     /// See [`Backend::stats`].
     pub fn stats(&self) -> StoreStats {
         self.backend.stats()
+    }
+
+    /// See [`Backend::time_flushes`].
+    pub fn time_flushes(&self, into: Histogram) {
+        self.backend.time_flushes(into);
     }
 }

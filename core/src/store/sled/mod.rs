@@ -88,6 +88,7 @@ use crate::{
     Error, Result,
     config::StoreConfig,
     event::{Event, EventId, EventStatus},
+    metrics::Histogram,
     outbox::{Action, ActionFilter, ActionId, ActionSpec, Due, SendResult},
 };
 
@@ -231,6 +232,8 @@ struct Durability {
     /// Combined batches applied, and the jobs they held.
     batches: AtomicU64,
     batched_jobs: AtomicU64,
+    /// Where each flush's time goes (see [`Backend::time_flushes`]).
+    flush_time: std::sync::OnceLock<Histogram>,
 }
 
 impl Durability {
@@ -489,6 +492,7 @@ impl SledBackend {
             commits: std::sync::Mutex::new(Vec::new()),
             batches: AtomicU64::new(0),
             batched_jobs: AtomicU64::new(0),
+            flush_time: std::sync::OnceLock::new(),
         });
         let flusher = tokio::spawn(run_flusher(db.clone(), tree.clone(), durability.clone()));
         Ok(SledBackend {
@@ -1468,6 +1472,12 @@ impl Backend for SledBackend {
             )),
         }
     }
+
+    fn time_flushes(&self, into: Histogram) {
+        // Once per process run; a second histogram would be a wiring mistake, and the
+        // first keeps counting.
+        let _ = self.inner.durability.flush_time.set(into);
+    }
 }
 
 /// The most inbox entries kept in memory: past it, a handed event's entry is written with
@@ -1505,7 +1515,12 @@ async fn run_flusher(db: sled::Db, tree: sled::Tree, d: Arc<Durability>) {
                     d2.apply_jobs(&tree2, commits);
                 }
                 let target = d2.written.load(SeqCst);
-                (target, db2.flush())
+                let began = std::time::Instant::now();
+                let flushed = db2.flush();
+                if let Some(h) = d2.flush_time.get() {
+                    h.observe(began.elapsed().as_secs_f64());
+                }
+                (target, flushed)
             })
             .await;
             d.flushes.fetch_add(1, SeqCst);
