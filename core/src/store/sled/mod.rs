@@ -234,6 +234,9 @@ struct Durability {
     batched_jobs: AtomicU64,
     /// Where each flush's time goes (see [`Backend::time_flushes`]).
     flush_time: std::sync::OnceLock<Histogram>,
+    /// The next combined batch is not applied and fails, as if sled had refused it.
+    #[cfg(test)]
+    fail_next_batch: AtomicBool,
 }
 
 impl Durability {
@@ -263,7 +266,13 @@ impl Durability {
                 }
             }
         }
-        let res = self.write(tree, |tree| tree.apply_batch(batch));
+        let res = self.write(tree, |tree| {
+            #[cfg(test)]
+            if self.fail_next_batch.swap(false, SeqCst) {
+                return Err(sled::Error::Unsupported("refused by a test".into()));
+            }
+            tree.apply_batch(batch)
+        });
         self.batches.fetch_add(1, SeqCst);
         self.batched_jobs.fetch_add(jobs.len() as u64, SeqCst);
         if res.is_ok() {
@@ -493,6 +502,8 @@ impl SledBackend {
             batches: AtomicU64::new(0),
             batched_jobs: AtomicU64::new(0),
             flush_time: std::sync::OnceLock::new(),
+            #[cfg(test)]
+            fail_next_batch: AtomicBool::new(false),
         });
         let flusher = tokio::spawn(run_flusher(db.clone(), tree.clone(), durability.clone()));
         Ok(SledBackend {

@@ -915,3 +915,37 @@ async fn past_the_most_entries_kept_in_memory_a_handed_event_is_listed_on_disk()
     assert!(!on_disk(&backend, within.id));
     assert!(backend.inner.is_unlisted(within.id));
 }
+
+/// A commit whose batch sled refuses leaves nothing behind: the request gets an error
+/// (the provider retries), the event is neither stored nor in the inbox (not even the
+/// entry kept in memory for the route workers), and the key is free again, so the retry
+/// is stored, once, and routed.
+#[tokio::test]
+async fn a_refused_commit_leaves_no_event_no_inbox_entry_and_frees_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, backend) = open(dir.path());
+    store.set_handoff(Some(process_door(&backend)));
+
+    let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
+        panic!("k is taken")
+    };
+    let refused = event(c.event_id(), EventStatus::Received);
+    backend.inner.durability.fail_next_batch.store(true, SeqCst);
+    let err = store
+        .commit(c, &refused, &StoredResponse::empty(204), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert!(!backend.inner.is_unlisted(refused.id));
+    assert!(store.take_inbox(None, 10).await.unwrap().is_empty());
+    assert_eq!(store.event(refused.id).await.unwrap(), None);
+
+    // The retry: the key is free, and this time the batch goes through.
+    let stored = put(&store, "k", EventStatus::Received).await;
+    assert_eq!(store.event_count().await.unwrap(), 1);
+    assert_eq!(store.take_inbox(None, 10).await.unwrap(), [stored.id]);
+    assert!(matches!(
+        store.claim(&req("k", "f")).await.unwrap(),
+        Claim::Done { event_id: Some(id), .. } if id == stored.id
+    ));
+}
