@@ -161,8 +161,11 @@ drain() {
   done
 }
 
+# CPU ticks (1/100 s) of process PID and of the children it has reaped.
+ticks_of() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
+
 # CPU ticks of adnanh/webhook and of its children it has reaped.
-hook_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$hook_pid/stat"; }
+hook_ticks() { ticks_of "$hook_pid"; }
 
 # CPU ticks (1/100 s) spent so far on KIND's side: switchboard's server, the route workers
 # it has reaped and the ones still running; adnanh/webhook and the commands it has reaped.
@@ -171,7 +174,7 @@ side_ticks() {
     hook) hook_ticks ;;
     *)
       local t p
-      t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$server_pid/stat")
+      t=$(ticks_of "$server_pid")
       for p in $(pgrep -P "$server_pid"); do
         t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
       done
