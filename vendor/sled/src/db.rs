@@ -237,6 +237,22 @@ impl Db {
         self.context.was_recovered()
     }
 
+    /// switchboard's patch (see `PATCHED.md`): writes a snapshot of the log made stable so
+    /// far. A start reads the newest snapshot, then replays the log written after it;
+    /// sled 0.34 writes one only when it starts, so without this a start replays
+    /// everything written since the previous start. Safe to call while the database is
+    /// in use; costs a read of the log written since the last snapshot. Returns whether
+    /// a snapshot was written.
+    pub fn checkpoint(&self) -> Result<bool> {
+        self.context.pagecache.checkpoint()
+    }
+
+    /// switchboard's patch: the log sequence number up to which the log is stable (it
+    /// grows by each byte written to the log).
+    pub fn stable_lsn(&self) -> i64 {
+        self.context.pagecache.log.stable_offset()
+    }
+
     /// Generate a monotonic ID. Not guaranteed to be
     /// contiguous. Written to disk every `idgen_persist_interval`
     /// operations, followed by a blocking flush. During recovery, we

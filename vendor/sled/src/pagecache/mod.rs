@@ -576,6 +576,14 @@ impl Drop for PageCache {
 }
 
 impl PageCache {
+    /// switchboard's patch (see PATCHED.md): writes a snapshot of the log made stable so
+    /// far, so that the next start replays only what is written after it. Returns whether
+    /// a snapshot was written (not when nothing was made stable since the last one, or
+    /// another checkpoint is under way).
+    pub(crate) fn checkpoint(&self) -> Result<bool> {
+        snapshot::checkpoint(&self.log, &self.config)
+    }
+
     /// Instantiate a new `PageCache`.
     pub(crate) fn start(config: RunningConfig) -> Result<Self> {
         trace!("starting pagecache");

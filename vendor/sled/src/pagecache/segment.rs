@@ -96,6 +96,10 @@ pub(crate) struct SegmentAccountant {
     segment_cleaner: SegmentCleaner,
     ordering: BTreeMap<Lsn, LogOffset>,
     async_truncations: BTreeMap<LogOffset, OneShot<Result<()>>>,
+    // switchboard's patch (see PATCHED.md): the segments a checkpoint is reading. Freed
+    // meanwhile, one of them is neither reused nor truncated away, so it holds what it
+    // held when the checkpoint began. `None`: no checkpoint is reading.
+    reading: Option<BTreeSet<LogOffset>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -485,6 +489,7 @@ impl SegmentAccountant {
             segment_cleaner,
             ordering: BTreeMap::default(),
             async_truncations: BTreeMap::default(),
+            reading: None,
         };
 
         ret.initialize_from_snapshot(snapshot)?;
@@ -709,7 +714,9 @@ impl SegmentAccountant {
         // truncate if possible
         while self.tip != 0 && self.free.len() > laziness_factor {
             let last_segment = self.tip - self.config.segment_size as LogOffset;
-            if self.free.contains(&last_segment) {
+            if self.free.contains(&last_segment)
+                && !self.is_being_read(last_segment)
+            {
                 self.free.remove(&last_segment);
                 self.truncate(last_segment)?;
             } else {
@@ -1012,8 +1019,12 @@ impl SegmentAccountant {
 
         trace!("evaluating free list {:?} in SA::next", &self.free);
 
-        // pop free or add to end
-        let safe = self.free.iter().next().copied();
+        // pop free (but not one a checkpoint reads) or add to end
+        let safe = self
+            .free
+            .iter()
+            .copied()
+            .find(|lid| !self.is_being_read(*lid));
 
         let lid = if let Some(next) = safe {
             self.free.remove(&next);
@@ -1043,6 +1054,31 @@ impl SegmentAccountant {
         );
 
         Ok(lid)
+    }
+
+    /// switchboard's patch: the segments holding the log from `lsn` on (by lsn), which
+    /// are kept as they are (neither reused nor truncated, even once freed) until
+    /// [`SegmentAccountant::end_reading`]. `None` when another checkpoint is reading or no
+    /// segment holds log yet.
+    pub(super) fn begin_reading(
+        &mut self,
+        lsn: Lsn,
+    ) -> Option<BTreeMap<Lsn, LogOffset>> {
+        if self.reading.is_some() || self.ordering.is_empty() {
+            return None;
+        }
+        let segments = self.segment_snapshot_iter_from(lsn);
+        self.reading = Some(segments.values().copied().collect());
+        Some(segments)
+    }
+
+    /// switchboard's patch: the checkpoint is done with the segments it read.
+    pub(super) fn end_reading(&mut self) {
+        self.reading = None;
+    }
+
+    fn is_being_read(&self, lid: LogOffset) -> bool {
+        self.reading.as_ref().map_or(false, |r| r.contains(&lid))
     }
 
     /// Returns an iterator over a snapshot of current segment

@@ -208,10 +208,16 @@ impl Snapshot {
     }
 }
 
+/// `until`: switchboard's patch (see PATCHED.md). `None` at recovery, as sled has it.
+/// `Some(lsn)` for a checkpoint of a running database: only messages that end at or below
+/// `lsn` (the stable lsn when the checkpoint began) are applied, and nothing on disk is
+/// changed but the snapshot file (no segment is zeroed, no blob removed: past `lsn`, the
+/// log is still being written).
 fn advance_snapshot(
     mut iter: LogIter,
     mut snapshot: Snapshot,
     config: &RunningConfig,
+    until: Option<Lsn>,
 ) -> Result<Snapshot> {
     let _measure = Measure::new(&M.advance_snapshot);
 
@@ -237,6 +243,14 @@ fn advance_snapshot(
                 snapshot.stable_lsn
             );
             continue;
+        }
+
+        if let Some(until) = until {
+            if lsn + Lsn::try_from(sz).unwrap() - 1 > until {
+                // not stable yet: the next recovery starts here
+                iter.cur_lsn = Some(lsn);
+                break;
+            }
         }
 
         if lsn >= iter.max_lsn.unwrap() {
@@ -311,7 +325,10 @@ fn advance_snapshot(
             trace!("bumping snapshot.stable_lsn to {}", bumped);
             (bumped, None)
         } else {
-            if let Some(BasedBuf { offset, .. }) = iter.segment_base {
+            if let (None, Some(BasedBuf { offset, .. })) =
+                (until, &iter.segment_base)
+            {
+                let offset = *offset;
                 // either situation 3 or situation 4. we need to zero the
                 // tail of the segment after the recovered tip
                 let shred_len = config.segment_size
@@ -394,7 +411,8 @@ fn advance_snapshot(
         reverse_segments
     };
 
-    for (lsn, to_zero) in &iter.segments {
+    // (a checkpoint zeroes nothing: the segments past it are the live log)
+    for (lsn, to_zero) in iter.segments.iter().filter(|_| until.is_none()) {
         debug!("zeroing torn segment at lsn {} lid {}", lsn, to_zero);
 
         #[cfg(feature = "testing")]
@@ -427,7 +445,7 @@ fn advance_snapshot(
     }
 
     // remove all blob files larger than our stable offset
-    if let Some(stable_lsn) = snapshot.stable_lsn {
+    if let (None, Some(stable_lsn)) = (until, snapshot.stable_lsn) {
         gc_blobs(config, stable_lsn)?;
     }
 
@@ -447,9 +465,49 @@ pub fn read_snapshot_or_default(config: &RunningConfig) -> Result<Snapshot> {
     let log_iter =
         raw_segment_iter_from(last_snap.stable_lsn.unwrap_or(0), config)?;
 
-    let res = advance_snapshot(log_iter, last_snap, config)?;
+    let res = advance_snapshot(log_iter, last_snap, config, None)?;
 
     Ok(res)
+}
+
+/// switchboard's patch (see PATCHED.md): advances the last snapshot written over the log
+/// made stable since, while the database runs, and writes it, so that the next start
+/// replays only the log written after it. The segments it reads are kept from being
+/// reused or truncated meanwhile (`SegmentAccountant::begin_reading`). Returns whether a
+/// snapshot was written.
+pub(crate) fn checkpoint(log: &Log, config: &RunningConfig) -> Result<bool> {
+    let last_snap = read_snapshot(config)?.unwrap_or_else(Snapshot::default);
+    let old_stable_lsn = last_snap.stable_lsn;
+    // Everything up to here is stable, so it is in the segments listed next (or in
+    // segments freed before that, whose content later stable writes replaced).
+    let until = log.stable_offset();
+    if until <= old_stable_lsn.unwrap_or(-1) {
+        return Ok(false);
+    }
+    let segments = match log
+        .iobufs
+        .with_sa(|sa| sa.begin_reading(old_stable_lsn.unwrap_or(0)))
+    {
+        Some(segments) => segments,
+        None => return Ok(false),
+    };
+    struct Reading<'a>(&'a Log);
+    impl Drop for Reading<'_> {
+        fn drop(&mut self) {
+            self.0.iobufs.with_sa(|sa| sa.end_reading());
+        }
+    }
+    let _reading = Reading(log);
+    let log_iter = LogIter {
+        config: config.clone(),
+        max_lsn: Some(until),
+        cur_lsn: None,
+        segment_base: None,
+        segments,
+        last_stage: false,
+    };
+    let snapshot = advance_snapshot(log_iter, last_snap, config, Some(until))?;
+    Ok(snapshot.stable_lsn > old_stable_lsn)
 }
 
 /// Read a `Snapshot` from disk.
