@@ -56,6 +56,11 @@ pub struct StoreConfig {
     pub duplicate_wait: HumanDuration,
     /// Memory the database may use for its page cache (sled).
     pub cache_capacity: ByteSize,
+    /// sled: a start replays the database's log written since its last snapshot. Past
+    /// this much log since the last one, a new snapshot is written in the background, so
+    /// a start (after a stop or a crash) replays at most about this much, whatever the
+    /// size of the store. Smaller: quicker starts, more reading while running.
+    pub checkpoint_after: ByteSize,
     /// `sled`: the embedded database under `path`, one process (the default). `postgres`:
     /// a PostgreSQL database shared by every instance (`url`).
     pub backend: StoreBackend,
@@ -120,6 +125,7 @@ impl Default for StoreConfig {
             sweep_interval: HumanDuration::secs(60),
             duplicate_wait: HumanDuration::secs(5),
             cache_capacity: ByteSize::mib(64),
+            checkpoint_after: ByteSize::mib(128),
             backend: StoreBackend::Sled,
             url: None,
             pool_size: 32,
@@ -148,6 +154,12 @@ impl StoreConfig {
             return Err(crate::Error::config(
                 "store.duplicate_wait",
                 "must be greater than zero",
+            ));
+        }
+        if self.checkpoint_after.0 < 1024 * 1024 {
+            return Err(crate::Error::config(
+                "store.checkpoint_after",
+                "must be at least 1MiB",
             ));
         }
         if self.backend == StoreBackend::Postgres {

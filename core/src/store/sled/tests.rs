@@ -949,3 +949,136 @@ async fn a_refused_commit_leaves_no_event_no_inbox_entry_and_frees_its_key() {
         Claim::Done { event_id: Some(id), .. } if id == stored.id
     ));
 }
+
+/// The names of the snapshot files sled keeps in `dir` (`snap.<lsn in hex>`).
+fn snapshots(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("snap.") && !n.ends_with(".generating"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The snapshots our sled patch writes while the database runs (`Db::checkpoint`) are
+/// right: taken over and over while keys are written, overwritten and removed (so that
+/// sled frees segments and reuses them), the database reopens, from the newest snapshot
+/// and the log after it, to exactly what was written last.
+#[test]
+fn snapshots_taken_while_the_log_is_written_reopen_to_the_last_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        sled::Config::new()
+            .path(dir.path())
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .unwrap()
+    };
+    let db = open();
+    let at_open = snapshots(dir.path());
+    let stop = Arc::new(AtomicBool::new(false));
+    let taker = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut written = 0;
+            while !stop.load(SeqCst) {
+                written += usize::from(db.checkpoint().unwrap());
+                // Room for sled to reuse the segments freed meanwhile.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            written
+        })
+    };
+    let mut expected = BTreeMap::new();
+    let mut bytes = 0;
+    for round in 0..30u32 {
+        for k in 0..1000u32 {
+            if (k + round) % 7 == 0 {
+                db.remove(k.to_be_bytes()).unwrap();
+                expected.remove(&k);
+            } else {
+                let v = vec![(round % 251) as u8; 1000 + (k as usize % 50)];
+                bytes += v.len();
+                db.insert(k.to_be_bytes(), v.clone()).unwrap();
+                expected.insert(k, v);
+            }
+        }
+        db.flush().unwrap();
+    }
+    stop.store(true, SeqCst);
+    let written = taker.join().unwrap();
+    assert!(written >= 3, "only {written} snapshots were written");
+    // Segments were freed and reused meanwhile (none is while a snapshot reads it: with
+    // every freed segment kept while one ran, and no pause between them, the file grew
+    // to twice the bytes written).
+    let file = std::fs::metadata(dir.path().join("db")).unwrap().len() as usize;
+    assert!(file < bytes, "{file} bytes of file for {bytes} written");
+    // Written after the last snapshot: the start replays it.
+    db.insert(b"tail", b"t".to_vec()).unwrap();
+    db.flush().unwrap();
+    let before_reopen = snapshots(dir.path());
+    assert_eq!(before_reopen.len(), 1, "{before_reopen:?}");
+    assert!(before_reopen > at_open, "{at_open:?} → {before_reopen:?}");
+    drop(db);
+
+    let db = open();
+    for (k, v) in &expected {
+        assert_eq!(
+            db.get(k.to_be_bytes()).unwrap().as_deref(),
+            Some(&v[..]),
+            "key {k}"
+        );
+    }
+    assert_eq!(db.get(b"tail").unwrap().as_deref(), Some(&b"t"[..]));
+    assert_eq!(db.len(), expected.len() + 1);
+}
+
+/// The store writes sled's snapshot in the background once `store.checkpoint_after` of log
+/// was written since the last one, and reopens to every event it had.
+#[tokio::test]
+async fn the_store_writes_a_snapshot_once_enough_log_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        checkpoint_after: crate::units::ByteSize::mib(1),
+        ..cfg(dir.path())
+    };
+    let db_dir = dir.path().join("db");
+    let (store, backend) = open_with(&cfg);
+    let at_open = snapshots(&db_dir);
+    let mut ids = Vec::new();
+    let mut body = event(EventId::new(), EventStatus::Received);
+    body.body = vec![b'x'; 4096];
+    for n in 0..400 {
+        let Claim::Owned(c) = store.claim(&req(&format!("k{n}"), "f")).await.unwrap() else {
+            panic!("k{n} is taken")
+        };
+        let e = Event {
+            id: c.event_id(),
+            idempotency_key: format!("k{n}"),
+            ..body.clone()
+        };
+        store
+            .commit(c, &e, &StoredResponse::empty(204), None)
+            .await
+            .unwrap();
+        ids.push(e.id);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while snapshots(&db_dir) == at_open {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot after 10 s: {at_open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(store);
+    drop(backend);
+    // The flusher lets go of the database once the runtime has dropped the task.
+    tokio::task::yield_now().await;
+
+    let (store, _backend) = open_with(&cfg);
+    for id in ids {
+        assert!(store.event(id).await.unwrap().is_some(), "{id} is gone");
+    }
+}
