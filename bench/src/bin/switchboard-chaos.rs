@@ -7,8 +7,12 @@
 //! ```sh
 //! cargo build --release
 //! cargo run --release -p switchboard-bench --bin switchboard-chaos -- \
-//!     --kills 100 --terms 50 [--binary target/release/switchboard] [--senders 32]
+//!     --kills 100 --terms 50 [--binary target/release/switchboard] [--senders 32] \
+//!     [--checkpoint-after 1MiB]
 //! ```
+//!
+//! `--checkpoint-after` sets `store.checkpoint_after` (default: the server's), so that the
+//! kills also land while the store writes its snapshots.
 //!
 //! Exits non-zero when an acknowledged notification is not routed, an event is `failed`,
 //! one is still waiting, or an OTP's email never arrived.
@@ -40,6 +44,7 @@ struct Args {
     kills: usize,
     terms: usize,
     senders: usize,
+    checkpoint_after: Option<String>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -48,6 +53,7 @@ fn args() -> anyhow::Result<Args> {
         kills: 100,
         terms: 50,
         senders: 32,
+        checkpoint_after: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -60,6 +66,7 @@ fn args() -> anyhow::Result<Args> {
             "--kills" => a.kills = v()?.parse()?,
             "--terms" => a.terms = v()?.parse()?,
             "--senders" => a.senders = v()?.parse()?,
+            "--checkpoint-after" => a.checkpoint_after = Some(v()?),
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
@@ -318,6 +325,7 @@ listen = "127.0.0.1:0"
 shutdown_grace = "10s"
 [store]
 path = "{data}"
+{checkpoint}
 [dev]
 secrets = false
 [admin]
@@ -340,6 +348,11 @@ from = "Bank <otp@bank.example>"
 schedule = ["1s", "2s", "5s", "10s", "30s"]
 "#,
             data = tmp.path().join("data").display(),
+            checkpoint = a
+                .checkpoint_after
+                .as_ref()
+                .map(|c| format!("checkpoint_after = \"{c}\""))
+                .unwrap_or_default(),
             secret = STANDARD.encode(SECRET),
         ),
     )?;
