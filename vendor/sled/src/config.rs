@@ -834,8 +834,12 @@ impl RunningConfig {
                 let path_buf = de.path();
                 let path = path_buf.as_path();
                 let path_str = &*path.to_string_lossy();
+                // switchboard's patch (see PATCHED.md): nor a snapshot still being
+                // written (`write_snapshot` names it `.generating` until it is whole;
+                // one left by a crash would otherwise be read as the newest).
                 if path_str.starts_with(&*absolute_path.to_string_lossy())
                     && !path_str.ends_with(".in___motion")
+                    && !path_str.ends_with(".generating")
                 {
                     Some(path.to_path_buf())
                 } else {

@@ -621,6 +621,18 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
 
     trace!("renamed snapshot to {}", path_2.to_string_lossy());
 
+    // switchboard's patch (see PATCHED.md): a snapshot a crash left half written
+    // (`.generating`, never renamed) goes too.
+    for entry in std::fs::read_dir(parent)?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                warn!("failed to remove a half-written snapshot file: {}", e);
+            }
+        }
+    }
+
     // clean up any old snapshots
     let candidates = config.get_snapshot_files()?;
     for path in candidates {
