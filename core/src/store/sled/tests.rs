@@ -950,6 +950,26 @@ async fn a_refused_commit_leaves_no_event_no_inbox_entry_and_frees_its_key() {
     ));
 }
 
+/// Opens a sled database in `dir` as the store does. A database just dropped may still be
+/// locked for a moment (sled's background threads let go of it after the drop), so a
+/// reopen waits for the lock, up to 10 s.
+fn open_sled(dir: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+        {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 /// The names of the snapshot files sled keeps in `dir` (`snap.<lsn in hex>`).
 fn snapshots(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -968,13 +988,7 @@ fn snapshots(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn snapshots_taken_while_the_log_is_written_reopen_to_the_last_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        sled::Config::new()
-            .path(dir.path())
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .unwrap()
-    };
+    let open = || open_sled(dir.path());
     let db = open();
     let at_open = snapshots(dir.path());
     let stop = Arc::new(AtomicBool::new(false));
@@ -1074,10 +1088,19 @@ async fn the_store_writes_a_snapshot_once_enough_log_was_written() {
     }
     drop(store);
     drop(backend);
-    // The flusher lets go of the database once the runtime has dropped the task.
-    tokio::task::yield_now().await;
 
-    let (store, _backend) = open_with(&cfg);
+    // The flusher lets go of the database once its last flush is done.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let backend = loop {
+        match SledBackend::open(&cfg) {
+            Ok(b) => break Arc::new(b),
+            Err(Error::Config { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let store = Store::new(backend, Arc::default());
     for id in ids {
         assert!(store.event(id).await.unwrap().is_some(), "{id} is gone");
     }
@@ -1091,13 +1114,7 @@ async fn the_store_writes_a_snapshot_once_enough_log_was_written() {
 #[test]
 fn a_half_written_snapshot_left_by_a_crash_is_ignored_then_removed() {
     let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        sled::Config::new()
-            .path(dir.path())
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .unwrap()
-    };
+    let open = || open_sled(dir.path());
     let db = open();
     for k in 0..100u32 {
         db.insert(k.to_be_bytes(), vec![7u8; 500]).unwrap();
@@ -1122,4 +1139,20 @@ fn a_half_written_snapshot_left_by_a_crash_is_ignored_then_removed() {
     assert!(db.checkpoint().unwrap());
     assert!(!half.exists(), "the half-written snapshot is still there");
     assert_eq!(snapshots(dir.path()).len(), 1);
+}
+
+/// A second process on the same store is refused with a clear answer (sled locks the
+/// directory), not a bare "store failed".
+#[tokio::test]
+async fn a_store_in_use_is_refused_with_a_clear_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, _backend) = open(dir.path());
+    let Err(e) = SledBackend::open(&cfg(dir.path())) else {
+        panic!("the store opened twice")
+    };
+    assert!(matches!(e, Error::Config { .. }), "{e:?}");
+    assert!(
+        format!("{e:?}").contains("is in use by another running switchboard"),
+        "{e:?}"
+    );
 }

@@ -484,6 +484,13 @@ pub(crate) fn checkpoint(log: &Log, config: &RunningConfig) -> Result<bool> {
     if until <= old_stable_lsn.unwrap_or(-1) {
         return Ok(false);
     }
+    // sled's stable lsn is reached with `sync_file_range`, which leaves the drive's cache
+    // and the file's size unsynced: a power cut could lose log below `until`, and a start
+    // then refuses a snapshot that claims more than the log holds. So the log is synced
+    // before a snapshot claims it.
+    if !config.temporary {
+        config.file.sync_all()?;
+    }
     let segments = match log
         .iobufs
         .with_sa(|sa| sa.begin_reading(old_stable_lsn.unwrap_or(0)))
