@@ -181,8 +181,9 @@ impl Inner {
                 .await;
             match claim {
                 Ok(Claim::Owned(claim)) => {
-                    let receipt = self.store_new(&sub, &key, &fp, claim, conflict_of).await?;
-                    self.metrics.ingest_took(&sub.provider, started.elapsed());
+                    let (receipt, provider) =
+                        self.store_new(sub, key, fp, claim, conflict_of).await?;
+                    self.metrics.ingest_took(&provider, started.elapsed());
                     return Ok(receipt);
                 }
                 Ok(Claim::Done {
@@ -223,27 +224,21 @@ impl Inner {
         }
     }
 
+    /// Stores `sub` as a new event under `claim`; returns the receipt and the provider's
+    /// name. The submission's parts move into the event (no copy of the body or data).
     async fn store_new(
         &self,
-        sub: &Submission,
-        key: &str,
-        fp: &str,
+        sub: Submission,
+        key: String,
+        fp: String,
         claim: OwnedClaim,
         conflict_of: Option<EventId>,
-    ) -> Result<Receipt> {
-        let (status, data, mut flags, quarantine_reason) = match &sub.content {
-            Content::Parsed { data, flags } => (
-                EventStatus::Received,
-                Some(data.clone()),
-                flags.clone(),
-                None,
-            ),
-            Content::Quarantined { reason } => (
-                EventStatus::Quarantined,
-                None,
-                Vec::new(),
-                Some(reason.clone()),
-            ),
+    ) -> Result<(Receipt, String)> {
+        let (status, data, mut flags, quarantine_reason) = match sub.content {
+            Content::Parsed { data, flags } => (EventStatus::Received, Some(data), flags, None),
+            Content::Quarantined { reason } => {
+                (EventStatus::Quarantined, None, Vec::new(), Some(reason))
+            }
         };
         if conflict_of.is_some() {
             flags.push(
@@ -252,20 +247,20 @@ impl Inner {
         }
         let event = Event {
             id: claim.event_id(),
-            provider: sub.provider.clone(),
-            endpoint: sub.endpoint.clone(),
-            event_type: sub.event_type.clone(),
+            provider: sub.provider,
+            endpoint: sub.endpoint,
+            event_type: sub.event_type,
             received_at: chrono::Utc::now(),
             status,
-            idempotency_key: key.to_owned(),
-            fingerprint: fp.to_owned(),
-            body: sub.body.clone(),
+            idempotency_key: key,
+            fingerprint: fp,
+            body: sub.body,
             data,
-            meta: sub.meta.clone(),
+            meta: sub.meta,
             flags,
             conflict_of,
             quarantine_reason,
-            secret_paths: sub.secret_paths.clone(),
+            secret_paths: sub.secret_paths,
             route: None,
         };
         self.store
@@ -287,13 +282,16 @@ impl Inner {
         } else {
             tracing::info!(provider = %event.provider, event_type = %event.event_type, event_id = %event.id, "event stored");
         }
-        Ok(Receipt {
-            response: sub.response.clone(),
-            outcome: Outcome::Stored {
-                id: event.id,
-                conflict_of,
+        Ok((
+            Receipt {
+                response: sub.response,
+                outcome: Outcome::Stored {
+                    id: event.id,
+                    conflict_of,
+                },
             },
-        })
+            event.provider,
+        ))
     }
 }
 
