@@ -247,6 +247,16 @@ impl Db {
         self.context.pagecache.checkpoint()
     }
 
+    /// switchboard's patch (see `PATCHED.md`): `fdatasync`s the log file. `flush` makes the
+    /// log stable with `sync_file_range`, which writes the data out but does not flush
+    /// the drive's cache, nor the file's size when the log grew: what it wrote can still
+    /// be lost to a power cut or a kernel crash. Called after `flush`, this makes it
+    /// durable.
+    pub fn sync_data(&self) -> Result<()> {
+        self.context.pagecache.config.file.sync_data()?;
+        Ok(())
+    }
+
     /// switchboard's patch: the log sequence number up to which the log is stable (it
     /// grows by each byte written to the log).
     pub fn stable_lsn(&self) -> i64 {

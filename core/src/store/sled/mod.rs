@@ -50,9 +50,11 @@
 //! is kept while such a record names its key (see [`SledBackend::inbox_remove`]).
 //!
 //! **Group commit.** A write is durable only once `durable` has returned for its sequence
-//! number: one flusher task runs `sled::Db::flush` for all writers that arrived while the
-//! previous flush ran, so durability costs one fsync per batch of requests, not per
-//! request.
+//! number: one flusher task runs `sled::Db::flush` and then `fdatasync`
+//! (`sled::Db::sync_data`, a patch of ours: sled's flush ends with `sync_file_range`,
+//! which leaves the drive's cache and a grown file's size unsynced) for all writers that
+//! arrived while the previous flush ran, so durability costs one sync per batch of
+//! requests, not per request.
 //!
 //! **Expiry from the ids.** Event ids are time-ordered, so the events themselves are the
 //! expiry index: the sweep looks at the events received before `now - store.retention`,
@@ -567,6 +569,7 @@ impl SledBackend {
         let was_clean = tree.remove(CLEAN)?.is_some();
         if was_clean {
             db.flush()?;
+            db.sync_data()?;
         }
         let durability = Arc::new(Durability {
             written: AtomicU64::new(0),
@@ -1605,7 +1608,9 @@ async fn run_flusher(db: sled::Db, tree: sled::Tree, d: Arc<Durability>) {
                 }
                 let target = d2.written.load(SeqCst);
                 let began = std::time::Instant::now();
-                let flushed = db2.flush();
+                // sled's flush ends with `sync_file_range`, which leaves the drive's
+                // cache and a grown file's size unsynced; `fdatasync` makes it durable.
+                let flushed = db2.flush().and_then(|n| db2.sync_data().map(|()| n));
                 if let Some(h) = d2.flush_time.get() {
                     h.observe(began.elapsed().as_secs_f64());
                 }
