@@ -332,7 +332,14 @@ impl Checkpoints {
                         continue;
                     }
                     let began = std::time::Instant::now();
-                    match db.checkpoint() {
+                    // A panic in sled's code must not end the snapshots for good.
+                    let taken =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.checkpoint()));
+                    match taken.unwrap_or_else(|_| {
+                        Err(sled::Error::ReportableBug(
+                            "a store snapshot panicked".into(),
+                        ))
+                    }) {
                         Ok(_) => tracing::debug!(
                             log_read = stable - last,
                             ms = began.elapsed().as_millis() as u64,

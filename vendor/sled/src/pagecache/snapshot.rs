@@ -316,10 +316,18 @@ fn advance_snapshot(
             return Err(Error::corruption(None));
         }
 
-        let (stable_lsn, active_segment) = if segment_progress
-            + MAX_MSG_HEADER_LEN as Lsn
-            >= config.segment_size as Lsn
-        {
+        // switchboard's patch: recovery moves to the next segment when at most
+        // MAX_MSG_HEADER_LEN bytes are left, since writing restarts there; a running log
+        // can still put a message in exactly MAX_MSG_HEADER_LEN bytes, so a checkpoint
+        // moves on only when the iterator left the segment (fewer bytes, or a cap).
+        let segment_done = match until {
+            None => {
+                segment_progress + MAX_MSG_HEADER_LEN as Lsn
+                    >= config.segment_size as Lsn
+            }
+            Some(_) => iter.segment_base.is_none(),
+        };
+        let (stable_lsn, active_segment) = if segment_done {
             let bumped =
                 config.normalize(iterated_lsn) + config.segment_size as Lsn;
             trace!("bumping snapshot.stable_lsn to {}", bumped);
@@ -378,7 +386,16 @@ fn advance_snapshot(
         return Err(Error::corruption(None));
     }
 
-    if snapshot.stable_lsn > old_stable_lsn {
+    // switchboard's patch: a checkpoint can meet a blob removed while it read (its page
+    // was replaced after `until`): the iterator skips it, and a page first written there
+    // stays uninitialized, which `write_snapshot` cannot serialise. Such a snapshot is
+    // not written; the next checkpoint, past the replacement, is whole.
+    let whole = until.is_none()
+        || !snapshot.pt.iter().any(|p| *p == PageState::Uninitialized);
+    if !whole {
+        debug!("checkpoint skipped: a page is uninitialized");
+    }
+    if whole && snapshot.stable_lsn > old_stable_lsn {
         write_snapshot(config, &snapshot)?;
     }
 
@@ -478,24 +495,18 @@ pub fn read_snapshot_or_default(config: &RunningConfig) -> Result<Snapshot> {
 pub(crate) fn checkpoint(log: &Log, config: &RunningConfig) -> Result<bool> {
     let last_snap = read_snapshot(config)?.unwrap_or_else(Snapshot::default);
     let old_stable_lsn = last_snap.stable_lsn;
-    // Everything up to here is stable, so it is in the segments listed next (or in
-    // segments freed before that, whose content later stable writes replaced).
-    let until = log.stable_offset();
-    if until <= old_stable_lsn.unwrap_or(-1) {
-        return Ok(false);
-    }
-    // sled's stable lsn is reached with `sync_file_range`, which leaves the drive's cache
-    // and the file's size unsynced: a power cut could lose log below `until`, and a start
-    // then refuses a snapshot that claims more than the log holds. So the log is synced
-    // before a snapshot claims it.
-    if !config.temporary {
-        config.file.sync_all()?;
-    }
-    let segments = match log
-        .iobufs
-        .with_sa(|sa| sa.begin_reading(old_stable_lsn.unwrap_or(0)))
-    {
-        Some(segments) => segments,
+    // The stable lsn is taken under the accountant's lock, with the segments listed:
+    // a segment freed before then had its content replaced by writes that were stable
+    // then, so at or below `until`; one freed later is in the list, and kept.
+    let (until, segments) = match log.iobufs.with_sa(|sa| {
+        let until = log.stable_offset();
+        if until <= old_stable_lsn.unwrap_or(-1) {
+            return None;
+        }
+        sa.begin_reading(old_stable_lsn.unwrap_or(0))
+            .map(|segments| (until, segments))
+    }) {
+        Some(read) => read,
         None => return Ok(false),
     };
     struct Reading<'a>(&'a Log);
@@ -505,6 +516,13 @@ pub(crate) fn checkpoint(log: &Log, config: &RunningConfig) -> Result<bool> {
         }
     }
     let _reading = Reading(log);
+    // sled's stable lsn is reached with `sync_file_range`, which leaves the drive's cache
+    // and the file's size unsynced: a power cut could lose log below `until`, and a start
+    // then refuses a snapshot that claims more than the log holds. So the log is synced
+    // before a snapshot claims it.
+    if !config.temporary {
+        config.file.sync_all()?;
+    }
     let log_iter = LogIter {
         config: config.clone(),
         max_lsn: Some(until),
@@ -514,7 +532,8 @@ pub(crate) fn checkpoint(log: &Log, config: &RunningConfig) -> Result<bool> {
         last_stage: false,
     };
     let snapshot = advance_snapshot(log_iter, last_snap, config, Some(until))?;
-    Ok(snapshot.stable_lsn > old_stable_lsn)
+    Ok(snapshot.stable_lsn > old_stable_lsn
+        && !snapshot.pt.iter().any(|p| *p == PageState::Uninitialized))
 }
 
 /// Read a `Snapshot` from disk.
