@@ -596,8 +596,10 @@ impl Config {
             };
 
             if let Err(e) = try_lock {
+                // switchboard's patch (see PATCHED.md): the lock's own kind
+                // (`WouldBlock` when another process holds it), not `Other`.
                 return Err(Error::Io(io::Error::new(
-                    ErrorKind::Other,
+                    e.kind(),
                     format!(
                         "could not acquire lock on {:?}: {:?}",
                         self.db_path().to_string_lossy(),

@@ -340,10 +340,11 @@ impl Checkpoints {
                             "a store snapshot panicked".into(),
                         ))
                     }) {
-                        Ok(_) => tracing::debug!(
+                        Ok(written) => tracing::debug!(
+                            written,
                             log_read = stable - last,
                             ms = began.elapsed().as_millis() as u64,
-                            "store snapshot written"
+                            "store snapshot"
                         ),
                         Err(e) => tracing::warn!(
                             error = %e,
@@ -554,11 +555,7 @@ impl SledBackend {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| match e {
-                // sled wraps the lock's `WouldBlock` in an error of kind `Other`.
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().starts_with("could not acquire lock") =>
-                {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
                     Error::config(
                         "store.path",
                         format!(

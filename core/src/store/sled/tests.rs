@@ -962,7 +962,10 @@ fn open_sled(dir: &std::path::Path) -> sled::Db {
             .open()
         {
             Ok(db) => return db,
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+            Err(sled::Error::Io(e))
+                if std::time::Instant::now() < deadline
+                    && e.kind() == std::io::ErrorKind::WouldBlock =>
+            {
                 std::thread::sleep(Duration::from_millis(20))
             }
             Err(e) => panic!("{e}"),
