@@ -13,21 +13,37 @@ fn cfg(dir: &std::path::Path) -> StoreConfig {
     }
 }
 
-fn open_with(cfg: &StoreConfig) -> (Store, Arc<SledBackend>) {
-    let backend = Arc::new(SledBackend::open(cfg).unwrap());
+/// Opens the store in `cfg.path`. A store just dropped may still be locked for a moment:
+/// its aborted flusher task lets go of the database when the runtime next drops it, and
+/// sled's own I/O threads after their last write. So a reopen waits for the lock, up to
+/// 10 s, yielding to the runtime meanwhile. (A process that exits releases it at once.)
+async fn open_with(cfg: &StoreConfig) -> (Store, Arc<SledBackend>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let backend = loop {
+        match SledBackend::open(cfg) {
+            Ok(b) => break Arc::new(b),
+            Err(Error::Config { ref message, .. })
+                if std::time::Instant::now() < deadline && message.contains("is in use") =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
     (Store::new(backend.clone(), Arc::default()), backend)
 }
 
-fn open(dir: &std::path::Path) -> (Store, Arc<SledBackend>) {
-    open_with(&cfg(dir))
+async fn open(dir: &std::path::Path) -> (Store, Arc<SledBackend>) {
+    open_with(&cfg(dir)).await
 }
 
 /// [`open`] with a retention of one second, for the sweep.
-fn open_retaining_1s(dir: &std::path::Path) -> (Store, Arc<SledBackend>) {
+async fn open_retaining_1s(dir: &std::path::Path) -> (Store, Arc<SledBackend>) {
     open_with(&StoreConfig {
         retention: crate::units::HumanDuration::secs(1),
         ..cfg(dir)
     })
+    .await
 }
 
 fn event(id: EventId, status: EventStatus) -> Event {
@@ -101,7 +117,7 @@ async fn put_body(store: &Store, key: &str, fp: &str, status: EventStatus) -> Ev
 #[tokio::test]
 async fn claim_is_exclusive_and_done_replays() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = open(dir.path());
+    let (store, _) = open(dir.path()).await;
     let Claim::Owned(c) = store.claim(&req("k", "f1")).await.unwrap() else {
         panic!()
     };
@@ -130,7 +146,7 @@ async fn claim_is_exclusive_and_done_replays() {
 #[tokio::test]
 async fn a_dropped_claim_frees_its_key() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = open(dir.path());
+    let (store, _) = open(dir.path()).await;
     let c = store.claim(&req("k", "f")).await.unwrap();
     drop(c);
     assert!(matches!(
@@ -143,15 +159,14 @@ async fn a_dropped_claim_frees_its_key() {
 async fn pending_claims_of_an_earlier_run_are_taken_over() {
     let dir = tempfile::tempdir().unwrap();
     let reserved = {
-        let (store, backend) = open(dir.path());
+        let (store, backend) = open(dir.path()).await;
         let id = old_pending(&backend, "k", "f");
         store.flush().await.unwrap();
         drop(store);
         drop(backend);
         id
     };
-    tokio::task::yield_now().await;
-    let (store, _) = open(dir.path());
+    let (store, _) = open(dir.path()).await;
     let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
         panic!("a stale claim is taken over")
     };
@@ -165,7 +180,7 @@ async fn pending_claims_of_an_earlier_run_are_taken_over() {
 async fn a_taken_over_claim_puts_its_waiting_event_in_the_inbox() {
     let dir = tempfile::tempdir().unwrap();
     let id = {
-        let (store, backend) = open(dir.path());
+        let (store, backend) = open(dir.path()).await;
         let id = old_pending(&backend, "k", "f");
         let mut e = event(id, EventStatus::Received);
         e.idempotency_key = "k".into();
@@ -177,8 +192,7 @@ async fn a_taken_over_claim_puts_its_waiting_event_in_the_inbox() {
         store.flush().await.unwrap();
         id
     };
-    tokio::task::yield_now().await;
-    let (store, _) = open(dir.path());
+    let (store, _) = open(dir.path()).await;
     assert!(store.take_inbox(None, 10).await.unwrap().is_empty());
     put(&store, "k", EventStatus::Received).await;
     assert_eq!(store.take_inbox(None, 10).await.unwrap(), vec![id]);
@@ -188,7 +202,7 @@ async fn a_taken_over_claim_puts_its_waiting_event_in_the_inbox() {
 async fn the_start_up_check_mends_the_inbox_after_a_crash_only() {
     let dir = tempfile::tempdir().unwrap();
     let (waiting, routed) = {
-        let (store, backend) = open(dir.path());
+        let (store, backend) = open(dir.path()).await;
         let waiting = put(&store, "a", EventStatus::Received).await;
         let routed = put(&store, "b", EventStatus::Received).await;
         store.route_done(&routed, None, vec![]).await.unwrap();
@@ -201,8 +215,7 @@ async fn the_start_up_check_mends_the_inbox_after_a_crash_only() {
         backend.inner.db.flush().unwrap();
         (waiting, routed)
     };
-    tokio::task::yield_now().await;
-    let (store, _) = open(dir.path());
+    let (store, _) = open(dir.path()).await;
     let repaired = store.consistency_check().await.unwrap();
     assert_eq!(
         repaired,
@@ -216,8 +229,7 @@ async fn the_start_up_check_mends_the_inbox_after_a_crash_only() {
     // After a graceful stop there is nothing to look for.
     store.flush().await.unwrap();
     drop(store);
-    tokio::task::yield_now().await;
-    let (store, _) = open(dir.path());
+    let (store, _) = open(dir.path()).await;
     assert_eq!(
         store.consistency_check().await.unwrap(),
         Repaired::default()
@@ -231,7 +243,7 @@ async fn the_start_up_check_mends_the_inbox_after_a_crash_only() {
 #[tokio::test]
 async fn an_inbox_entry_ahead_of_its_event_is_kept_while_its_claim_is_pending() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, backend) = open(dir.path());
+    let (store, backend) = open(dir.path()).await;
     let id = old_pending(&backend, "k", "f");
     backend
         .inner
@@ -279,7 +291,7 @@ async fn sweep_removes_one_keeps_one(store: &Store, at: u64, gone: EventId, kept
 #[tokio::test]
 async fn sweep_removes_expired_but_keeps_quarantine() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, backend) = open_retaining_1s(dir.path());
+    let (store, backend) = open_retaining_1s(dir.path()).await;
     let ok = put(&store, "a", EventStatus::Received).await;
     store.route_done(&ok, None, vec![]).await.unwrap();
     let bad = put(&store, "b", EventStatus::Quarantined).await;
@@ -322,7 +334,7 @@ async fn sweep_removes_expired_but_keeps_quarantine() {
 #[tokio::test]
 async fn pages_are_newest_first_and_filtered() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = open(dir.path());
+    let (store, _) = open(dir.path()).await;
     let mut ids = vec![];
     for i in 0..5 {
         let status = if i % 2 == 0 {
@@ -375,7 +387,7 @@ async fn pages_are_newest_first_and_filtered() {
 async fn schedule_entries_of_the_old_format_move_to_their_channel() {
     use super::outbox::due_key;
     let dir = tempfile::tempdir().unwrap();
-    let (store, backend) = open(dir.path());
+    let (store, backend) = open(dir.path()).await;
     let e = put(&store, "k", EventStatus::Received).await;
     let spec = ActionSpec {
         channel: "email".into(),
@@ -413,7 +425,7 @@ async fn schedule_entries_of_the_old_format_move_to_their_channel() {
 async fn a_schedule_entry_with_no_action_behind_it_is_dropped() {
     use super::outbox::due_key;
     let dir = tempfile::tempdir().unwrap();
-    let (store, backend) = open(dir.path());
+    let (store, backend) = open(dir.path()).await;
     let orphan = ActionId(uuid::Uuid::now_v7());
     backend
         .inner
@@ -446,7 +458,7 @@ async fn a_schedule_entry_with_no_action_behind_it_is_dropped() {
 #[tokio::test]
 async fn the_inbox_is_read_in_pages() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, backend) = open(dir.path());
+    let (store, backend) = open(dir.path()).await;
     let ids: Vec<EventId> = (0..5).map(|_| EventId::new()).collect();
     for id in &ids {
         backend
@@ -469,7 +481,7 @@ async fn the_inbox_is_read_in_pages() {
 #[tokio::test]
 async fn concurrent_writers_share_flushes() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = open(dir.path());
+    let (store, _) = open(dir.path()).await;
     let mut tasks = vec![];
     for i in 0..200 {
         let store = store.clone();
@@ -490,7 +502,7 @@ async fn concurrent_writers_share_flushes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_batches_are_combined_and_claims_held_until_applied() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = open(dir.path());
+    let (store, _) = open(dir.path()).await;
     let mut tasks = vec![];
     for i in 0..400 {
         let store = store.clone();
@@ -546,7 +558,7 @@ async fn concurrent_batches_are_combined_and_claims_held_until_applied() {
 async fn a_store_of_the_earlier_format_opens_and_works() {
     let dir = tempfile::tempdir().unwrap();
     let (done, stale) = {
-        let (_store, backend) = open(dir.path());
+        let (_store, backend) = open(dir.path()).await;
         let tree = &backend.inner.tree;
         // A finished key, written as the ordered sequence did.
         let done = event(EventId::new(), EventStatus::Received);
@@ -578,8 +590,7 @@ async fn a_store_of_the_earlier_format_opens_and_works() {
         backend.inner.db.flush().unwrap();
         (done, stale)
     };
-    tokio::task::yield_now().await;
-    let (store, _) = open(dir.path());
+    let (store, _) = open(dir.path()).await;
     assert_eq!(
         store.consistency_check().await.unwrap(),
         Repaired::default()
@@ -614,7 +625,7 @@ fn the_status_is_read_without_decoding_the_event() {
 #[tokio::test]
 async fn the_run_count_rides_on_the_inbox_entry() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = open(dir.path());
+    let (store, _) = open(dir.path()).await;
     let e = put(&store, "k", EventStatus::Received).await;
     assert_eq!(store.route_starts(e.id).await.unwrap(), 0);
     store.set_route_starts(e.id, 1).await.unwrap();
@@ -711,7 +722,7 @@ fn on_disk(backend: &SledBackend, id: EventId) -> bool {
 async fn a_handed_event_is_in_the_inbox_in_memory_until_it_is_routed() {
     let dir = tempfile::tempdir().unwrap();
     let (waiting, listed, stopped) = {
-        let (store, backend) = open(dir.path());
+        let (store, backend) = open(dir.path()).await;
         store.set_handoff(Some(process_door(&backend)));
         let routed = put(&store, "a", EventStatus::Received).await;
         let waiting = put(&store, "b", EventStatus::Received).await;
@@ -742,9 +753,8 @@ async fn a_handed_event_is_in_the_inbox_in_memory_until_it_is_routed() {
         // No graceful stop: the process "crashes" with `waiting` in memory only.
         backend.inner.db.flush().unwrap();
         drop((store, backend));
-        tokio::task::yield_now().await;
 
-        let (store, backend) = open(dir.path());
+        let (store, backend) = open(dir.path()).await;
         let repaired = store.consistency_check().await.unwrap();
         assert_eq!(
             repaired,
@@ -768,8 +778,7 @@ async fn a_handed_event_is_in_the_inbox_in_memory_until_it_is_routed() {
         assert!(!on_disk(&backend, failed.id));
         (waiting, listed, stopped)
     };
-    tokio::task::yield_now().await;
-    let (store, _) = open(dir.path());
+    let (store, _) = open(dir.path()).await;
     assert_eq!(
         store.consistency_check().await.unwrap(),
         Repaired::default()
@@ -787,23 +796,21 @@ async fn a_handed_event_is_in_the_inbox_in_memory_until_it_is_routed() {
 async fn a_stop_before_the_start_up_check_has_finished_is_not_clean() {
     let dir = tempfile::tempdir().unwrap();
     let waiting = {
-        let (store, backend) = open(dir.path());
+        let (store, backend) = open(dir.path()).await;
         store.set_handoff(Some(process_door(&backend)));
         let waiting = put(&store, "a", EventStatus::Received).await;
         // A crash, with the entry in memory only.
         backend.inner.db.flush().unwrap();
         waiting
     };
-    tokio::task::yield_now().await;
     {
         // Stopped gracefully before the check ran.
-        let (store, backend) = open(dir.path());
+        let (store, backend) = open(dir.path()).await;
         assert!(store.take_inbox(None, 10).await.unwrap().is_empty());
         store.flush().await.unwrap();
         assert!(backend.inner.tree.get(CLEAN).unwrap().is_none());
     }
-    tokio::task::yield_now().await;
-    let (store, _) = open(dir.path());
+    let (store, _) = open(dir.path()).await;
     assert_eq!(store.consistency_check().await.unwrap().inbox_added, 1);
     assert_eq!(store.take_inbox(None, 10).await.unwrap(), [waiting.id]);
 }
@@ -813,7 +820,7 @@ async fn a_stop_before_the_start_up_check_has_finished_is_not_clean() {
 #[tokio::test]
 async fn a_stop_lists_a_handed_commit_still_under_way() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, backend) = open(dir.path());
+    let (store, backend) = open(dir.path()).await;
     let id = EventId::new();
     backend.inner.unlisted().insert(id, b"pomelo:k".to_vec());
     store.consistency_check().await.unwrap();
@@ -828,7 +835,7 @@ async fn a_stop_lists_a_handed_commit_still_under_way() {
 #[tokio::test]
 async fn commits_hand_their_event_to_the_route_workers() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, backend) = open(dir.path());
+    let (store, backend) = open(dir.path()).await;
 
     let taken = door(&backend, true);
     store.set_handoff(Some(taken.clone()));
@@ -867,7 +874,7 @@ async fn commits_hand_their_event_to_the_route_workers() {
 #[tokio::test]
 async fn an_earlier_versions_expiry_entry_is_looked_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, backend) = open_retaining_1s(dir.path());
+    let (store, backend) = open_retaining_1s(dir.path()).await;
     let gone = put(&store, "gone", EventStatus::Received).await;
     store.route_done(&gone, None, vec![]).await.unwrap();
     let waiting = put(&store, "waiting", EventStatus::Received).await;
@@ -898,7 +905,7 @@ async fn an_earlier_versions_expiry_entry_is_looked_at_once() {
 #[tokio::test]
 async fn past_the_most_entries_kept_in_memory_a_handed_event_is_listed_on_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, backend) = open(dir.path());
+    let (store, backend) = open(dir.path()).await;
     store.set_handoff(Some(process_door(&backend)));
     // A routing backlog as long as the cap, in memory.
     let backlog: Vec<EventId> = (0..MOST_UNLISTED).map(|_| EventId::new()).collect();
@@ -923,7 +930,7 @@ async fn past_the_most_entries_kept_in_memory_a_handed_event_is_listed_on_disk()
 #[tokio::test]
 async fn a_refused_commit_leaves_no_event_no_inbox_entry_and_frees_its_key() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, backend) = open(dir.path());
+    let (store, backend) = open(dir.path()).await;
     store.set_handoff(Some(process_door(&backend)));
 
     let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
@@ -1061,7 +1068,7 @@ async fn the_store_writes_a_snapshot_once_enough_log_was_written() {
         ..cfg(dir.path())
     };
     let db_dir = dir.path().join("db");
-    let (store, backend) = open_with(&cfg);
+    let (store, backend) = open_with(&cfg).await;
     let at_open = snapshots(&db_dir);
     let mut ids = Vec::new();
     let mut body = event(EventId::new(), EventStatus::Received);
@@ -1092,18 +1099,7 @@ async fn the_store_writes_a_snapshot_once_enough_log_was_written() {
     drop(store);
     drop(backend);
 
-    // The flusher lets go of the database once its last flush is done.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let backend = loop {
-        match SledBackend::open(&cfg) {
-            Ok(b) => break Arc::new(b),
-            Err(Error::Config { .. }) if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
-    let store = Store::new(backend, Arc::default());
+    let (store, _) = open_with(&cfg).await;
     for id in ids {
         assert!(store.event(id).await.unwrap().is_some(), "{id} is gone");
     }
@@ -1149,7 +1145,7 @@ fn a_half_written_snapshot_left_by_a_crash_is_ignored_then_removed() {
 #[tokio::test]
 async fn a_store_in_use_is_refused_with_a_clear_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let (_store, _backend) = open(dir.path());
+    let (_store, _backend) = open(dir.path()).await;
     let Err(e) = SledBackend::open(&cfg(dir.path())) else {
         panic!("the store opened twice")
     };
