@@ -1063,30 +1063,67 @@ fn snapshots_taken_while_the_log_is_written_reopen_to_the_last_writes() {
 #[tokio::test]
 async fn the_store_writes_a_snapshot_once_enough_log_was_written() {
     let dir = tempfile::tempdir().unwrap();
+    write_until_a_snapshot_then_reopen(dir.path(), 400, |_| 4096).await;
+}
+
+/// A page too large for a log message (sled's limit is a quarter of a 512 KiB segment) is
+/// written as a file of its own, a blob, which sled (patched: see `vendor/sled/PATCHED.md`)
+/// syncs before the log points at it. Events of 200 KB (the body limit is 1 MiB) go that
+/// way; they survive snapshots written meanwhile and a reopen, byte for byte. (A blob puts
+/// only a pointer in the log, so the small events between them are what fill the log up
+/// to a snapshot.)
+#[tokio::test]
+async fn events_too_large_for_the_log_survive_snapshots_and_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    write_until_a_snapshot_then_reopen(
+        dir.path(),
+        400,
+        |n| {
+            if n % 10 == 0 { 200_000 } else { 4096 }
+        },
+    )
+    .await;
+    let blobs = std::fs::read_dir(dir.path().join("db").join("blobs"))
+        .unwrap()
+        .count();
+    assert!(blobs > 0, "no blob was written");
+}
+
+/// Commits `count` events, the `n`th with a body of `len(n)` bytes, to a store that writes
+/// a snapshot after each MiB of log, waits for a snapshot, then reopens the store and
+/// reads every event back whole.
+async fn write_until_a_snapshot_then_reopen(
+    dir: &std::path::Path,
+    count: usize,
+    len: impl Fn(usize) -> usize,
+) {
     let cfg = StoreConfig {
         checkpoint_after: crate::units::ByteSize::mib(1),
-        ..cfg(dir.path())
+        ..cfg(dir)
     };
-    let db_dir = dir.path().join("db");
+    let db_dir = dir.join("db");
     let (store, backend) = open_with(&cfg).await;
     let at_open = snapshots(&db_dir);
-    let mut ids = Vec::new();
-    let mut body = event(EventId::new(), EventStatus::Received);
-    body.body = vec![b'x'; 4096];
-    for n in 0..400 {
+    let mut written = Vec::new();
+    let template = event(EventId::new(), EventStatus::Received);
+    for n in 0..count {
         let Claim::Owned(c) = store.claim(&req(&format!("k{n}"), "f")).await.unwrap() else {
             panic!("k{n} is taken")
         };
+        // Every body differs, so a page read from the wrong place shows.
+        let mut body = vec![b'a' + (n % 26) as u8; len(n)];
+        body[..8].copy_from_slice(&(n as u64).to_be_bytes());
         let e = Event {
             id: c.event_id(),
             idempotency_key: format!("k{n}"),
-            ..body.clone()
+            body,
+            ..template.clone()
         };
         store
             .commit(c, &e, &StoredResponse::empty(204), None)
             .await
             .unwrap();
-        ids.push(e.id);
+        written.push(e);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while snapshots(&db_dir) == at_open {
@@ -1100,8 +1137,13 @@ async fn the_store_writes_a_snapshot_once_enough_log_was_written() {
     drop(backend);
 
     let (store, _) = open_with(&cfg).await;
-    for id in ids {
-        assert!(store.event(id).await.unwrap().is_some(), "{id} is gone");
+    for e in written {
+        let read = store.event(e.id).await.unwrap();
+        assert!(
+            read.as_ref() == Some(&e),
+            "{} differs after the reopen",
+            e.id
+        );
     }
 }
 

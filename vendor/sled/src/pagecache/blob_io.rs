@@ -90,12 +90,28 @@ pub(crate) fn write_blob<T: Serialize>(
     io_fail!(config, "write_blob write kind_byte");
     f.write_all(kind_buf)?;
     io_fail!(config, "write_blob write buf");
-    f.write_all(&data)
-        .map(|r| {
-            trace!("successfully wrote blob at {:?}", path);
-            r
-        })
-        .map_err(|e| e.into())
+    f.write_all(&data)?;
+    // switchboard's patch (see PATCHED.md): a blob is on the drive, and so is its name,
+    // before the log message pointing at it can be. The log is synced at each flush; a
+    // blob was never synced at all, so a power cut could leave the log pointing at a
+    // missing or torn blob (a page, and every key on it, lost).
+    io_fail!(config, "write_blob sync");
+    f.sync_all()?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    trace!("successfully wrote blob at {:?}", path);
+    Ok(())
+}
+
+/// `fsync` of a directory, so that the names created or renamed in it survive a power
+/// cut (switchboard's patch, see PATCHED.md).
+pub(crate) fn sync_dir(dir: &std::path::Path) -> Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 pub(crate) fn gc_blobs(config: &Config, stable_lsn: Lsn) -> Result<()> {

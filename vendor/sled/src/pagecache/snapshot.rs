@@ -644,6 +644,9 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
     io_fail!(config, "snap write mv");
     std::fs::rename(&path_1, &path_2)?;
     io_fail!(config, "snap write mv post");
+    // switchboard's patch (see PATCHED.md): the new name is on the drive before the older
+    // snapshot is removed, and before the log it covers can be reused.
+    super::blob_io::sync_dir(parent)?;
 
     trace!("renamed snapshot to {}", path_2.to_string_lossy());
 
