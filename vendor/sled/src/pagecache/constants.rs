@@ -24,6 +24,8 @@ pub(crate) const META_PID: PageId = 0;
 pub(crate) const COUNTER_PID: PageId = 1;
 pub(crate) const BATCH_MANIFEST_PID: PageId = PageId::max_value() - 666;
 
+// switchboard's patch (see PATCHED.md, change 8): 32, not 10. A page in memory is
+// always the whole node; the chain only costs where a page is read back from disk.
 pub(crate) const PAGE_CONSOLIDATION_THRESHOLD: usize = 32;
 pub(crate) const SEGMENT_CLEANUP_THRESHOLD: usize = 50;
 
