@@ -16,14 +16,20 @@ use crate::{
 #[cfg(any(test, feature = "lock_free_delays"))]
 const MAX_QUEUE_ITEMS: usize = 4;
 
+// switchboard's patch (PATCHED.md, change 9): 8, not 64. A shard counts its accesses,
+// and evicts, only once a block of them is full, so up to N_SHARDS * MAX_QUEUE_ITEMS
+// pages could be read into memory without the capacity ever being checked.
 #[cfg(not(any(test, feature = "lock_free_delays")))]
-const MAX_QUEUE_ITEMS: usize = 64;
+const MAX_QUEUE_ITEMS: usize = 8;
 
 #[cfg(any(test, feature = "lock_free_delays"))]
 const N_SHARDS: usize = 2;
 
+// switchboard's patch (PATCHED.md, change 9): 16, not 256. With 256 shards of 64
+// accesses, 16,384 pages (about 200 MB of 16-event leaves) stayed in memory whatever the
+// configured capacity; 16 of 8 leave at most 128 pages unaccounted.
 #[cfg(not(any(test, feature = "lock_free_delays")))]
-const N_SHARDS: usize = 256;
+const N_SHARDS: usize = 16;
 
 struct AccessBlock {
     len: AtomicUsize,
