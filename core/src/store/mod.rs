@@ -220,6 +220,13 @@ pub fn first_id_at(ms: u64) -> uuid::Uuid {
     uuid::Uuid::from_bytes(b)
 }
 
+/// When (ms since the epoch) a time-ordered id was made: the inverse of [`first_id_at`].
+pub fn id_ms(id: &uuid::Uuid) -> u64 {
+    let mut b = [0u8; 8];
+    b[2..].copy_from_slice(&id.as_bytes()[..6]);
+    u64::from_be_bytes(b)
+}
+
 /// How many records fell in each window: `counts[i]` for `windows[i]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {

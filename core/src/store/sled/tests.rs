@@ -789,6 +789,109 @@ async fn a_handed_event_is_in_the_inbox_in_memory_until_it_is_routed() {
     );
 }
 
+/// After a crash the start-up check reads only the events received since the settled
+/// time, which the store brings forward while it runs: an event before it is routed or
+/// has its entry on disk. An entry on disk before it is still looked at.
+#[tokio::test]
+async fn the_start_up_check_reads_only_the_events_since_the_settled_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (waiting, stale) = {
+        let (store, backend) = open(dir.path()).await;
+        // A new store has nothing to look for; the settled time waits for the check.
+        store.consistency_check().await.unwrap();
+        store.set_handoff(Some(process_door(&backend)));
+        let routed = put(&store, "a", EventStatus::Received).await;
+        store.route_done(&routed, None, vec![]).await.unwrap();
+        let waiting = put(&store, "b", EventStatus::Received).await;
+        assert!(!on_disk(&backend, waiting.id));
+        // The settler runs once a second; the entry in memory holds it back.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let settled = loop {
+            if let Some(t) = backend.inner.settled().unwrap() {
+                break t;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no settled time written"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            settled <= id_ms(&waiting.id.0),
+            "{settled} is past {}",
+            waiting.id
+        );
+        let tree = &backend.inner.tree;
+        // An event from before the settled time that waits with no entry: a state the
+        // store never leaves, put here to show the check does not read that far back.
+        let old = EventId(first_id_at(settled - 60_000));
+        tree.insert(
+            key(EVENT, old.as_bytes()),
+            encode(&event(old, EventStatus::Received)),
+        )
+        .unwrap();
+        // An entry on disk, from before the settled time, of an event routed since.
+        let stale = EventId(first_id_at(settled - 30_000));
+        tree.insert(
+            key(EVENT, stale.as_bytes()),
+            encode(&event(stale, EventStatus::Routed)),
+        )
+        .unwrap();
+        tree.insert(key(INBOX, stale.as_bytes()), inbox_value(0, b"k"))
+            .unwrap();
+        // No graceful stop: the process "crashes" with `waiting` in memory only.
+        backend.inner.db.flush().unwrap();
+        drop((store, backend));
+        (waiting, stale)
+    };
+    let (store, backend) = open(dir.path()).await;
+    assert_eq!(
+        store.consistency_check().await.unwrap(),
+        Repaired {
+            inbox_added: 1,
+            inbox_removed: 1
+        }
+    );
+    assert!(on_disk(&backend, waiting.id));
+    assert!(!on_disk(&backend, stale));
+    assert_eq!(store.take_inbox(None, 10).await.unwrap(), [waiting.id]);
+}
+
+/// The settled time stays before every event that may still rely on an entry in memory:
+/// the oldest entry kept in memory, and the id of every claim not yet committed.
+#[tokio::test]
+async fn the_settled_time_stays_before_what_relies_on_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, backend) = open(dir.path()).await;
+    let inner = &backend.inner;
+    let now = now_ms();
+    assert!(inner.settled_before() <= now - SETTLE_MARGIN_MS);
+    let old = EventId(first_id_at(now - 60_000));
+    inner.unlisted().insert(old, b"k".to_vec());
+    assert_eq!(inner.settled_before(), now - 60_000);
+    inner.unlisted().remove(&old);
+    let Claim::Owned(c) = store.claim(&req("k", "f")).await.unwrap() else {
+        panic!("k is taken")
+    };
+    let id = c.event_id();
+    assert_eq!(inner.claims.ids().first(), Some(&id));
+    store
+        .commit(
+            c,
+            &event(id, EventStatus::Received),
+            &StoredResponse::empty(204),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(inner.claims.ids().is_empty(), "let go at the commit");
+    let Claim::Owned(c) = store.claim(&req("l", "f")).await.unwrap() else {
+        panic!("l is taken")
+    };
+    drop(c);
+    assert!(inner.claims.ids().is_empty(), "let go when released");
+}
+
 /// A stop after a crash, before the start-up check has finished, is not marked clean: the
 /// check is what finds the events whose inbox entries were in memory, so the next start
 /// runs it again.
