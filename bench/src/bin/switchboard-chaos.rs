@@ -8,11 +8,12 @@
 //! cargo build --release
 //! cargo run --release -p switchboard-bench --bin switchboard-chaos -- \
 //!     --kills 100 --terms 50 [--binary target/release/switchboard] [--senders 32] \
-//!     [--checkpoint-after 1MiB]
+//!     [--checkpoint-after 1MiB] [--cache-capacity 1MiB]
 //! ```
 //!
 //! `--checkpoint-after` sets `store.checkpoint_after` (default: the server's), so that the
-//! kills also land while the store writes its snapshots.
+//! kills also land while the store writes its snapshots; `--cache-capacity` sets
+//! `store.cache_capacity`, so that they land while pages are evicted and read back.
 //!
 //! Exits non-zero when an acknowledged notification is not routed, an event is `failed`,
 //! one is still waiting, or an OTP's email never arrived.
@@ -45,6 +46,7 @@ struct Args {
     terms: usize,
     senders: usize,
     checkpoint_after: Option<String>,
+    cache_capacity: Option<String>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -54,6 +56,7 @@ fn args() -> anyhow::Result<Args> {
         terms: 50,
         senders: 32,
         checkpoint_after: None,
+        cache_capacity: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -67,6 +70,7 @@ fn args() -> anyhow::Result<Args> {
             "--terms" => a.terms = v()?.parse()?,
             "--senders" => a.senders = v()?.parse()?,
             "--checkpoint-after" => a.checkpoint_after = Some(v()?),
+            "--cache-capacity" => a.cache_capacity = Some(v()?),
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
@@ -326,6 +330,7 @@ shutdown_grace = "10s"
 [store]
 path = "{data}"
 {checkpoint}
+{cache}
 [dev]
 secrets = false
 [admin]
@@ -352,6 +357,11 @@ schedule = ["1s", "2s", "5s", "10s", "30s"]
                 .checkpoint_after
                 .as_ref()
                 .map(|c| format!("checkpoint_after = \"{c}\""))
+                .unwrap_or_default(),
+            cache = a
+                .cache_capacity
+                .as_ref()
+                .map(|c| format!("cache_capacity = \"{c}\""))
                 .unwrap_or_default(),
             secret = STANDARD.encode(SECRET),
         ),
