@@ -47,7 +47,11 @@
 //! route recorded before that time is on disk), then writes that time. Every event before
 //! it is routed or has its entry on disk, so after a crash the check reads the last
 //! seconds of events, not the whole store (before, it read every event, and sled kept what
-//! it read: 150-190 MB after a crash on a store of 100-200k events). A routed
+//! it read: 150-190 MB after a crash on a store of 100-200k events). Three details keep
+//! that true: a graceful stop takes its entries out of memory only once they are written
+//! (it may be killed before it ends); the oldest claim and entry are read under one lock
+//! (a commit moves an id from one to the other); and a start lowers a settled time ahead
+//! of the clock. A routed
 //! status that was not flushed before a crash leaves the event waiting, so it is routed
 //! again, as when the entry's removal was lost.
 //!
@@ -609,7 +613,14 @@ impl SledBackend {
         let tree = db.open_tree("switchboard")?;
         // A crash from here on must not pass for a graceful stop.
         let was_clean = tree.remove(CLEAN)?.is_some();
-        if was_clean {
+        // A settled time ahead of the clock (it stepped back while the process was down)
+        // would let the check after a crash skip the events of this run: brought back.
+        let floor = now_ms().saturating_sub(SETTLE_MARGIN_MS);
+        let ahead = settled_in(&tree)?.is_some_and(|t| t > floor);
+        if ahead {
+            tree.insert(SETTLED, &floor.to_be_bytes())?;
+        }
+        if was_clean || ahead {
             db.flush()?;
             db.sync_data()?;
         }
@@ -921,11 +932,15 @@ impl Inner {
     /// oldest entry in memory or claim not yet committed (whose commit may keep its entry
     /// in memory), or [`SETTLE_MARGIN_MS`] before now when there is none. The clock is read
     /// under the claims' lock, so an id made after it is read is not older than it.
+    ///
+    /// The claims' lock is held while the entries in memory are read: a commit puts its
+    /// id in memory before its claim lets go of it (which takes that lock), so no id
+    /// moves from one to the other unseen between the two reads.
     fn settled_before(&self) -> u64 {
-        let in_memory = self.unlisted().keys().next().map(|id| id_ms(&id.0));
         let ids = self.claims.ids();
         let claimed = ids.first().map(|id| id_ms(&id.0));
         let floor = now_ms().saturating_sub(SETTLE_MARGIN_MS);
+        let in_memory = self.unlisted().keys().next().map(|id| id_ms(&id.0));
         drop(ids);
         [in_memory, claimed]
             .into_iter()
@@ -935,11 +950,7 @@ impl Inner {
 
     /// Where the start-up check after a crash starts to read events (see [`SETTLED`]).
     fn settled(&self) -> Result<Option<u64>> {
-        Ok(self
-            .tree
-            .get(SETTLED)?
-            .and_then(|v| v.as_ref().try_into().ok())
-            .map(u64::from_be_bytes))
+        settled_in(&self.tree)
     }
 
     /// Whether `id`'s inbox entry is kept in memory (see [`Inner::unlisted`]).
@@ -949,18 +960,27 @@ impl Inner {
 
     /// Writes the inbox entries kept in memory whose events still wait, or whose commit is
     /// still under way (a graceful stop: the next start does not look for them).
+    ///
+    /// The entries leave memory only once their batch is applied: until then they hold
+    /// the settled time back, so it cannot pass them before they are on disk (the stop
+    /// may be killed before it ends).
     fn list_unlisted(&self) -> Result<()> {
-        let ids = std::mem::take(&mut *self.unlisted());
+        let ids = self.unlisted().clone();
         let mut batch = sled::Batch::default();
-        for (id, idem_key) in ids {
-            match self.event(id) {
+        for (id, idem_key) in &ids {
+            match self.event(*id) {
                 Ok(Some(e)) if e.status != EventStatus::Received => {}
-                Ok(_) => batch.insert(key(INBOX, id.as_bytes()), inbox_value(0, &idem_key)),
+                Ok(_) => batch.insert(key(INBOX, id.as_bytes()), inbox_value(0, idem_key)),
                 Err(Error::Corrupt { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        self.batch(batch).map(|_| ())
+        self.batch(batch)?;
+        let mut unlisted = self.unlisted();
+        for id in ids.keys() {
+            unlisted.remove(id);
+        }
+        Ok(())
     }
 
     fn export(&self) -> Result<Export> {
@@ -1225,10 +1245,15 @@ impl Inner {
                         continue;
                     }
                 };
-                self.tree.insert(
-                    key(INBOX, id.as_bytes()),
-                    inbox_value(0, e.idempotency_key.as_bytes()),
-                )?;
+                // Numbered, so that the first settled time written after the check waits
+                // for a flush of the entries it put back.
+                self.write(|tree| {
+                    tree.insert(
+                        key(INBOX, id.as_bytes()),
+                        inbox_value(0, e.idempotency_key.as_bytes()),
+                    )
+                    .map(|_| ())
+                })?;
                 tracing::debug!(event_id = %id, provider = %e.provider, "an event waiting for its route was missing from the inbox; put back");
                 repaired.inbox_added += 1;
             }
@@ -1669,6 +1694,14 @@ fn lock_unlisted(
 /// `run_flusher`). Measured with `switchboard-bench`: 0 → 18k, 8 → 22k durable
 /// events/s; beyond 16 the delay starts to cost more than the batching saves.
 const FLUSH_YIELDS: u32 = 8;
+
+/// The settled time ([`SETTLED`]) written in `tree`, if any.
+fn settled_in(tree: &sled::Tree) -> Result<Option<u64>> {
+    Ok(tree
+        .get(SETTLED)?
+        .and_then(|v| v.as_ref().try_into().ok())
+        .map(u64::from_be_bytes))
+}
 
 /// Brings the settled time ([`SETTLED`]) forward about once a second while events come,
 /// once the start-up check has nothing left to look for. Each new time is written only

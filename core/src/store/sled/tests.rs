@@ -892,6 +892,26 @@ async fn the_settled_time_stays_before_what_relies_on_memory() {
     assert!(inner.claims.ids().is_empty(), "let go when released");
 }
 
+/// A settled time ahead of the clock (the clock stepped back while the process was down)
+/// is brought back at the start, before any event of the run is stored.
+#[tokio::test]
+async fn a_settled_time_ahead_of_the_clock_is_brought_back_at_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_, backend) = open(dir.path()).await;
+        let ahead = now_ms() + 3_600_000;
+        backend
+            .inner
+            .tree
+            .insert(SETTLED, &ahead.to_be_bytes())
+            .unwrap();
+        backend.inner.db.flush().unwrap();
+    }
+    let (_, backend) = open(dir.path()).await;
+    let settled = backend.inner.settled().unwrap().unwrap();
+    assert!(settled <= now_ms() - SETTLE_MARGIN_MS, "{settled}");
+}
+
 /// A stop after a crash, before the start-up check has finished, is not marked clean: the
 /// check is what finds the events whose inbox entries were in memory, so the next start
 /// runs it again.
