@@ -1270,7 +1270,7 @@ impl Inner {
             events_read = read,
             from_ms = settled,
             ms = began.elapsed().as_millis() as u64,
-            "the start-up check after a crash has finished"
+            "the start-up check of the store has finished (the last stop was not graceful, or the store is new)"
         );
         self.checked.store(true, SeqCst);
         Ok(repaired)
