@@ -37,8 +37,8 @@
 //! removal. At most [`MOST_UNLISTED`] entries are kept so (a routing backlog beyond that
 //! is written as before). What covers a restart instead: a graceful stop writes the
 //! entries still in memory (those of commits still under way too) before it marks the
-//! stop clean, and after a crash the start-up check, which reads every event anyway, puts
-//! back an entry for each event that still waits. A stop is marked clean only once that
+//! stop clean, and after a crash the start-up check puts back an entry for each event
+//! that still waits. A stop is marked clean only once that
 //! check has finished, so a stop soon after a crash leaves it to the next start. The check
 //! reads only the events received since `msettled`: about once a second, while events
 //! come, a task takes the time of the oldest event that may still rely on an entry in
@@ -1198,8 +1198,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Checks the inbox against the events (see [`Backend::consistency_check`]). Reads
-    /// only each event's status, not the whole record.
+    /// Checks the inbox against the events received since the settled time (see
+    /// [`Backend::consistency_check`] and [`SETTLED`]). Reads only each event's status, not
+    /// the whole record.
     fn consistency_check(&self) -> Result<Repaired> {
         let mut repaired = Repaired::default();
         // Every event before the settled time is routed or has its entry on disk: only
