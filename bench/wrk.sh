@@ -9,7 +9,9 @@
 #
 # Per round, one after the other: GET /healthz; signed Pomelo notifications, each body
 # unique (pre-signed by bench/wrk/sign_pomelo.py, loaded by wrk's Lua `init`); VerifyVASP
-# callbacks, each unique (a counter in verificationUuid); adnanh/webhook 2.8 with a
+# callbacks, each unique (a counter in verificationUuid); the same with random keys (the
+# UUID's first half random, as real ones are: a counter's keys all land at the end of the
+# store's key space, which flatters it); adnanh/webhook 2.8 with a
 # bearer-header rule and `execute-command: /bin/true`. After each run the script waits
 # until the work behind its answers is done before the next one starts: switchboard routes
 # an event after answering, and adnanh/webhook answers before its command runs and works
@@ -43,7 +45,7 @@ while [ $# -gt 0 ]; do
     --threads) threads="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -283,6 +285,8 @@ for r in $(seq 1 "$rounds"); do
   next_pomelo=$((next_pomelo + last_requests + 2 * connections))
   run "switchboard VerifyVASP, unique" switchboard "$base/verifyvasp/callback" verifyvasp.lua "$token" "$threads" "$next_vasp"
   next_vasp=$((next_vasp + last_requests + 2 * connections))
+  run "switchboard VerifyVASP, random keys" switchboard "$base/verifyvasp/callback" verifyvasp.lua "$token" "$threads" "$next_vasp" random
+  next_vasp=$((next_vasp + last_requests + 2 * connections))
   run "adnanh/webhook, bearer + /bin/true" hook "http://127.0.0.1:$hook_port/hooks/bench" plain.lua POST "Bearer $token" "$vasp_body"
   stored=$(metric_sum switchboard_events_stored_total)
   echo "  events stored so far: $stored"
@@ -314,7 +318,7 @@ echo
 echo "summary (the best of $rounds rounds; each round's figure in brackets)"
 h=${best["switchboard GET /healthz"]}
 w=${best["adnanh/webhook, bearer + /bin/true"]}
-for name in "switchboard Pomelo, signed, unique" "switchboard VerifyVASP, unique"; do
+for name in "switchboard Pomelo, signed, unique" "switchboard VerifyVASP, unique" "switchboard VerifyVASP, random keys"; do
   v=${best[$name]}
   awk -v n="$name" -v v="$v" -v h="$h" -v w="$w" -v all="${all[$name]}" 'BEGIN {
     printf "  %-36s %6d req/s = %3d%% of /healthz (%d), %4.1fx adnanh/webhook (%d)   [%s]\n",
@@ -325,7 +329,7 @@ echo "  /healthz rounds: ${all["switchboard GET /healthz"]}; adnanh/webhook roun
 echo "finished: requests / (run + the time until the work behind the answers was done: every"
 echo "event routed; every command of adnanh/webhook run), the best of $rounds rounds"
 w=${best_done["adnanh/webhook, bearer + /bin/true"]}
-for name in "switchboard Pomelo, signed, unique" "switchboard VerifyVASP, unique"; do
+for name in "switchboard Pomelo, signed, unique" "switchboard VerifyVASP, unique" "switchboard VerifyVASP, random keys"; do
   v=${best_done[$name]}
   awk -v n="$name" -v v="$v" -v w="$w" -v all="${all_done[$name]}" 'BEGIN {
     printf "  %-36s %6d/s finished = %4.1fx adnanh/webhook (%d/s)   [%s]\n", n, v, v / w, w, all
@@ -333,7 +337,7 @@ for name in "switchboard Pomelo, signed, unique" "switchboard VerifyVASP, unique
 done
 echo "  adnanh/webhook rounds, finished: ${all_done["adnanh/webhook, bearer + /bin/true"]}"
 echo "CPU per request, each round (us; a steadier figure than the rates on a shared machine):"
-for name in "switchboard GET /healthz" "switchboard Pomelo, signed, unique" "switchboard VerifyVASP, unique" "adnanh/webhook, bearer + /bin/true"; do
+for name in "switchboard GET /healthz" "switchboard Pomelo, signed, unique" "switchboard VerifyVASP, unique" "switchboard VerifyVASP, random keys" "adnanh/webhook, bearer + /bin/true"; do
   printf "  %-36s %s\n" "$name" "${cpu[$name]}"
 done
 echo "  store: $events events, $bytes bytes ($((bytes / events)) per event; $((disk / events)) allocated on disk); after a restart $bytes_after bytes ($((bytes_after / events)) per event)"
