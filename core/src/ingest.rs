@@ -263,34 +263,39 @@ impl Inner {
             secret_paths: sub.secret_paths,
             route: None,
         };
-        self.store
-            .commit(claim, &event, &sub.response, sub.dedup_window)
-            .await?;
-        self.metrics
-            .events
-            .get_or_create(&EventLabels {
+        // The event moves into the store (and from there to the route workers): what is
+        // counted and logged after the commit is taken first.
+        let (id, labels) = (
+            event.id,
+            EventLabels {
                 provider: event.provider.clone(),
                 event_type: event.event_type.clone(),
-            })
-            .inc();
+            },
+        );
+        let quarantine_reason = event.quarantine_reason.clone();
+        self.store
+            .commit(claim, event, &sub.response, sub.dedup_window)
+            .await?;
+        self.metrics.events.get_or_create(&labels).inc();
+        let EventLabels {
+            provider,
+            event_type,
+        } = labels;
         if status == EventStatus::Quarantined {
             self.metrics
                 .quarantined
-                .get_or_create(&Metrics::provider(&event.provider))
+                .get_or_create(&Metrics::provider(&provider))
                 .inc();
-            tracing::warn!(provider = %event.provider, event_id = %event.id, reason = event.quarantine_reason.as_deref().unwrap_or(""), "body quarantined");
+            tracing::warn!(provider = %provider, event_id = %id, reason = quarantine_reason.as_deref().unwrap_or(""), "body quarantined");
         } else {
-            tracing::info!(provider = %event.provider, event_type = %event.event_type, event_id = %event.id, "event stored");
+            tracing::info!(provider = %provider, event_type = %event_type, event_id = %id, "event stored");
         }
         Ok((
             Receipt {
                 response: sub.response,
-                outcome: Outcome::Stored {
-                    id: event.id,
-                    conflict_of,
-                },
+                outcome: Outcome::Stored { id, conflict_of },
             },
-            event.provider,
+            provider,
         ))
     }
 }
@@ -475,7 +480,7 @@ mod tests {
             route: None,
         };
         let answer = StoredResponse::json(200, &json!({"first": true}));
-        store.commit(first, &e, &answer, None).await.unwrap();
+        store.commit(first, e, &answer, None).await.unwrap();
         let r = waiting.await.unwrap().unwrap();
         assert_eq!(r.response, answer);
         assert_eq!(r.outcome, Outcome::Duplicate(Some(event_id)));

@@ -682,7 +682,7 @@ impl Router {
                 let n = specs.len();
                 // No wait for the flush here: a delivery marks its attempt `sending` and waits
                 // for that later write to be durable before it sends, which covers this one.
-                match self.record(event.clone(), script_name, Ok(specs)).await {
+                match self.record(event, script_name, Ok(specs)).await {
                     Ok(()) => {
                         count("routed");
                         tracing::info!(event_id = %id, provider = %event.provider, event_type = %event.event_type, script = %script_label, actions = n, "event routed");
@@ -812,28 +812,23 @@ impl Router {
     /// it.
     async fn record(
         &self,
-        event: Event,
+        event: &Event,
         script: Option<String>,
         outcome: Result<Vec<ActionSpec>, String>,
     ) -> crate::Result<()> {
         match outcome {
             Ok(specs) => {
-                if self
-                    .store
-                    .route_done(&event, script, specs)
-                    .await?
-                    .is_none()
-                {
+                if self.store.route_done(event, script, specs).await?.is_none() {
                     tracing::warn!(event_id = %event.id, "the event was routed elsewhere meanwhile (its lease ran out); this run's actions are dropped");
                 }
                 Ok(())
             }
-            Err(message) => self.store.route_failed(&event, script, message).await,
+            Err(message) => self.store.route_failed(event, script, message).await,
         }
     }
 
     async fn park(&self, event: &Event, script: Option<String>, message: String) {
-        if let Err(e) = self.record(event.clone(), script, Err(message)).await {
+        if let Err(e) = self.record(event, script, Err(message)).await {
             tracing::error!(event_id = %event.id, error = %e, "cannot record a failed route");
         }
     }

@@ -606,7 +606,7 @@ impl Store {
     pub async fn commit(
         &self,
         claim: OwnedClaim,
-        event: &Event,
+        event: Event,
         response: &StoredResponse,
         dedup_window: Option<Duration>,
     ) -> Result<()> {
@@ -618,10 +618,10 @@ impl Store {
         };
         let handed = reserved.as_ref().is_some_and(Reserved::sees_every_run);
         self.backend
-            .commit(claim, event, response, dedup_window, handed)
+            .commit(claim, &event, response, dedup_window, handed)
             .await?;
         // Not taken: `take` gave the reservation up, and the inbox has the event.
-        if reserved.is_some_and(|r| r.take(event.clone())) {
+        if reserved.is_some_and(|r| r.take(event)) {
             return Ok(());
         }
         if waits {

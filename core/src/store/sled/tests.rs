@@ -108,7 +108,7 @@ async fn put_body(store: &Store, key: &str, fp: &str, status: EventStatus) -> Ev
     let mut e = event(c.event_id(), status);
     e.idempotency_key = key.into();
     store
-        .commit(c, &e, &StoredResponse::empty(204), None)
+        .commit(c, e.clone(), &StoredResponse::empty(204), None)
         .await
         .unwrap();
     e
@@ -127,7 +127,7 @@ async fn claim_is_exclusive_and_done_replays() {
     ));
     let e = event(c.event_id(), EventStatus::Received);
     let resp = StoredResponse::empty(204);
-    store.commit(c, &e, &resp, None).await.unwrap();
+    store.commit(c, e.clone(), &resp, None).await.unwrap();
     match store.claim(&req("k", "f2")).await.unwrap() {
         Claim::Done {
             fingerprint,
@@ -349,7 +349,7 @@ async fn pages_are_newest_first_and_filtered() {
         e.event_type = format!("t{}", i % 2);
         ids.push(e.id);
         store
-            .commit(c, &e, &StoredResponse::empty(204), None)
+            .commit(c, e.clone(), &StoredResponse::empty(204), None)
             .await
             .unwrap();
     }
@@ -521,7 +521,7 @@ async fn concurrent_batches_are_combined_and_claims_held_until_applied() {
                     let mut e = event(c.event_id(), EventStatus::Received);
                     e.idempotency_key = key.clone();
                     store
-                        .commit(c, &e, &StoredResponse::empty(204), None)
+                        .commit(c, e.clone(), &StoredResponse::empty(204), None)
                         .await
                         .unwrap();
                     store.route_done(&e, None, vec![]).await.unwrap();
@@ -878,7 +878,7 @@ async fn the_settled_time_stays_before_what_relies_on_memory() {
     store
         .commit(
             c,
-            &event(id, EventStatus::Received),
+            event(id, EventStatus::Received),
             &StoredResponse::empty(204),
             None,
         )
@@ -986,7 +986,7 @@ async fn commits_hand_their_event_to_the_route_workers() {
     let mut g = event(c.event_id(), EventStatus::Received);
     g.idempotency_key = "c".into();
     let response = StoredResponse::empty(204);
-    let mut commit = Box::pin(store.commit(c, &g, &response, None));
+    let mut commit = Box::pin(store.commit(c, g.clone(), &response, None));
     assert!(futures_util::FutureExt::now_or_never(commit.as_mut()).is_none());
     drop(commit);
     assert_eq!(*abandoned.calls.lock().unwrap(), ["reserve", "cancel"]);
@@ -1062,7 +1062,7 @@ async fn a_refused_commit_leaves_no_event_no_inbox_entry_and_frees_its_key() {
     let refused = event(c.event_id(), EventStatus::Received);
     backend.inner.durability.fail_next_batch.store(true, SeqCst);
     let err = store
-        .commit(c, &refused, &StoredResponse::empty(204), None)
+        .commit(c, refused.clone(), &StoredResponse::empty(204), None)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
@@ -1243,7 +1243,7 @@ async fn write_until_a_snapshot_then_reopen(
             ..template.clone()
         };
         store
-            .commit(c, &e, &StoredResponse::empty(204), None)
+            .commit(c, e.clone(), &StoredResponse::empty(204), None)
             .await
             .unwrap();
         written.push(e);
