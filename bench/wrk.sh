@@ -315,10 +315,12 @@ bytes_after=$(du -sb "$work/data" | cut -f1)
 stop_server
 
 echo
+# The ingest runs, in the order the summaries list them.
+ingest_runs=("switchboard Pomelo, signed, unique" "switchboard VerifyVASP, unique" "switchboard VerifyVASP, random keys")
 echo "summary (the best of $rounds rounds; each round's figure in brackets)"
 h=${best["switchboard GET /healthz"]}
 w=${best["adnanh/webhook, bearer + /bin/true"]}
-for name in "switchboard Pomelo, signed, unique" "switchboard VerifyVASP, unique" "switchboard VerifyVASP, random keys"; do
+for name in "${ingest_runs[@]}"; do
   v=${best[$name]}
   awk -v n="$name" -v v="$v" -v h="$h" -v w="$w" -v all="${all[$name]}" 'BEGIN {
     printf "  %-36s %6d req/s = %3d%% of /healthz (%d), %4.1fx adnanh/webhook (%d)   [%s]\n",
@@ -329,7 +331,7 @@ echo "  /healthz rounds: ${all["switchboard GET /healthz"]}; adnanh/webhook roun
 echo "finished: requests / (run + the time until the work behind the answers was done: every"
 echo "event routed; every command of adnanh/webhook run), the best of $rounds rounds"
 w=${best_done["adnanh/webhook, bearer + /bin/true"]}
-for name in "switchboard Pomelo, signed, unique" "switchboard VerifyVASP, unique" "switchboard VerifyVASP, random keys"; do
+for name in "${ingest_runs[@]}"; do
   v=${best_done[$name]}
   awk -v n="$name" -v v="$v" -v w="$w" -v all="${all_done[$name]}" 'BEGIN {
     printf "  %-36s %6d/s finished = %4.1fx adnanh/webhook (%d/s)   [%s]\n", n, v, v / w, w, all
@@ -337,7 +339,7 @@ for name in "switchboard Pomelo, signed, unique" "switchboard VerifyVASP, unique
 done
 echo "  adnanh/webhook rounds, finished: ${all_done["adnanh/webhook, bearer + /bin/true"]}"
 echo "CPU per request, each round (us; a steadier figure than the rates on a shared machine):"
-for name in "switchboard GET /healthz" "switchboard Pomelo, signed, unique" "switchboard VerifyVASP, unique" "switchboard VerifyVASP, random keys" "adnanh/webhook, bearer + /bin/true"; do
+for name in "switchboard GET /healthz" "${ingest_runs[@]}" "adnanh/webhook, bearer + /bin/true"; do
   printf "  %-36s %s\n" "$name" "${cpu[$name]}"
 done
 echo "  store: $events events, $bytes bytes ($((bytes / events)) per event; $((disk / events)) allocated on disk); after a restart $bytes_after bytes ($((bytes_after / events)) per event)"
