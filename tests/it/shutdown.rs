@@ -169,6 +169,81 @@ async fn kill_9_with_runs_in_flight_leaves_their_events_to_the_next_start() {
     stop(s);
 }
 
+/// More events than the route tasks can hold (their queue of 1,024, and up to 32 each for
+/// the eight tasks of two run slots) arrive while every run waits on a slow lookup: the
+/// ones past that wait in memory for the dispatcher. Each is routed,
+/// by one run (its card is looked up once), and a stop afterwards is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_the_route_queue_is_routed_once_each() {
+    const N: usize = 1_500;
+    let slow = Recorder::start().await;
+    let card = json!({"email": "holder@example.com"});
+    // The first eight lookups take 3 s each (under the 5 s a lookup may take): the two run
+    // slots route four events each in the first 12 s.
+    let mut replies = vec![Reply::json(card.clone()).after(Duration::from_secs(3)); 8];
+    replies.push(Reply::json(card));
+    slow.plan("/cards/", replies);
+    let dir = Dir::new();
+    let tail =
+        card_lookups(&dir, &slow, "30s", "30s").replace("[routes]\n", "[routes]\nworkers = 2\n");
+    let extra = [("tail", tail.as_str())];
+    let c = client();
+    let s = Server::start_in(dir.clone(), &extra);
+    let started = Instant::now();
+    let codes: Vec<String> = (0..N).map(|i| format!("5{i:05}")).collect();
+    for chunk in codes.chunks(50) {
+        futures_util::future::join_all(chunk.iter().map(|code| {
+            let (c, s) = (&c, &s);
+            async move { accepted_pomelo(c, s, &otp(code)).await }
+        }))
+        .await;
+    }
+    assert!(
+        crate::pg::everywhere() || started.elapsed() < Duration::from_secs(12),
+        "the backlog took {:?} to send: the runs were no longer held up",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !events(&c, &s, "provider=pomelo&status=received")
+        .await
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "not routed in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut looked_up: HashMap<String, usize> = HashMap::new();
+    for r in slow.requests() {
+        *looked_up.entry(r.path).or_default() += 1;
+    }
+    assert_eq!(looked_up.len(), N, "every card looked up");
+    assert!(
+        looked_up.values().all(|&n| n == 1),
+        "a card looked up twice: {:?}\n{}",
+        looked_up
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .collect::<Vec<_>>(),
+        s.logs()
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for e in events(&c, &s, "provider=pomelo").await {
+        assert_eq!(e["status"], "routed", "{e}");
+        assert_eq!(e["route"]["runs"], 1, "{e}");
+    }
+    // On PostgreSQL events reach the route tasks through the inbox only (several
+    // instances lease it), so there is no queue to fill.
+    assert!(
+        crate::pg::everywhere()
+            || s.logs()
+                .contains("the event waits in memory for the dispatcher"),
+        "the route tasks' queue never filled"
+    );
+    stop(s);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_emails_in_flight_sends_none_twice() {
     let dir = Dir::new();

@@ -10,8 +10,9 @@
 //! not read back from the inbox and the store. With worker processes (where a run that
 //! ends without an outcome is seen), its inbox entry is kept in memory by the store until
 //! it is routed (see the store's "inbox in memory"); in process, where each run is
-//! counted on disk in the entry, it is written. When the tasks have no room, the commit
-//! wakes the dispatcher, which
+//! counted on disk in the entry, it is written. When the tasks' queue is full, the event's
+//! id waits in memory (in flight) and the dispatcher hands it over, read back, as the
+//! queue drains; past [`MOST_OVERFLOW`] of those, the commit wakes the dispatcher, which
 //! reads the inbox as before. A handed event is in flight from before its commit makes it
 //! visible in the inbox (the dispatcher passes over what is in flight), so the two paths
 //! never run it twice, even when the dispatcher reads the inbox while a commit waits for
@@ -56,16 +57,16 @@
 //! a script failure), for the next start.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
+        atomic::{AtomicU64, Ordering::SeqCst},
     },
     time::Duration,
 };
 
 use rhai::AST;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -84,6 +85,10 @@ use crate::{
 /// Inbox entries read at a time.
 const INBOX_PAGE: usize = 256;
 
+/// Events committed while the route tasks' queue was full that wait in memory for the
+/// dispatcher (their ids): past it, the dispatcher finds them by reading the inbox.
+const MOST_OVERFLOW: usize = 65_536;
+
 /// Routes the events of the inbox.
 pub struct Router {
     store: Store,
@@ -94,9 +99,12 @@ pub struct Router {
     retry_waits: Vec<Duration>,
     metrics: Arc<Metrics>,
     in_flight: Mutex<HashSet<EventId>>,
-    /// The dispatcher passed over an event in flight since the last run ended: the next
-    /// end of a run wakes it to read the inbox again.
-    passed_over: AtomicBool,
+    /// Events committed while the route tasks' queue was full, oldest first: still in
+    /// flight, handed to the tasks by the dispatcher as the queue drains (see
+    /// [`Router::overflow`]).
+    overflow: Mutex<VecDeque<EventId>>,
+    /// Wakes the dispatcher for [`Router::overflow`] without a read of the inbox.
+    overflowed: Notify,
     /// Runs of an event that failed on a transient lookup failure, so far.
     retried: Mutex<HashMap<EventId, usize>>,
     isolation: Isolation,
@@ -231,6 +239,10 @@ impl crate::store::Handoff for Door {
         if self.tx.try_send(Work::Committed(Box::new(event))).is_ok() {
             return true;
         }
+        // The queue is full: its id waits, in flight, for the dispatcher.
+        if self.router.upgrade().is_some_and(|r| r.overflow(id)) {
+            return true;
+        }
         self.cancel(id);
         false
     }
@@ -282,7 +294,8 @@ impl Router {
             retry_waits: cfg.lookup_retries.iter().map(|d| d.get()).collect(),
             metrics,
             in_flight: Mutex::new(HashSet::new()),
-            passed_over: AtomicBool::new(false),
+            overflow: Mutex::new(VecDeque::new()),
+            overflowed: Notify::new(),
             retried: Mutex::new(HashMap::new()),
             isolation: cfg.isolation,
             pool,
@@ -390,50 +403,90 @@ impl Router {
             .unwrap_or(false)
     }
 
+    /// Queues `id`, committed while the route tasks' queue was full, for the dispatcher
+    /// (it stays in flight). `false` when [`MOST_OVERFLOW`] wait already: the inbox has it.
+    fn overflow(&self, id: EventId) -> bool {
+        let Ok(mut o) = self.overflow.lock() else {
+            return false;
+        };
+        if o.len() >= MOST_OVERFLOW {
+            return false;
+        }
+        o.push_back(id);
+        let waiting = o.len();
+        drop(o);
+        tracing::debug!(event_id = %id, waiting, "the route tasks' queue is full: the event waits in memory for the dispatcher");
+        self.overflowed.notify_one();
+        true
+    }
+
     /// Hands inbox events to the workers until `stop`.
     async fn dispatch(&self, tx: &mpsc::Sender<Work>, stop: &CancellationToken) {
-        // The inbox is read a page at a time from a cursor, so that events still in
-        // flight (waiting out a lookup retry, say) never hide the ones behind them; past
-        // the end, the next pass starts from the beginning again.
-        let mut cursor: Option<EventId> = None;
+        let mut read_inbox = true;
+        // The inbox is read at least this often, as a safety net, however busy the
+        // overflow list keeps the dispatcher.
+        let mut next_read = tokio::time::Instant::now();
         while !stop.is_cancelled() {
-            let ids = match self.store.take_inbox(cursor, INBOX_PAGE).await {
-                Ok(ids) => ids,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the inbox");
-                    Vec::new()
-                }
-            };
-            let at_end = ids.len() < INBOX_PAGE;
-            cursor = if at_end { None } else { ids.last().copied() };
-            for id in ids {
-                if !self.take_flight(id) {
-                    self.passed_over.store(true, SeqCst);
-                    continue;
-                }
+            // What commits queued while the tasks' queue was full, in order.
+            while let Some(id) = self.overflow.lock().ok().and_then(|mut o| o.pop_front()) {
                 tokio::select! {
                     sent = tx.send(Work::Inbox(id)) => if sent.is_err() { return },
                     () = stop.cancelled() => return,
                 }
             }
-            if !at_end {
-                continue;
+            if read_inbox || tokio::time::Instant::now() >= next_read {
+                next_read = tokio::time::Instant::now() + Duration::from_secs(1);
+                if !self.read_inbox(tx, stop).await {
+                    return;
+                }
             }
             self.pool.retire_idle(IDLE_WORKER);
-            tokio::select! {
-                () = self.store.inbox_signalled() => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                () = stop.cancelled() => {}
+            read_inbox = tokio::select! {
+                () = self.store.inbox_signalled() => true,
+                () = self.overflowed.notified() => false,
+                () = tokio::time::sleep_until(next_read) => true,
+                () = stop.cancelled() => return,
+            };
+        }
+    }
+
+    /// Reads the whole inbox and hands what is not in flight to the workers. It is read a
+    /// page at a time from a cursor, so that events still in flight (waiting out a lookup
+    /// retry, say) never hide the ones behind them. `false` once the router stops.
+    async fn read_inbox(&self, tx: &mpsc::Sender<Work>, stop: &CancellationToken) -> bool {
+        let mut cursor: Option<EventId> = None;
+        loop {
+            let ids = match self.store.take_inbox(cursor, INBOX_PAGE).await {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the inbox");
+                    return true;
+                }
+            };
+            let at_end = ids.len() < INBOX_PAGE;
+            cursor = ids.last().copied();
+            for id in ids {
+                if !self.take_flight(id) {
+                    continue;
+                }
+                tokio::select! {
+                    sent = tx.send(Work::Inbox(id)) => if sent.is_err() { return false },
+                    () = stop.cancelled() => return false,
+                }
+            }
+            if at_end {
+                return true;
             }
         }
     }
 
     /// Ends an event's time in flight. The dispatcher reads the inbox again if the event
-    /// stays there (`again`: its run is to be tried again) or if it passed over an event in
-    /// flight meanwhile.
+    /// stays there (`again`: its run is to be tried again). An event that stays there for
+    /// a reason no run foresaw (its outcome could not be written) is found by the
+    /// dispatcher's read every second.
     fn release(&self, id: EventId, again: bool) {
         self.land(id);
-        if self.passed_over.swap(false, SeqCst) || again {
+        if again {
             self.store.signal_inbox();
         }
     }

@@ -499,8 +499,10 @@ pub trait Handoff: Send + Sync {
     /// Marks `id` in flight before its commit makes it visible in the inbox, so that the
     /// inbox path never takes it as well. `false`: not taking it (it is in flight already).
     fn reserve(&self, id: EventId) -> bool;
-    /// The committed event, reserved before. `false`: not taken now (no room, stopping);
-    /// its reservation is gone, and it is found in the inbox instead.
+    /// The committed event, reserved before. `true`: this process routes it, from memory
+    /// or, when the route tasks are all busy, by its id once they have room (it stays in
+    /// flight meanwhile). `false`: not taken (stopping, or too many wait already); its
+    /// reservation is gone, and it is found in the inbox instead.
     fn take(&self, event: Event) -> bool;
     /// Gives a reservation up (the commit failed or was abandoned).
     fn cancel(&self, id: EventId);
