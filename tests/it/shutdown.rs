@@ -178,8 +178,9 @@ async fn a_backlog_larger_than_the_route_queue_is_routed_once_each() {
     const N: usize = 1_500;
     let slow = Recorder::start().await;
     let card = json!({"email": "holder@example.com"});
-    // The first eight lookups take 3 s each (under the 5 s a lookup may take): the two run
-    // slots route four events each in the first 12 s.
+    // The first eight lookups take 3 s each (under a run's 5 s lookup budget, past which
+    // the route would retry and look the card up twice): the two run slots route four
+    // events each in the first 12 s.
     let mut replies = vec![Reply::json(card.clone()).after(Duration::from_secs(3)); 8];
     replies.push(Reply::json(card));
     slow.plan("/cards/", replies);
@@ -229,6 +230,7 @@ async fn a_backlog_larger_than_the_route_queue_is_routed_once_each() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    // The newest 500 (a page); the lookups above cover all of them.
     for e in events(&c, &s, "provider=pomelo").await {
         assert_eq!(e["status"], "routed", "{e}");
         assert_eq!(e["route"]["runs"], 1, "{e}");

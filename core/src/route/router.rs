@@ -423,22 +423,31 @@ impl Router {
     /// Hands inbox events to the workers until `stop`.
     async fn dispatch(&self, tx: &mpsc::Sender<Work>, stop: &CancellationToken) {
         let mut read_inbox = true;
-        // The inbox is read at least this often, as a safety net, however busy the
-        // overflow list keeps the dispatcher.
+        // The inbox is read at least once a second after the previous read ended, as a
+        // safety net, however busy the overflow list keeps the dispatcher.
         let mut next_read = tokio::time::Instant::now();
         while !stop.is_cancelled() {
-            // What commits queued while the tasks' queue was full, in order.
-            while let Some(id) = self.overflow.lock().ok().and_then(|mut o| o.pop_front()) {
+            // What commits queued while the tasks' queue was full, in order, until the
+            // inbox's read is due.
+            while tokio::time::Instant::now() < next_read {
+                let Some(id) = self.overflow.lock().ok().and_then(|mut o| o.pop_front()) else {
+                    break;
+                };
                 tokio::select! {
                     sent = tx.send(Work::Inbox(id)) => if sent.is_err() { return },
                     () = stop.cancelled() => return,
                 }
             }
             if read_inbox || tokio::time::Instant::now() >= next_read {
-                next_read = tokio::time::Instant::now() + Duration::from_secs(1);
                 if !self.read_inbox(tx, stop).await {
                     return;
                 }
+                next_read = tokio::time::Instant::now() + Duration::from_secs(1);
+            }
+            // The read was due before the list was empty: go on with the list.
+            if self.overflow.lock().is_ok_and(|o| !o.is_empty()) {
+                read_inbox = false;
+                continue;
             }
             self.pool.retire_idle(IDLE_WORKER);
             read_inbox = tokio::select! {
